@@ -1,0 +1,22 @@
+# Set-up and the two commands the README opens with.
+# TORCH pins the CPU build that this project's machines install from a local file;
+# elsewhere any torch >= 2.4 works: `make test TORCH=torch`.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN     = $(VENV)/bin
+
+.PHONY: setup test demo
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)" -e ".[dev]"
+	touch $@
+
+test: setup
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/ropestretch rope --config examples/configs/llama-2-7b.json --target 16384

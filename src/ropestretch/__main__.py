@@ -1,0 +1,5 @@
+import sys
+
+from ropestretch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""``ropestretch apply``: a copy of a checkpoint with a scaling in its config, no training."""
+
+from __future__ import annotations
+
+import argparse
+
+from ropestretch.cli import finite_float, nonnegative_int, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "apply",
+        help="write a copy of a local checkpoint with a RoPE scaling in its config (no training)",
+        description="Copy a local Hugging Face checkpoint to --out with the chosen RoPE scaling written into "
+        "config.json (rope_parameters for transformers 5, rope_scaling for 4.x and vLLM) and a "
+        "ropestretch.json record. Stock transformers loads the result with no custom code.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="local model folder (config.json and weights)")
+    p.add_argument("--scaling", required=True, metavar="NAME", help="none, linear, ntk, dynamic, yarn or dprope")
+    p.add_argument("--target", required=True, type=positive_int, metavar="L", help="target context length")
+    p.add_argument("--out", required=True, metavar="DIR", help="new output folder (must not exist, or be empty)")
+    p.add_argument("--bins", type=int, default=360, metavar="B", help="dprope: histogram bins (default 360)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=finite_float, metavar="T", help="dprope: selection threshold (default 0)")
+    group.add_argument("--n-hat", type=nonnegative_int, metavar="K", help="dprope: interpolate exactly K dimensions")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ropestretch.errors import UsageError
+    from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
+    from ropestretch.rope.export import apply_to_checkpoint
+
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model must be a local model folder, got {args.model}")
+    rope = rope_config_from_dict(load_config_dict(args.model))
+    options = {}
+    if args.scaling == "dprope":
+        options = dict(bins=args.bins, threshold=args.threshold, n_hat=args.n_hat)
+    elif args.threshold is not None or args.n_hat is not None:
+        raise UsageError("--threshold and --n-hat apply to --scaling dprope only")
+    scaled = scale(rope, args.scaling, args.target, **options)
+    out = apply_to_checkpoint(args.model, args.out, scaled, command="apply")
+    print(f"wrote {out}: {args.scaling} scaling, window {rope.window} -> {args.target}")
+    return 0
