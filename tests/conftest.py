@@ -1,0 +1,42 @@
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LLAMA2_CONFIG = os.path.join(REPO, "examples", "configs", "llama-2-7b.json")
+GPT2_CONFIG = os.path.join(REPO, "examples", "configs", "gpt2.json")
+
+
+def tiny_llama_config(**overrides):
+    """A transformers-4.x-style config dict of a tiny Llama (head dim 16, window 64)."""
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_hidden_layers": 2, "vocab_size": 128, "max_position_embeddings": 64,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+        "bos_token_id": 1, "eos_token_id": 2,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A saved tiny random Llama checkpoint (safetensors), built once per test session."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = LlamaForCausalLM(LlamaConfig(**tiny_llama_config()))
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def write_json(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
