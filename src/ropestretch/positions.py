@@ -77,6 +77,18 @@ def sample_positions(method: str, batch: int, window: int, target: int, seed: in
         raise
 
 
+def segments_to_positions(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Rows made of contiguous segments: row ``b`` is ``starts[b, j] .. starts[b, j] + lengths[b, j] - 1``
+    for each segment ``j`` in turn. One ``np.repeat`` over the whole batch: the fast path that keeps
+    sampling far from any training step's cost."""
+    starts_np, lengths_np = starts.numpy().ravel(), lengths.numpy().ravel()
+    width = int(lengths[0].sum())
+    first = np.cumsum(lengths_np) - lengths_np  # flat index where each segment begins
+    out = np.arange(starts.shape[0] * width, dtype=np.int64)
+    out -= np.repeat(first - starts_np, lengths_np)
+    return torch.from_numpy(out.reshape(starts.shape[0], width))
+
+
 def _uniform_int(low: torch.Tensor, high: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Per element, a uniform integer in ``[low, high]`` (inclusive, int64 tensors)."""
     u = torch.rand(low.shape, generator=generator, dtype=torch.float64)
@@ -105,16 +117,20 @@ def pose(batch: int, window: int, target: int, generator: torch.Generator) -> to
     ones = torch.ones(batch, dtype=torch.int64)
     l1 = _uniform_int(ones, ones * ((window + 1) // 2), generator)
     skip = _uniform_int(ones * 0, ones * (target - window), generator)
-    index = torch.arange(window, dtype=torch.int64)
-    return index + skip[:, None] * (index >= l1[:, None])
+    starts = torch.stack([torch.zeros_like(l1), l1 + skip], dim=1)
+    return segments_to_positions(starts, torch.stack([l1, window - l1], dim=1))
 
 
 @register("randpos")
 def randpos(batch: int, window: int, target: int, generator: torch.Generator) -> torch.Tensor:
     """RandPos (Ruoss et al., ACL 2023, arXiv 2305.16843): a sorted uniform sample of ``N`` distinct
-    positions from ``[0, L)`` (the ``N`` smallest of ``L`` uniform keys)."""
-    keys = torch.rand(batch, target, generator=generator)
-    return torch.topk(keys, window, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
+    positions from ``[0, L)``, per row (numpy's sampling without replacement, seeded from ``generator``)."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    out = np.empty((batch, window), dtype=np.int64)
+    for row in out:
+        row[:] = rng.choice(target, window, replace=False)
+    out.sort(axis=1)
+    return torch.from_numpy(out)
 
 
 @dataclass(frozen=True)
@@ -145,10 +161,8 @@ class CreamDraw:
 
     def positions(self) -> torch.Tensor:
         """Head ``0 .. k-1``, middle ``e-Lm+1 .. e``, tail ``L-k .. L-1``."""
-        n, index = self.window, torch.arange(self.window, dtype=torch.int64)
-        k = self.k[:, None]
-        middle_shift = (self.middle_start - self.k)[:, None]
-        return index + middle_shift * (index >= k) + (self.target - n - middle_shift) * (index >= n - k)
+        starts = torch.stack([torch.zeros_like(self.k), self.middle_start, self.target - self.k], dim=1)
+        return segments_to_positions(starts, torch.stack([self.k, self.middle_length, self.k], dim=1))
 
 
 def cream_draw(batch: int, window: int, target: int, generator: torch.Generator, *,
