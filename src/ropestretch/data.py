@@ -1,0 +1,281 @@
+"""Reading text, packing it into training rows, rendering chats, and the built-in English corpus.
+
+Training rows are dicts ``{"input_ids": [...], "sample_id": i}`` (plus ``labels`` in chat mode,
+-100 outside assistant turns), each exactly the sample length except possibly none: the short
+remainder of a stream is dropped and counted. Text is read with the ``datasets`` library.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pkgutil
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from ropestretch.errors import UsageError
+
+TEXT_SUFFIXES = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+# --- the built-in corpus: English that ships with Python itself ----------------------------------
+
+
+def builtin_documents(max_docs: int | None = None) -> list[str]:
+    """Real English prose that needs no download: the ``pydoc_data`` topics (the language reference)
+    and the docstrings of the standard library's pure-Python modules, read from source without
+    importing them. Deterministic for a given Python version."""
+    import pydoc_data.topics
+
+    docs = [text.strip() for _, text in sorted(pydoc_data.topics.topics.items()) if len(text) > 200]
+    stdlib = Path(os.__file__).parent
+    for path in sorted(stdlib.glob("*.py")):
+        if max_docs is not None and len(docs) >= max_docs:
+            break
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        parts = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 80 and not doc.lstrip().startswith((">>>", "$")):
+                    parts.append(doc.strip())
+        if parts:
+            docs.append("\n\n".join(parts))
+    return docs[:max_docs] if max_docs is not None else docs
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+
+
+def sentences(text: str) -> list[str]:
+    """Split prose into sentences (for haystacks and needles snapped to sentence boundaries)."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    return [s for s in _SENTENCE.split(flat) if s]
+
+
+# --- reading local or hub data -----------------------------------------------------------------
+
+
+def _data_files(path: Path) -> dict[str, list[str]]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    by_kind: dict[str, list[str]] = {}
+    for file in files:
+        kind = TEXT_SUFFIXES.get(file.suffix.lower())
+        if kind and not file.name.startswith("."):
+            by_kind.setdefault(kind, []).append(str(file))
+    return by_kind
+
+
+def load_records(source: str | os.PathLike, split: str = "train"):
+    """A ``datasets.Dataset`` from a local ``.txt``/``.md`` (one document per file), ``.jsonl``,
+    ``.json`` or ``.parquet`` file or a folder of them, or a dataset hub name (online only)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(source).expanduser()
+    if path.exists():
+        by_kind = _data_files(path)
+        if not by_kind:
+            raise UsageError(f"{source} holds no .txt, .md, .jsonl, .json or .parquet file")
+        parts = []
+        for kind, files in by_kind.items():
+            try:
+                if kind == "text":
+                    parts.append(datasets.Dataset.from_dict(
+                        {"text": [Path(f).read_text(encoding="utf-8", errors="replace") for f in files]}))
+                else:
+                    parts.append(datasets.load_dataset(kind, data_files=files, split="train"))
+            except UsageError:
+                raise
+            except Exception as err:  # malformed JSON lines, unreadable parquet, ...
+                raise UsageError(f"cannot read {kind} data in {source}: {str(err).splitlines()[0][:200]}") from None
+        if len(parts) == 1:
+            return parts[0]
+        columns = set.intersection(*(set(p.column_names) for p in parts))
+        return datasets.concatenate_datasets([p.select_columns(sorted(columns)) for p in parts])
+    text = str(source)
+    if text.startswith((".", "/", "~")) or Path(text).suffix.lower() in TEXT_SUFFIXES:
+        raise UsageError(f"no such data file or folder: {source}")
+    try:
+        return datasets.load_dataset(text, split=split)
+    except Exception as err:
+        raise UsageError(f"cannot load dataset {text!r} from the hub ({type(err).__name__}); "
+                         "offline, give a local file or folder") from None
+
+
+# --- base mode: tokenize and cut into samples ----------------------------------------------------
+
+
+@dataclass
+class PackReport:
+    documents: int = 0
+    empty: int = 0
+    dropped_short: int = 0
+    samples: int = 0
+    tokens_dropped: int = 0
+
+    def line(self, length: int) -> str:
+        bits = [f"{self.documents} documents -> {self.samples} samples of {length} tokens"]
+        if self.dropped_short:
+            bits.append(f"{self.dropped_short} documents shorter than a sample dropped")
+        if self.empty:
+            bits.append(f"{self.empty} empty documents skipped")
+        if self.tokens_dropped:
+            bits.append(f"{self.tokens_dropped} trailing tokens dropped")
+        return "; ".join(bits)
+
+
+def pack_token_streams(docs: Iterable[Sequence[int]], length: int, eos_id: int | None, short: str = "pack",
+                       report: PackReport | None = None) -> Iterator[list[int]]:
+    """Cut tokenized documents into ``length``-token samples.
+
+    ``short="pack"``: documents are joined into one stream with an EOS between them and cut into
+    samples (no token is lost but the final remainder). ``short="drop"``: documents shorter than a
+    sample are dropped (counted in ``report``), longer ones cut into samples, remainders dropped.
+    """
+    if short not in ("pack", "drop"):
+        raise UsageError(f"short documents must be 'pack' or 'drop', got {short!r}")
+    report = report if report is not None else PackReport()
+    buffer: list[int] = []
+    for ids in docs:
+        report.documents += 1
+        if not ids:
+            report.empty += 1
+            continue
+        if short == "drop":
+            if len(ids) < length:
+                report.dropped_short += 1
+                continue
+            whole = len(ids) // length * length
+            for start in range(0, whole, length):
+                report.samples += 1
+                yield list(ids[start:start + length])
+            report.tokens_dropped += len(ids) - whole
+            continue
+        buffer.extend(ids)
+        if eos_id is not None:
+            buffer.append(eos_id)
+        while len(buffer) >= length:
+            report.samples += 1
+            yield buffer[:length]
+            del buffer[:length]
+    report.tokens_dropped += len(buffer)
+
+
+def text_samples(records, tokenizer, length: int, short: str = "pack", text_field: str = "text",
+                 report: PackReport | None = None) -> list[dict[str, Any]]:
+    """Tokenize the ``text_field`` of every record and cut into samples with ``sample_id``."""
+    if text_field not in records.column_names:
+        raise UsageError(f"the data has no {text_field!r} field (fields: {', '.join(records.column_names)})")
+    texts = (t if isinstance(t, str) else "" for t in records[text_field])
+    token_docs = (tokenizer(t, add_special_tokens=False)["input_ids"] if t.strip() else [] for t in texts)
+    report = report if report is not None else PackReport()
+    rows = [{"input_ids": ids, "sample_id": i} for i, ids in
+            enumerate(pack_token_streams(token_docs, length, tokenizer.eos_token_id, short, report))]
+    if not rows:
+        if report.documents == report.empty:
+            raise UsageError("the data holds no usable text (every document is empty)")
+        if short == "drop":
+            raise UsageError(f"all {report.documents} documents are shorter than a sample ({length} tokens) "
+                             "and were dropped; use --short-docs pack")
+        raise UsageError(f"the data holds fewer than {length} tokens: not one full sample")
+    return rows
+
+
+# --- chat mode: render with the chat template, loss on assistant tokens only ---------------------
+
+
+def render_conversation(messages: list[dict[str, str]], tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and its labels: the ids on assistant turns, -100 elsewhere.
+
+    Each assistant turn's tokens are what its message adds to the rendering of everything before
+    it (with the generation prompt), so any chat template works, with or without generation tags.
+    """
+    def ids(msgs, prompt):
+        out = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=prompt)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+    full = ids(messages, False)
+    labels = [-100] * len(full)
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        start = len(ids(messages[:i], True)) if i else 0
+        end = len(ids(messages[: i + 1], False))
+        labels[start:end] = full[start:end]
+    return full, labels
+
+
+def chat_samples(records, tokenizer, length: int, report: PackReport | None = None) -> list[dict[str, Any]]:
+    """Render every record's ``messages`` and pack conversations into rows of at most ``length``
+    tokens (several per row, never split; longer ones truncated to ``length``)."""
+    if "messages" not in records.column_names:
+        raise UsageError(f"chat data needs a 'messages' field (fields: {', '.join(records.column_names)})")
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError("the tokenizer has no chat template; --chat needs one")
+    report = report if report is not None else PackReport()
+    rows: list[dict[str, Any]] = []
+    ids_row: list[int] = []
+    labels_row: list[int] = []
+
+    def flush():
+        if ids_row:
+            rows.append({"input_ids": list(ids_row), "labels": list(labels_row), "sample_id": len(rows)})
+            ids_row.clear()
+            labels_row.clear()
+
+    for messages in records["messages"]:
+        report.documents += 1
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                                     for m in messages):
+            raise UsageError("every 'messages' must be a list of {role, content} objects")
+        if not any(m["role"] == "assistant" for m in messages):
+            report.empty += 1
+            continue
+        ids, labels = render_conversation(messages, tokenizer)
+        if len(ids) > length:
+            report.tokens_dropped += len(ids) - length
+            ids, labels = ids[:length], labels[:length]
+        if len(ids_row) + len(ids) > length:
+            flush()
+        ids_row.extend(ids)
+        labels_row.extend(labels)
+    flush()
+    report.samples = len(rows)
+    if not rows:
+        raise UsageError("the chat data holds no conversation with an assistant turn")
+    return rows
+
+
+# --- a small BPE tokenizer, trained here ---------------------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, extra_tokens: Sequence[str] = ()):
+    """A byte-level BPE tokenizer trained with ``tokenizers`` on ``texts``, wrapped as a
+    ``PreTrainedTokenizerFast`` with ``<s>``, ``</s>``, ``<pad>`` and a simple chat template.
+    Digits are split one per token, so numbers (pass keys, values) are copied digit by digit."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    special = ["<pad>", "<s>", "</s>", *extra_tokens]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
