@@ -40,3 +40,32 @@ def tiny_llama_dir(tmp_path_factory):
 def write_json(path, obj):
     path.write_text(json.dumps(obj))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny random Llama (window 64) with a 300-token BPE tokenizer trained on built-in text."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ropestretch.data import builtin_documents, train_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-lm")
+    tok = train_tokenizer(builtin_documents(max_docs=120)[:40], vocab_size=300)
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(**tiny_llama_config(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_dir(tmp_path_factory):
+    """A folder of .txt documents of real prose (Python's own documentation)."""
+    from ropestretch.data import builtin_documents
+
+    path = tmp_path_factory.mktemp("text")
+    for i, doc in enumerate(builtin_documents(max_docs=120)[40:70]):
+        (path / f"doc{i:02d}.txt").write_text(doc)
+    return path

@@ -1,0 +1,43 @@
+"""``ropestretch train``: fine-tune inside the window with any position sampler x any scaling."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ropestretch.train import TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a causal LM inside its window to work at a longer target length",
+        description="Fine-tune a Hugging Face causal LM inside its original window N with training-time "
+        "position ids (CREAM, PoSE, RandPos, full length or none) and a RoPE scaling, and write a standard "
+        "checkpoint that stock transformers loads at the target length L. Every option can also be set in a "
+        "YAML file (--config); flags override the file. Under `accelerate launch` it runs data-parallel.",
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the options below")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if str(f.type).startswith("bool"):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            default = f" (default {f.default})" if f.default not in (None, "", 0) else ""
+            p.add_argument(flag, dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(),
+                           help=help_text + default)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ropestretch.train import TrainConfig, load_yaml, make_config, train
+
+    values = load_yaml(args.config) if args.config else {}
+    for f in dataclasses.fields(TrainConfig):
+        flag_value = getattr(args, f.name)
+        if flag_value is not None:
+            values[f.name] = flag_value
+    result = train(make_config(**values))
+    print(f"wrote {result.out}")
+    return 0

@@ -1,0 +1,482 @@
+"""Fine-tune a causal LM inside its window ``N`` to work at ``L``: any position sampler x any scaling.
+
+The recipe, top to bottom (:func:`train`):
+
+1. read the model's config, check it has RoPE, and scale it to ``L`` (``ropestretch.rope``);
+2. read the data (``datasets``), tokenize, cut into samples of ``N`` tokens (``L`` for ``full``);
+3. load the model with the scaled config (safetensors only), optionally wrap it in LoRA (``peft``);
+4. train with ``transformers.Trainer`` and a :class:`~ropestretch.positions.PositionCollator`;
+5. write a standard checkpoint: safetensors, tokenizer, ``config.json`` with ``max_position_embeddings
+   = L`` and the exported RoPE, and ``ropestretch.json``.
+
+Everything is checked before anything is written, and an output folder that holds another run
+is never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ropestretch.errors import UsageError
+
+RUN_FILE = "run.json"
+LOG_FILE = "log.jsonl"
+CHECKPOINTS = "checkpoints"
+_NOT_IDENTITY = {"resume", "progress", "out", "save_steps", "save_total_limit", "logging_steps"}
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run takes; the CLI flags and the YAML keys are these field names."""
+
+    model: str = _f("", "local model folder, or a hub model id (online only)")
+    data: str = _f("", "local .txt/.md/.jsonl/.json/.parquet file or folder, or a dataset hub name")
+    out: str = _f("", "output folder (new, or a run of the same arguments with --resume)")
+    target: int = _f(0, "target context length L")
+    positions: str = _f("cream", "training position ids: cream, pose, randpos, full or none")
+    scaling: str = _f("linear", "RoPE scaling: none, linear, ntk, dynamic, yarn or dprope")
+    steps: int = _f(1000, "optimizer steps")
+    batch_size: int = _f(1, "samples per device per micro-batch")
+    grad_accum: int = _f(1, "gradient accumulation steps")
+    lr: float = _f(2e-5, "peak learning rate (AdamW)")
+    warmup_steps: int = _f(10, "linear warm-up steps")
+    schedule: str = _f("constant_with_warmup", "learning-rate schedule (transformers' names: linear, cosine, ...)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    precision: str = _f("auto", "auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory")
+    seed: int = _f(42, "seed for data order, positions and initialisation of LoRA")
+    chat: bool = _f(False, "data are conversations ('messages'), rendered with the chat template; loss on assistant turns")
+    short_docs: str = _f("pack", "documents shorter than a sample: pack (joined with EOS) or drop (counted)")
+    text_field: str = _f("text", "field holding the text in .jsonl/.parquet data")
+    max_samples: int = _f(0, "use at most this many training samples (0: all)")
+    cream_k: int = _f(32, "CREAM continuity head/tail length")
+    cream_mu: float = _f(None, "CREAM Gaussian mean on [2, 2f] (default f + 1)")
+    cream_sigma: float = _f(None, "CREAM Gaussian std (default 3 (f - 1) / 7)")
+    cream_strategy: str = _f("both", "CREAM strategy: both, relativity or continuity")
+    cream_middle: str = _f("gaussian", "CREAM middle: gaussian or uniform")
+    dprope_bins: int = _f(360, "DPRoPE histogram bins")
+    dprope_threshold: float = _f(None, "DPRoPE threshold t")
+    dprope_n_hat: int = _f(None, "DPRoPE: interpolate exactly this many dimensions")
+    lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights")
+    lora_rank: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(16, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    lora_targets: str = _f("q_proj,k_proj,v_proj,o_proj", "comma-separated module names for LoRA")
+    lora_embed_norm: bool = _f(False, "also train embeddings and norms fully (LongLoRA found this necessary)")
+    merge_lora: bool = _f(True, "merge LoRA into a full checkpoint at the end (--no-merge-lora keeps the adapter)")
+    save_steps: int = _f(100, "write a checkpoint every this many steps")
+    save_total_limit: int = _f(2, "keep at most this many checkpoints")
+    logging_steps: int = _f(1, "log every this many steps")
+    deepspeed: str = _f(None, "DeepSpeed JSON config (GPU)")
+    trust_remote_code: bool = _f(False, "allow the model's own code from the hub (off by default)")
+    resume: bool = _f(False, "continue the run in --out from its last complete checkpoint")
+    progress: bool = _f(True, "show a progress bar")
+
+    def identity(self) -> dict[str, Any]:
+        """The arguments that define the run: a folder holding different ones is another run."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IDENTITY}
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML run file into TrainConfig fields (dashes or underscores)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"no such config file: {path}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a mapping of option: value")
+    known = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UsageError(f"{path}: unknown option {key!r}")
+        out[name] = value
+    return out
+
+
+def make_config(**values: Any) -> TrainConfig:
+    """A validated :class:`TrainConfig` (types coerced, values checked)."""
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    clean = {}
+    for name, value in values.items():
+        if value is None:
+            clean[name] = None
+            continue
+        kind = str(types[name])
+        try:
+            if kind.startswith("bool"):
+                if not isinstance(value, bool):
+                    raise ValueError
+            elif kind.startswith("int"):
+                if isinstance(value, bool) or float(value) != int(float(value)):
+                    raise ValueError
+                value = int(float(value))
+            elif kind.startswith("float"):
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"option {name} must be {kind.split()[0]}, got {value!r}") from None
+        clean[name] = value
+    cfg = TrainConfig(**clean)
+    for name in ("model", "data", "out"):
+        if not getattr(cfg, name):
+            raise UsageError(f"--{name} is required")
+    for name in ("target", "steps", "batch_size", "grad_accum", "save_steps", "logging_steps", "lora_rank"):
+        if getattr(cfg, name) <= 0:
+            raise UsageError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
+    for name in ("warmup_steps", "max_samples", "save_total_limit"):
+        if getattr(cfg, name) < 0:
+            raise UsageError(f"{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise UsageError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UsageError(f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}")
+    return cfg
+
+
+# --- pieces of the recipe ----------------------------------------------------------------------
+
+
+def scaled_rope(cfg: TrainConfig):
+    """(raw config dict, RopeConfig, Scaled) for the model, or a UsageError saying why not."""
+    from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
+
+    raw = load_config_dict(cfg.model)
+    rope = rope_config_from_dict(raw)
+    options = {}
+    if cfg.scaling == "dprope":
+        options = dict(bins=cfg.dprope_bins, threshold=cfg.dprope_threshold, n_hat=cfg.dprope_n_hat)
+    return raw, rope, scale(rope, cfg.scaling, cfg.target, **options)
+
+
+def position_options(cfg: TrainConfig) -> dict[str, Any]:
+    if cfg.positions != "cream":
+        return {}
+    options = dict(k=cfg.cream_k, strategy=cfg.cream_strategy, middle=cfg.cream_middle,
+                   mu=cfg.cream_mu, sigma=cfg.cream_sigma)
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def check_out_dir(cfg: TrainConfig) -> None:
+    """Refuse an output folder that holds anything but this same run (then only with --resume)."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file")
+    if not out.exists() or not any(out.iterdir()):
+        if cfg.resume:
+            raise UsageError(f"nothing to resume in {out}")
+        return
+    record = out / RUN_FILE
+    if not record.is_file():
+        raise UsageError(f"output folder {out} is not empty and holds no ropestretch run; choose a new one")
+    try:
+        previous = json.loads(record.read_text())["identity"]
+    except (ValueError, KeyError):
+        raise UsageError(f"{record} is unreadable; choose a new output folder") from None
+    differs = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
+    if differs:
+        raise UsageError(f"output folder {out} holds a different run (differs in: {', '.join(differs)}); "
+                         "choose a new one")
+    if not cfg.resume:
+        raise UsageError(f"output folder {out} already holds this run; pass --resume to continue it")
+
+
+def load_tokenizer(cfg: TrainConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except Exception as err:
+        raise UsageError(f"cannot load a tokenizer from {cfg.model} ({type(err).__name__})") from None
+    return tok
+
+
+def build_samples(cfg: TrainConfig, tokenizer, length: int) -> tuple[list[dict], str]:
+    from ropestretch.data import PackReport, chat_samples, load_records, text_samples
+
+    records = load_records(cfg.data)
+    report = PackReport()
+    if cfg.chat:
+        rows = chat_samples(records, tokenizer, length, report)
+    else:
+        rows = text_samples(records, tokenizer, length, cfg.short_docs, cfg.text_field, report)
+    if cfg.max_samples:
+        rows = rows[: cfg.max_samples]
+    return rows, report.line(length)
+
+
+def load_model(cfg: TrainConfig, raw_config: dict, scaled):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ropestretch.rope.export import exported_config
+
+    exported = exported_config(raw_config, scaled)
+    exported.pop("transformers_version", None)
+    model_type = exported.get("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **{k: v for k, v in exported.items() if k != "model_type"})
+    except Exception:
+        config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code,
+                                            **{k: exported[k] for k in ("rope_parameters", "rope_scaling",
+                                                                         "rope_theta", "max_position_embeddings")})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, config=config, use_safetensors=True,
+                                                     dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot load safetensors weights from {cfg.model}: {str(err).splitlines()[0][:200]}") from None
+    if cfg.lora:
+        model = wrap_lora(cfg, model)
+    return model
+
+
+def wrap_lora(cfg: TrainConfig, model):
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise UsageError(f"LoRA target modules not in this model: {', '.join(missing)}")
+    extra = None
+    if cfg.lora_embed_norm:
+        extra = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                        if "norm" in type(module).__name__.lower() or name.endswith("embed_tokens")})
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=targets, modules_to_save=extra, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last) is readable.
+
+    Incomplete ones (a kill mid-save) are renamed aside to ``checkpoint-N.incomplete``, not deleted.
+    """
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        if path.is_dir() and path.name.split("-")[-1].isdigit():
+            found.append((int(path.name.split("-")[-1]), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())["global_step"]
+            return path
+        except (OSError, ValueError, KeyError):
+            aside = path.with_name(f"{path.name}.incomplete")
+            n = 1
+            while aside.exists():
+                aside, n = path.with_name(f"{path.name}.incomplete{n}"), n + 1
+            path.rename(aside)
+    return None
+
+
+def _callbacks(cfg: TrainConfig, out: Path, tokens_per_step: int):
+    from transformers import TrainerCallback
+
+    class Reporter(TrainerCallback):
+        """JSON-lines log and a progress bar with loss and tokens/s (main process only)."""
+
+        def __init__(self):
+            self.bar = None
+            self.last_time = None
+            self.last_step = 0
+            self.rate = 0.0
+            self.start = time.time()
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero and cfg.progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                                dynamic_ncols=True)
+            self.last_time, self.last_step = time.time(), state.global_step
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.time()
+            steps = state.global_step - self.last_step
+            if steps > 0 and now > self.last_time:
+                self.rate = 0.8 * self.rate + 0.2 * steps * tokens_per_step / (now - self.last_time) \
+                    if self.rate else steps * tokens_per_step / (now - self.last_time)
+            self.last_time, self.last_step = now, state.global_step
+            if self.bar is not None:
+                self.bar.update(steps)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            record = {"step": state.global_step, **{k: v for k, v in logs.items()}, "tokens_per_s": round(self.rate, 1),
+                      "elapsed_s": round(time.time() - self.start, 3)}
+            with open(out / LOG_FILE, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if self.bar is not None and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{self.rate:,.0f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+
+    return [Reporter()]
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model: Any  # the trained model in memory (merged when LoRA is merged); None on other ranks
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run the recipe; returns the output folder holding the extended checkpoint and the model."""
+    import torch
+    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one progress bar: ours
+
+    from ropestretch.positions import PositionCollator, sample_length
+    from ropestretch.rope.export import exported_config, metadata
+
+    # 1. everything that can be wrong with the request is checked before anything is written
+    check_out_dir(cfg)
+    raw_config, rope, scaled = scaled_rope(cfg)
+    length = sample_length(cfg.positions, rope.window, cfg.target)
+    collator_check = PositionCollator(cfg.positions, rope.window, cfg.target, seed=cfg.seed,
+                                      **position_options(cfg))
+    tokenizer = load_tokenizer(cfg)
+    rows, data_line = build_samples(cfg, tokenizer, length)
+    set_seed(cfg.seed)
+    model = load_model(cfg, raw_config, scaled)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process and not (out / RUN_FILE).exists():
+        (out / RUN_FILE).write_text(json.dumps({"identity": cfg.identity(), "window": rope.window}, indent=2))
+    if main_process:
+        print(f"ropestretch train: {cfg.positions} positions x {cfg.scaling} scaling, window {rope.window} -> "
+              f"{cfg.target}; {data_line}", file=sys.stderr)
+
+    # 2. Trainer
+    cuda = torch.cuda.is_available()
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * world * length
+    args = TrainingArguments(
+        output_dir=str(out / CHECKPOINTS), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.schedule, weight_decay=cfg.weight_decay, optim="adamw_torch",
+        bf16=precision == "bf16", fp16=precision == "fp16", **_checkpointing_arg(cfg.gradient_checkpointing),
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="steps",
+        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit or None, report_to=[],
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True, use_cpu=not cuda,
+        deepspeed=cfg.deepspeed, ddp_backend=None if cuda else ("gloo" if distributed else None),
+    )
+    from datasets import Dataset
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    collator = PositionCollator(cfg.positions, rope.window, cfg.target, seed=cfg.seed, pad_token_id=pad,
+                                **position_options(cfg))
+    del collator_check
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
+                      callbacks=_callbacks(cfg, out, tokens_per_step))
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    resume_from = None
+    if cfg.resume:
+        resume_from = latest_complete_checkpoint(out / CHECKPOINTS) if main_process else None
+        if distributed:
+            import torch.distributed as dist
+
+            holder = [str(resume_from) if resume_from else None]
+            if dist.is_available() and dist.is_initialized():
+                dist.broadcast_object_list(holder, src=0)
+            resume_from = Path(holder[0]) if holder[0] else None
+        if main_process:
+            print(f"resuming from {resume_from}" if resume_from else "no complete checkpoint: starting over",
+                  file=sys.stderr)
+            done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
+            kept = [r for r in _read_log(out) if r.get("step", 0) <= done]  # drop what the lost steps logged
+            (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.time() - started
+
+    # 3. the checkpoint
+    if not trainer.is_world_process_zero():
+        return TrainResult(out, None)
+    final = trainer.model
+    if cfg.lora and cfg.merge_lora:
+        final = final.merge_and_unload()
+    staging = out / ".final.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    final.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    if not (cfg.lora and not cfg.merge_lora):
+        saved = json.loads((staging / "config.json").read_text())
+        (staging / "config.json").write_text(json.dumps(exported_config(saved, scaled), indent=2) + "\n")
+    losses = [r for r in _read_log(out) if "loss" in r]
+    record = metadata(
+        scaled, positions=cfg.positions, position_options=position_options(cfg), sample_length=length,
+        training=dataclasses.asdict(cfg), final_loss=losses[-1]["loss"] if losses else None,
+        steps=trainer.state.global_step, train_tokens=tokens_per_step * cfg.steps,
+        train_seconds=round(seconds, 2), train_loss=result.training_loss, data=data_line, world_size=world,
+    )
+    for item in staging.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        item.replace(target)
+    staging.rmdir()
+    (out / "ropestretch.json").write_text(json.dumps(record, indent=2) + "\n")  # written last: the run is done
+    return TrainResult(out, final)
+
+
+def _checkpointing_arg(on: bool) -> dict[str, bool]:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    import inspect
+
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(
+        TrainingArguments.__init__).parameters else "gradient_checkpointing"
+    return {name: on}
+
+
+def _read_log(out: Path) -> list[dict]:
+    path = out / LOG_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
