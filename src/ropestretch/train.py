@@ -273,7 +273,8 @@ def wrap_lora(cfg: TrainConfig, model):
 def latest_complete_checkpoint(folder: Path) -> Path | None:
     """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last) is readable.
 
-    Incomplete ones (a kill mid-save) are renamed aside to ``checkpoint-N.incomplete``, not deleted.
+    Incomplete ones (a kill mid-save) are moved aside to ``<folder>.incomplete/``, not deleted,
+    and out of the folder whose old checkpoints Trainer rotates away.
     """
     if not folder.is_dir():
         return None
@@ -286,10 +287,11 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
             json.loads((path / "trainer_state.json").read_text())["global_step"]
             return path
         except (OSError, ValueError, KeyError):
-            aside = path.with_name(f"{path.name}.incomplete")
-            n = 1
+            aside_dir = folder.with_name(folder.name + ".incomplete")
+            aside_dir.mkdir(exist_ok=True)
+            aside, n = aside_dir / path.name, 1
             while aside.exists():
-                aside, n = path.with_name(f"{path.name}.incomplete{n}"), n + 1
+                aside, n = aside_dir / f"{path.name}.{n}", n + 1
             path.rename(aside)
     return None
 
@@ -395,7 +397,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="steps",
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit or None, report_to=[],
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True, use_cpu=not cuda,
-        deepspeed=cfg.deepspeed, ddp_backend=None if cuda else ("gloo" if distributed else None),
+        deepspeed=cfg.deepspeed, ddp_find_unused_parameters=False, ddp_backend=None if cuda else ("gloo" if distributed else None),
     )
     from datasets import Dataset
 
@@ -446,7 +448,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         scaled, positions=cfg.positions, position_options=position_options(cfg), sample_length=length,
         training=dataclasses.asdict(cfg), final_loss=losses[-1]["loss"] if losses else None,
         steps=trainer.state.global_step, train_tokens=tokens_per_step * cfg.steps,
-        train_seconds=round(seconds, 2), train_loss=result.training_loss, data=data_line, world_size=world,
+        train_seconds=round(seconds, 2), train_loss=result.training_loss, data=data_line, world_size=trainer.args.world_size,
     )
     for item in staging.iterdir():
         target = out / item.name
