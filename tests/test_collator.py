@@ -113,3 +113,27 @@ def test_positions_cli(tmp_path):
 ])
 def test_positions_cli_bad_input(argv, fragment):
     assert_one_line_error(run_cli("positions", *argv), fragment)
+
+
+def test_segments_attend_to_each_other(tiny_llama_dir):
+    """transformers 5 reads jumps in position_ids as packed sequences, and blocks attention across
+    them, when no attention_mask is given. The collator always gives one, so CREAM's tail still
+    sees its head: changing a head token changes the tail's logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    collate = PositionCollator("cream", 64, 512, seed=0, k=4)
+    rows = features(1, 64, vocab=128)
+    batch = collate(rows)
+    assert "attention_mask" in batch and (batch["position_ids"].diff(dim=1) > 1).any()
+    changed = [dict(rows[0], input_ids=[7] + rows[0]["input_ids"][1:])]
+    with torch.no_grad():
+        tail = model(**batch, use_cache=False).logits[0, -1]
+        tail_changed = model(**collate(changed), use_cache=False).logits[0, -1]
+        # what happens without the mask: the tail is cut off from the head
+        no_mask = {k: v for k, v in batch.items() if k != "attention_mask"}
+        no_mask_changed = {k: v for k, v in collate(changed).items() if k != "attention_mask"}
+        cut = model(**no_mask, use_cache=False).logits[0, -1]  # no cache, as in training
+        cut_changed = model(**no_mask_changed, use_cache=False).logits[0, -1]
+    assert not torch.allclose(tail, tail_changed)
+    assert torch.allclose(cut, cut_changed)  # documents the trap the collator avoids
