@@ -1,4 +1,4 @@
-"""Reading text, packing it into training rows, rendering chats, and the built-in English corpus.
+"""Reading text, packing it into training rows, rendering chats, the built-in English corpus, a tokenizer.
 
 Training rows are dicts ``{"input_ids": [...], "sample_id": i}`` (plus ``labels`` in chat mode,
 -100 outside assistant turns), each exactly the sample length except possibly none: the short

@@ -1,0 +1,217 @@
+"""Synthetic long-context retrieval tasks, generated offline from a seed (METHODS.md section 4).
+
+Every task builds its prompt in token space, so its length is exact: context of real prose (a
+:class:`Haystack`) or of generated records, then a question; the answer follows the prompt.
+
+- ``passkey``: "The pass key is NNNNN. Remember it." at a depth of filler prose.
+- ``needle``: a keyed needle sentence at depth ``p%`` of a haystack, snapped to a sentence boundary.
+- ``lines``: LongChat-Lines, "line <adjective>-<noun>: REGISTER_CONTENT is <NNNNN>", one line asked.
+- ``kv``: lost-in-the-middle key-value retrieval over a JSON object of UUID -> UUID, the queried
+  key at a chosen fraction of the object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ropestretch.errors import UsageError
+
+ADJECTIVES = ("amber brave calm dusty eager faint gentle hollow icy jolly keen lively mellow nimble "
+              "orange proud quiet rapid silver tender upper vivid wooden young zesty bitter cosmic "
+              "dark early fierce golden humble ivory jagged lunar misty noble odd pale royal solid "
+              "tidy urban violet wild").split()
+NOUNS = ("anchor bridge candle desert engine forest garden harbor island jungle kettle ladder meadow "
+         "needle orchard palace quarry river saddle tower valley window yard zebra beacon canyon "
+         "dragon falcon glacier hammer lantern marble nectar oyster pepper rocket spider tunnel "
+         "violin walnut").split()
+CITIES = ("Oslo Lima Cairo Quito Dakar Hanoi Porto Riga Sofia Tunis Accra Baku Bern Doha Kyiv Lagos "
+          "Minsk Nairobi Perth Rome Seoul Tokyo Vienna Zagreb").split()
+
+
+@dataclass
+class TaskSample:
+    """One prompt and its expected answer.
+
+    Attributes:
+        task: the task name.
+        prompt_ids: context and question, as token ids.
+        answer: the expected answer text (what string matching looks for).
+        answer_ids: the answer's token ids (teacher-forced scoring compares these).
+        info: where the answer sits (length, depth, gold index, ...).
+    """
+
+    task: str
+    prompt_ids: list[int]
+    answer: str
+    answer_ids: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Haystack:
+    """Real prose, tokenized sentence by sentence, to fill a context to an exact number of tokens."""
+
+    def __init__(self, tokenizer, documents: Sequence[str] | None = None, max_sentence_tokens: int = 48):
+        from ropestretch.data.corpus import builtin_documents, sentences
+
+        docs = list(documents) if documents is not None else builtin_documents()
+        texts = [" " + s for d in docs for s in sentences(d) if len(s) > 1]
+        if not texts:
+            raise UsageError("the haystack text holds no sentences")
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        self.pieces = [p[:max_sentence_tokens] for p in ids if p]
+        self.lengths = np.array([len(p) for p in self.pieces])
+        self.total = int(self.lengths.sum())
+        self._warned = False
+
+    def fill(self, n_tokens: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        """``n_tokens`` of consecutive sentences from a random start, and the sentence boundaries.
+
+        Wraps around (repeating the text, with one warning) when the haystack is shorter than asked.
+        """
+        if n_tokens > self.total and not self._warned:
+            warnings.warn(f"haystack text has {self.total} tokens, fewer than the {n_tokens} asked: it is repeated",
+                          stacklevel=2)
+            self._warned = True
+        out: list[int] = []
+        bounds = [0]
+        i = int(rng.integers(len(self.pieces)))
+        while len(out) < n_tokens:
+            out.extend(self.pieces[i])
+            bounds.append(len(out))
+            i = (i + 1) % len(self.pieces)
+        return out[:n_tokens], [b for b in bounds if b <= n_tokens]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _digits(rng: np.random.Generator, n: int) -> str:
+    return str(int(rng.integers(10 ** (n - 1), 10**n)))
+
+
+def check_depth(depth: float) -> float:
+    if not isinstance(depth, (int, float)) or not 0 <= depth <= 100:
+        raise UsageError(f"depth must be a percentage in [0, 100], got {depth!r}")
+    return float(depth)
+
+
+def check_length(length: int) -> int:
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length <= 0:
+        raise UsageError(f"length must be a positive integer, got {length!r}")
+    return int(length)
+
+
+def _insert_at_depth(tokenizer, haystack: Haystack, length: int, depth: float, needle: str, question: str,
+                     rng: np.random.Generator) -> tuple[list[int], dict[str, Any]]:
+    needle_ids, question_ids = _ids(tokenizer, needle), _ids(tokenizer, question)
+    room = length - len(needle_ids) - len(question_ids)
+    if room < 0:
+        raise UsageError(f"length {length} is too short for this task's needle and question")
+    context, bounds = haystack.fill(room, rng)
+    want = depth / 100 * room
+    cut = min(bounds, key=lambda b: abs(b - want))  # snapped to a sentence boundary
+    prompt = context[:cut] + needle_ids + context[cut:] + question_ids
+    return prompt, {"length": len(prompt), "depth": depth, "needle_at": cut / max(1, room)}
+
+
+def passkey(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator) -> TaskSample:
+    """Filler prose with "The pass key is NNNNN. Remember it." at ``depth`` percent."""
+    length, depth = check_length(length), check_depth(depth)
+    key = _digits(rng, 5)
+    prompt, info = _insert_at_depth(tokenizer, haystack, length, depth,
+                                    f" The pass key is {key}. Remember it. {key} is the pass key.",
+                                    " What is the pass key? The pass key is", rng)
+    return TaskSample("passkey", prompt, key, _ids(tokenizer, " " + key), info)
+
+
+def needle(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator) -> TaskSample:
+    """A keyed needle, "The magic number of <city> is NNNNNNN.", at ``depth`` percent of a haystack."""
+    length, depth = check_length(length), check_depth(depth)
+    city, number = CITIES[int(rng.integers(len(CITIES)))], _digits(rng, 7)
+    prompt, info = _insert_at_depth(tokenizer, haystack, length, depth,
+                                    f" The magic number of {city} is {number}.",
+                                    f" What is the magic number of {city}? The magic number of {city} is", rng)
+    return TaskSample("needle", prompt, number, _ids(tokenizer, " " + number), info)
+
+
+def lines(tokenizer, length: int, rng: np.random.Generator, position: float | None = None) -> TaskSample:
+    """LongChat-Lines: as many "line <adj>-<noun>: REGISTER_CONTENT is <NNNNN>" lines as fit, one asked
+    (at fraction ``position`` of the lines, or uniformly at random)."""
+    length = check_length(length)
+    header = _ids(tokenizer, "Below is a record of lines I want you to remember.\n")
+    names = [f"{a}-{n}" for a in ADJECTIVES for n in NOUNS]
+    order = rng.permutation(len(names))
+    records, used = [], len(header)
+    for j in order:
+        value = _digits(rng, 5)
+        text = f"line {names[j]}: REGISTER_CONTENT is <{value}>\n"
+        piece = _ids(tokenizer, text)
+        question_room = 24  # tokens kept free for the question
+        if used + len(piece) + question_room > length:
+            break
+        records.append((names[j], value, piece))
+        used += len(piece)
+    if len(records) < 2:
+        raise UsageError(f"length {length} is too short for LongChat-Lines")
+    k = int(rng.integers(len(records))) if position is None else min(len(records) - 1,
+                                                                      int(round(position * (len(records) - 1))))
+    name, value, _ = records[k]
+    question = _ids(tokenizer, f"The REGISTER_CONTENT in line {name} is")
+    prompt = header + [t for _, _, p in records for t in p] + question
+    return TaskSample("lines", prompt, value, _ids(tokenizer, " " + value),
+                      {"length": len(prompt), "lines": len(records), "index": k,
+                       "position": k / max(1, len(records) - 1)})
+
+
+def kv(tokenizer, length: int, gold: float, rng: np.random.Generator) -> TaskSample:
+    """Key-value retrieval: a JSON object of UUID -> UUID filling ``length`` tokens, the queried key at
+    fraction ``gold`` (0 = first pair, 1 = last) of the object."""
+    length = check_length(length)
+    if not isinstance(gold, (int, float)) or not 0 <= gold <= 1:
+        raise UsageError(f"gold position must be a fraction in [0, 1], got {gold!r}")
+
+    def new_uuid() -> str:
+        return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+    head = _ids(tokenizer, "JSON data:\n{")
+    pairs, used = [], len(head)
+    per_pair = len(_ids(tokenizer, json.dumps({new_uuid(): new_uuid()})[1:-1] + ", "))
+    tail_room = len(_ids(tokenizer, '}\nKey: "' + new_uuid() + '"\nThe value of the key is: "')) + 4
+    while used + per_pair + tail_room <= length:
+        pairs.append((new_uuid(), new_uuid()))
+        used += per_pair
+    if len(pairs) < 2:
+        raise UsageError(f"length {length} is too short for key-value retrieval")
+    k = int(round(gold * (len(pairs) - 1)))
+    key, value = pairs[k]
+    body = ", ".join(f'"{a}": "{b}"' for a, b in pairs)
+    prompt = head + _ids(tokenizer, body + "}\n") + _ids(tokenizer, f'Key: "{key}"\nThe value of the key is: "')
+    return TaskSample("kv", prompt, value, _ids(tokenizer, value), {"length": len(prompt), "pairs": len(pairs),
+                                                                   "index": k, "gold": gold})
+
+
+_FIRST_INT = re.compile(r"\d+")
+
+
+def score_text(task: str, answer: str, generated: str) -> bool:
+    """String-match scoring: passkey and lines by the first integer, needle and kv by substring."""
+    if task in ("passkey", "lines"):
+        found = _FIRST_INT.search(generated)
+        return bool(found) and found.group() == answer
+    return answer in generated
+
+
+def copy_sequence(length: int, low: int, high: int, rng: np.random.Generator, min_block: int = 8,
+                  max_block: int = 64) -> list[int]:
+    """A random block of token ids in ``[low, high)`` repeated to fill ``length``: the copy
+    (induction) curriculum that retrieval rests on."""
+    block = rng.integers(low, high, int(rng.integers(min_block, max_block + 1))).tolist()
+    return (block * (length // len(block) + 1))[:length]
