@@ -33,7 +33,7 @@ class PretrainConfig:
     heads: int = 4
     intermediate_size: int = 512
     rope_theta: float = 10000.0
-    copy_steps: int = 800
+    copy_steps: int = 1200
     mix_steps: int = 1500
     batch_size: int = 16
     lr: float = 1e-3
@@ -138,10 +138,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model = LlamaForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
 
-    def phase(name: str, rows: list[list[int]], steps: int, log: list[dict]) -> None:
+    def phase(name: str, rows: list[list[int]], steps: int, log: list[dict], schedule: str) -> None:
         data = Dataset.from_dict({"input_ids": rows, "labels": rows})
         args = TrainingArguments(output_dir=str(out / ".tmp"), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
-                                 learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps, lr_scheduler_type="cosine",
+                                 learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps, lr_scheduler_type=schedule,
                                  weight_decay=0.01, logging_steps=50, save_strategy="no", report_to=[],
                                  use_cpu=True, seed=cfg.seed, disable_tqdm=not cfg.progress)
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
@@ -150,13 +150,14 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     log: list[dict] = []
     n_copy = cfg.copy_steps * cfg.batch_size
-    phase("copy", training_rows("copy", n_copy, tokenizer, haystack, text_stream, cfg.window, rng), cfg.copy_steps, log)
+    phase("copy", training_rows("copy", n_copy, tokenizer, haystack, text_stream, cfg.window, rng), cfg.copy_steps, log,
+          "constant_with_warmup")  # copying emerges late: a decaying rate stalls it
     n_mix = cfg.mix_steps * cfg.batch_size
     counts = {k: int(round(v * n_mix)) for k, v in mix.items()}
     rows: list[list[int]] = []
     for kind, count in counts.items():
         rows.extend(training_rows(kind, count, tokenizer, haystack, text_stream, cfg.window, rng))
-    phase("mix", rows, cfg.mix_steps, log)
+    phase("mix", rows, cfg.mix_steps, log, "cosine")
 
     import shutil
 

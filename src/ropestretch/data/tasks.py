@@ -86,7 +86,7 @@ class Haystack:
             out.extend(self.pieces[i])
             bounds.append(len(out))
             i = (i + 1) % len(self.pieces)
-        return out[:n_tokens], [b for b in bounds if b <= n_tokens]
+        return out[:n_tokens], sorted({b for b in bounds if b < n_tokens} | {n_tokens})  # the end is a boundary too
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -1,0 +1,176 @@
+"""``ropestretch eval``: retrieval sweeps, perplexity vs length and lm-evaluation-harness on a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+from ropestretch.cli import nonnegative_int, positive_int
+
+DEFAULT_SAMPLES = {"passkey": 20, "needle": 10, "lines": 50, "kv": 20, "ppl": 8}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"lengths must be positive integers, got {text!r}")
+    return values
+
+
+def _float_list(low: float, high: float, what: str):
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if not values or any(not low <= v <= high for v in values):
+            raise argparse.ArgumentTypeError(f"{what} must lie in [{low:g}, {high:g}], got {text!r}")
+        return values
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="measure a model beyond its window (retrieval, perplexity, lm-eval)",
+                       description="Evaluate a checkpoint at lengths beyond its original window. Results are "
+                       "appended to RUN_DIR/results.jsonl cell by cell; a rerun with the same arguments skips "
+                       "finished cells. `ropestretch report RUN_DIR` turns them into tables and figures.")
+    tests = p.add_subparsers(dest="test", metavar="TEST", parser_class=type(p))
+    tests.required = True
+    helps = {"passkey": "pass key retrieval, lengths x depths", "needle": "needle in a haystack, lengths x depths",
+             "lines": "LongChat-Lines, by length", "kv": "key-value retrieval, lengths x gold positions",
+             "ppl": "perplexity vs length"}
+    for name, text in helps.items():
+        t = tests.add_parser(name, help=text, description=f"{text}.")
+        t.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder (or hub id online)")
+        t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for results")
+        t.add_argument("--lengths", type=_int_list, metavar="L1,L2,...",
+                       help="context lengths in tokens (default: the window doubling up to the target, or 1-8x)")
+        if name in ("passkey", "needle"):
+            t.add_argument("--depths", type=_float_list(0, 100, "depths"), metavar="D1,D2,...",
+                           help="needle depths in percent (default: 10 from 0 to 100)")
+        if name == "kv":
+            t.add_argument("--positions", type=_float_list(0, 1, "gold positions"), default=[0, 0.25, 0.5, 0.75, 1.0],
+                           metavar="P1,P2,...", help="queried key's place in the object, 0 = first, 1 = last")
+        if name == "ppl":
+            t.add_argument("--mode", choices=["truncate", "sliding"], default="truncate")
+            t.add_argument("--stride", type=positive_int, help="sliding mode: window step (default length / 2)")
+        t.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES[name],
+                       help=f"samples per cell (default {DEFAULT_SAMPLES[name]})")
+        t.add_argument("--seed", type=nonnegative_int, default=0)
+        if name != "ppl":
+            t.add_argument("--scoring", choices=["forced", "generate"], default="forced",
+                           help="forced: one forward pass, argmax over the answer; generate: greedy, string match")
+        t.add_argument("--batch-size", type=positive_int, default=8)
+        t.add_argument("--text", metavar="PATH", help="haystack / perplexity text: a file or folder "
+                       "(default: the English that ships with Python)")
+        t.add_argument("--trust-remote-code", action="store_true")
+        t.add_argument("--no-progress", dest="progress", action="store_false")
+        t.set_defaults(run=run)
+    lm = tests.add_parser("lm-eval", help="LongBench, RULER, short tasks via lm-evaluation-harness",
+                          description="Run lm-evaluation-harness (lm_eval.simple_evaluate) on the checkpoint.")
+    lm.add_argument("--model", required=True, metavar="DIR")
+    lm.add_argument("--out", required=True, metavar="RUN_DIR")
+    lm.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    lm.add_argument("--include-path", metavar="DIR", help="folder of local task YAML files")
+    lm.add_argument("--max-length", type=positive_int, help="context length (default: max_position_embeddings)")
+    lm.add_argument("--batch-size", type=positive_int, default=1)
+    lm.add_argument("--limit", type=float, help="examples per task (a count, or a fraction if < 1)")
+    lm.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    lm.set_defaults(run=run_lm_eval)
+
+
+def default_lengths(model: str) -> list[int]:
+    import json
+    from pathlib import Path
+
+    meta = Path(model) / "ropestretch.json"
+    if meta.is_file():
+        record = json.loads(meta.read_text())
+        n, target = record["window"], record["target"]
+    else:
+        config = json.loads((Path(model) / "config.json").read_text()) if (Path(model) / "config.json").is_file() else {}
+        n = int(config.get("max_position_embeddings", 2048))
+        target = 8 * n
+    lengths = [n]
+    while lengths[-1] < target:
+        lengths.append(min(target, lengths[-1] * 2))
+    return lengths
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ropestretch.data.corpus import builtin_documents, load_records
+    from ropestretch.data.tasks import Haystack
+    from ropestretch.errors import UsageError
+    from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle, run_passkey,
+                                  run_ppl, token_stream)
+
+    lengths = args.lengths or (default_lengths(args.model) if Path(args.model).is_dir() else None)
+    if not lengths:
+        raise UsageError("give --lengths for a model that is not a local folder")
+    depths = getattr(args, "depths", None) or [round(float(x), 1) for x in np.linspace(0, 100, 10)]
+    settings = {"model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+                "lengths": lengths, "samples": args.samples, "seed": args.seed, "text": args.text}
+    if args.test in ("passkey", "needle"):
+        settings["depths"] = depths
+    if args.test == "kv":
+        settings["positions"] = args.positions
+    if args.test == "ppl":
+        settings.update(mode=args.mode, stride=args.stride)
+    else:
+        settings["scoring"] = args.scoring
+    if args.text and not Path(args.text).exists():
+        raise UsageError(f"no such text file or folder: {args.text}")
+    store = RunStore(args.out, args.test, settings)  # refuses a folder of other arguments before loading
+    model, tokenizer = load_for_eval(args.model, args.trust_remote_code)
+    documents = None
+    if args.text:
+        records = load_records(args.text)
+        if "text" not in records.column_names:
+            raise UsageError(f"{args.text} has no 'text' field")
+        documents = [t for t in records["text"] if isinstance(t, str) and t.strip()]
+        if not documents:
+            raise UsageError(f"{args.text} holds no usable text")
+    cells = {"passkey": len(lengths) * len(depths), "needle": len(lengths) * len(depths), "lines": len(lengths),
+             "kv": len(lengths) * len(getattr(args, "positions", [0])), "ppl": len(lengths)}[args.test]
+    bar = tqdm(total=cells, desc=f"eval {args.test}", unit="cell", disable=not args.progress)
+    ev = Evaluator(model, tokenizer, getattr(args, "scoring", "forced"), args.batch_size, progress=bar)
+    if args.test in ("passkey", "needle"):
+        ev.haystack = Haystack(tokenizer, documents)
+    if args.test == "passkey":
+        run_passkey(ev, store, lengths, depths, args.samples, args.seed)
+    elif args.test == "needle":
+        run_needle(ev, store, lengths, depths, args.samples, args.seed)
+    elif args.test == "lines":
+        run_lines(ev, store, lengths, args.samples, args.seed)
+    elif args.test == "kv":
+        run_kv(ev, store, lengths, args.positions, args.samples, args.seed)
+    else:
+        stream = token_stream(tokenizer, documents or builtin_documents())
+        run_ppl(ev, store, stream, lengths, args.samples, args.seed, args.mode, args.stride)
+    bar.close()
+    for record in store.done.values():
+        value = f"ppl {record['ppl']:.2f}" if "ppl" in record else f"accuracy {record['accuracy']:.2f}"
+        print(f"{args.test} {json.dumps(record['cell'])}: {value}")
+    return 0
+
+
+def run_lm_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ropestretch.eval.lmeval import run_lm_eval as go
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    summary = go(args.model, tasks, Path(args.out), max_length=args.max_length, include_path=args.include_path,
+                 batch_size=args.batch_size, limit=args.limit, backend=args.backend)
+    for task, metrics in summary["results"].items():
+        shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
+        print(f"{task}: {shown}")
+    return 0

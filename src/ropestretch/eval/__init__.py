@@ -1,0 +1,36 @@
+"""Evaluation beyond the window: retrieval sweeps, perplexity vs length, lm-evaluation-harness.
+
+:func:`load_for_eval` loads a checkpoint; :class:`~ropestretch.eval.retrieval.Evaluator` holds it
+with the scoring mode; the ``run_*`` functions sweep their cells into a
+:class:`~ropestretch.eval.store.RunStore`.
+"""
+
+from __future__ import annotations
+
+from ropestretch.errors import UsageError
+from ropestretch.eval.perplexity import run_ppl, token_stream
+from ropestretch.eval.retrieval import Evaluator, run_kv, run_lines, run_needle, run_passkey
+from ropestretch.eval.store import RunStore, read_results
+
+TESTS = ("passkey", "needle", "lines", "kv", "ppl")
+
+
+def load_for_eval(model_dir: str, trust_remote_code: bool = False):
+    """A checkpoint and its tokenizer, in float32 eval mode (safetensors only)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load a model and tokenizer from {model_dir}: {reason}") from None
+    return model.eval(), tokenizer
+
+
+__all__ = ["TESTS", "Evaluator", "RunStore", "load_for_eval", "read_results", "run_kv", "run_lines",
+           "run_needle", "run_passkey", "run_ppl", "token_stream"]

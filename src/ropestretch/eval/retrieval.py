@@ -1,0 +1,227 @@
+"""Retrieval sweeps: passkey and needle (length x depth), LongChat-Lines (length), key-value
+retrieval (length x gold position). Every cell draws its samples from (seed, cell), so a cell's
+result does not depend on which other cells run, and a rerun skips finished cells."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ropestretch.data import tasks
+from ropestretch.data.tasks import TaskSample
+from ropestretch.eval.scoring import forced_correct, generated_correct
+from ropestretch.eval.store import RunStore
+
+
+@dataclass
+class Evaluator:
+    """A model, its tokenizer, and how to score: ``forced`` (one pass) or ``generate``."""
+
+    model: Any
+    tokenizer: Any
+    scoring: str = "forced"
+    batch_size: int = 8
+    haystack: Any = None
+    progress: Any = None  # a tqdm bar or None
+
+    @property
+    def pad(self) -> int:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
+
+    def score(self, samples: Sequence[TaskSample]) -> list[bool]:
+        """Correctness per sample, batching prompts of equal length together."""
+        by_length: dict[int, list[int]] = {}
+        for i, s in enumerate(samples):
+            by_length.setdefault(len(s.prompt_ids), []).append(i)
+        correct = [False] * len(samples)
+        for indices in by_length.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                batch = [samples[i] for i in chunk]
+                if self.scoring == "forced":
+                    result = forced_correct(self.model, batch, self.pad)
+                else:
+                    result, _ = generated_correct(self.model, self.tokenizer, batch, pad=self.pad)
+                for i, ok in zip(chunk, result):
+                    correct[i] = ok
+        return correct
+
+    def tick(self, n: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.update(n)
+
+
+def cell_rng(seed: int, test: str, *cell: float) -> np.random.Generator:
+    """A generator for one cell, independent of every other cell."""
+    return np.random.default_rng([seed, zlib.crc32(test.encode()), *[int(round(c * 1000)) for c in cell]])
+
+
+def _record(store: RunStore, cell: dict, correct: list[bool], started: float) -> dict:
+    return store.add(cell, accuracy=float(np.mean(correct)), correct=int(sum(correct)), n=len(correct),
+                     seconds=round(time.time() - started, 3))
+
+
+def sweep(ev: Evaluator, store: RunStore, cells: list[dict], make: Callable[[dict, np.random.Generator], TaskSample],
+          samples: int, seed: int) -> list[dict]:
+    """Score ``samples`` prompts per unfinished cell; ``make`` builds one prompt for a cell."""
+    out = []
+    for cell in cells:
+        if store.finished(cell):
+            ev.tick()
+            continue
+        started = time.time()
+        rng = cell_rng(seed, store.test, *cell.values())
+        batch = [make(cell, rng) for _ in range(samples)]
+        out.append(_record(store, cell, ev.score(batch), started))
+        ev.tick()
+    return out
+
+
+def run_passkey(ev, store, lengths, depths, samples, seed):
+    cells = [{"length": n, "depth": d} for n in lengths for d in depths]
+    return sweep(ev, store, cells, lambda c, rng: tasks.passkey(ev.tokenizer, ev.haystack, c["length"], c["depth"], rng),
+                 samples, seed)
+
+
+def run_lines(ev, store, lengths, samples, seed):
+    cells = [{"length": n} for n in lengths]
+    return sweep(ev, store, cells, lambda c, rng: tasks.lines(ev.tokenizer, c["length"], rng), samples, seed)
+
+
+def run_kv(ev, store, lengths, positions, samples, seed):
+    cells = [{"length": n, "gold": g} for n in lengths for g in positions]
+    return sweep(ev, store, cells, lambda c, rng: tasks.kv(ev.tokenizer, c["length"], c["gold"], rng), samples, seed)
+
+
+NEEDLE = " The magic number is {}."
+QUESTION = " What is the magic number? The magic number is"
+
+
+def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Generator):
+    """For one length: a shared haystack and ``samples`` needles (7-digit numbers). Returns the
+    context, its sentence boundaries, and per sample (needle ids, answer text, answer ids)."""
+    tok = ev.tokenizer
+    numbers = [str(int(rng.integers(10**6, 10**7))) for _ in range(samples)]
+    needles = [tok(NEEDLE.format(n), add_special_tokens=False)["input_ids"] for n in numbers]
+    question = tok(QUESTION, add_special_tokens=False)["input_ids"]
+    answers = [tok(" " + n, add_special_tokens=False)["input_ids"] for n in numbers]
+    longest = max(len(n) for n in needles)
+    room = length - longest - len(question)
+    if room < 1:
+        from ropestretch.errors import UsageError
+
+        raise UsageError(f"length {length} is too short for the needle and its question")
+    context, bounds = ev.haystack.fill(room, rng)
+    return context, bounds, question, list(zip(needles, numbers, answers))
+
+
+def _cut(bounds: list[int], room: int, depth: float) -> int:
+    return min(bounds, key=lambda b: abs(b - depth / 100 * room))
+
+
+@torch.no_grad()
+def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, reuse_prefix: bool = True):
+    """The needle grid. Per length, one haystack is shared by every depth and sample, so the keys
+    and values of the haystack before the needle are computed once (batched over the samples) and
+    each depth only runs what follows its needle (``reuse_prefix``)."""
+    out = []
+    for length in lengths:
+        cells = [{"length": length, "depth": d} for d in depths]
+        todo = [c for c in cells if not store.finished(c)]
+        ev.tick(len(cells) - len(todo))
+        if not todo:
+            continue
+        context, bounds, question, items = needle_prompts(ev, length, samples, cell_rng(seed, "needle", length))
+        groups: dict[int, list[int]] = {}
+        for i, (needle_ids, _, answer_ids) in enumerate(items):
+            groups.setdefault(len(needle_ids) * 1000 + len(answer_ids), []).append(i)
+        results: dict[str, list[bool]] = {str(c["depth"]): [False] * samples for c in todo}
+        timings = {str(c["depth"]): 0.0 for c in todo}
+        for members in groups.values():
+            for start in range(0, len(members), ev.batch_size):
+                chunk = members[start:start + ev.batch_size]
+                _needle_chunk(ev, context, bounds, question, [items[i] for i in chunk], todo, reuse_prefix,
+                              {k: [v, chunk] for k, v in results.items()}, timings)
+        for cell in todo:
+            key = str(cell["depth"])
+            record = store.add(cell, accuracy=float(np.mean(results[key])), correct=int(sum(results[key])),
+                               n=samples, seconds=round(timings[key], 3))
+            out.append(record)
+            ev.tick()
+    return out
+
+
+def _needle_chunk(ev, context, bounds, question, items, cells, reuse_prefix, results, timings):
+    from transformers import DynamicCache
+
+    room = len(context)
+    b = len(items)
+    order = sorted(cells, key=lambda c: -_cut(bounds, room, c["depth"]))  # deepest cut first: crop, never copy
+    cache = None
+    if reuse_prefix:
+        started = time.time()
+        deepest = _cut(bounds, room, order[0]["depth"])
+        cache = DynamicCache(config=ev.model.config)
+        if deepest > 0:
+            ev.model(input_ids=torch.tensor([context[:deepest]] * b), past_key_values=cache, use_cache=True)
+        share = (time.time() - started) / len(order)
+        for c in order:
+            timings[str(c["depth"])] += share
+    for cell in order:
+        started = time.time()
+        cut = _cut(bounds, room, cell["depth"])
+        rows = [needle + context[cut:] + question for needle, _, _ in items]
+        answers = [answer for _, _, answer in items]
+        if reuse_prefix:
+            crop_to(cache, cut)
+            ok = _score_continuation(ev, cache, context[:cut], rows, answers, [n for _, n, _ in items])
+        else:
+            full = [context[:cut] + r for r in rows]
+            samples = [TaskSample("needle", f, n, a) for f, (_, n, a) in zip(full, items)]
+            ok = ev.score(samples) if ev.scoring != "forced" else forced_correct(ev.model, samples, ev.pad)
+        flags, chunk = results[str(cell["depth"])]
+        for i, good in zip(chunk, ok):
+            flags[i] = good
+        timings[str(cell["depth"])] += time.time() - started
+
+
+def crop_to(cache, length: int) -> None:
+    """Shorten a transformers cache to ``length`` tokens (transformers 5 takes a negative count to
+    remove; 4.x took the length to keep)."""
+    import inspect
+
+    extra = cache.get_seq_length() - length
+    if extra <= 0:
+        return
+    if "tokens_to_remove" in inspect.signature(cache.crop).parameters:
+        cache.crop(-extra)
+    else:
+        cache.crop(length)
+
+
+def _score_continuation(ev, cache, prefix, rows, answers, answer_texts):
+    """Score prompts that continue a cached ``prefix`` (all rows of equal length)."""
+    from ropestretch.data.tasks import score_text
+
+    if ev.scoring == "forced":
+        cut = len(prefix)
+        ids = torch.tensor([r + a for r, a in zip(rows, answers)])
+        logits = ev.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+        crop_to(cache, cut)
+        start = len(rows[0])
+        pred = logits[:, start - 1: start - 1 + len(answers[0])].argmax(-1)
+        return [bool(torch.equal(p, torch.tensor(a))) for p, a in zip(pred, answers)]
+    cut = len(prefix)
+    full = torch.tensor([prefix + r for r in rows])
+    out = ev.model.generate(input_ids=full, attention_mask=torch.ones_like(full), past_key_values=cache,
+                            max_new_tokens=len(answers[0]) + 4, do_sample=False, pad_token_id=ev.pad,
+                            eos_token_id=ev.tokenizer.eos_token_id)
+    crop_to(cache, cut)
+    texts = ev.tokenizer.batch_decode(out[:, full.shape[1]:], skip_special_tokens=True)
+    return [score_text("needle", a, t) for a, t in zip(answer_texts, texts)]

@@ -1,0 +1,76 @@
+"""A run folder: each test's arguments, and its results as JSON lines appended cell by cell.
+
+A rerun with the same arguments skips finished cells, so an interrupted sweep loses nothing; a
+run folder holding results of different arguments for the same test is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from ropestretch.errors import UsageError
+
+ARGS_FILE = "eval-args.json"
+RESULTS_FILE = "results.jsonl"
+
+
+def cell_key(cell: dict[str, Any]) -> str:
+    return json.dumps(cell, sort_keys=True)
+
+
+class RunStore:
+    def __init__(self, folder: str | Path, test: str, args: dict[str, Any]):
+        self.folder, self.test, self.args = Path(folder), test, args
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UsageError(f"run folder {self.folder} is a file")
+        recorded = self._read_args()
+        previous = recorded.get(test)
+        if previous is not None and previous != args:
+            differs = sorted(k for k in set(previous) | set(args) if previous.get(k) != args.get(k))
+            raise UsageError(f"{self.folder} holds {test} results of different arguments "
+                             f"(differs in: {', '.join(differs)}); use another run folder")
+        if self.folder.exists() and any(self.folder.iterdir()) and not (self.folder / ARGS_FILE).exists():
+            raise UsageError(f"{self.folder} is not empty and is not a ropestretch eval run folder")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if previous is None:
+            recorded[test] = args
+            tmp = self.folder / (ARGS_FILE + ".partial")
+            tmp.write_text(json.dumps(recorded, indent=2) + "\n")
+            tmp.replace(self.folder / ARGS_FILE)
+        self.done = {cell_key(r["cell"]): r for r in read_results(self.folder) if r.get("test") == test}
+
+    def _read_args(self) -> dict[str, Any]:
+        path = self.folder / ARGS_FILE
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise UsageError(f"{path} is unreadable; use another run folder") from None
+
+    def finished(self, cell: dict[str, Any]) -> bool:
+        return cell_key(cell) in self.done
+
+    def add(self, cell: dict[str, Any], **values: Any) -> dict[str, Any]:
+        record = {"test": self.test, "cell": cell, **values}
+        with open(self.folder / RESULTS_FILE, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+        self.done[cell_key(cell)] = record
+        return record
+
+
+def read_results(folder: str | Path) -> Iterator[dict[str, Any]]:
+    """Every complete line of a run folder's results (a line cut by a kill is skipped)."""
+    path = Path(folder) / RESULTS_FILE
+    if not path.exists():
+        return iter(())
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return iter(rows)

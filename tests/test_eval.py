@@ -1,0 +1,175 @@
+"""Evaluation: task generation, scoring, prefix reuse, perplexity, the run folder, the report, bad input."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clihelp import assert_one_line_error, run_cli
+from ropestretch import UsageError
+from ropestretch.data import tasks
+from ropestretch.eval import Evaluator, RunStore, run_needle, run_ppl
+from ropestretch.eval.perplexity import nll_sum
+from ropestretch.eval.retrieval import crop_to
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm_dir):
+    from ropestretch.eval import load_for_eval
+
+    return load_for_eval(str(tiny_lm_dir))
+
+
+@pytest.fixture(scope="module")
+def haystack(lm):
+    from ropestretch.data import builtin_documents
+
+    return tasks.Haystack(lm[1], builtin_documents(max_docs=100)[:20])
+
+
+def test_tasks_exact_lengths_and_answers(lm, haystack):
+    tok = lm[1]
+    rng = np.random.default_rng(0)
+    for depth in (0, 33, 100):
+        s = tasks.passkey(tok, haystack, 300, depth, rng)
+        assert len(s.prompt_ids) == 300 and len(s.answer) == 5
+        text = tok.decode(s.prompt_ids)
+        assert f"The pass key is {s.answer}." in text and text.endswith("The pass key is")
+        assert abs(s.info["needle_at"] - depth / 100) < 0.2  # snapped to a sentence boundary near the depth
+    s = tasks.lines(tok, 400, rng, position=0.0)
+    assert f"REGISTER_CONTENT is <{s.answer}>" in tok.decode(s.prompt_ids) and s.info["index"] == 0
+    s = tasks.kv(tok, 1200, 1.0, rng)
+    text = tok.decode(s.prompt_ids)
+    assert s.info["index"] == s.info["pairs"] - 1 and f'": "{s.answer}"' in text
+    assert tasks.score_text("passkey", "12345", " 12345. and more 999")
+    assert not tasks.score_text("passkey", "12345", " 1234 5")
+    assert tasks.score_text("kv", "ab-cd", 'x "ab-cd"')
+
+
+def test_haystack_repeats_with_a_warning(lm):
+    small = tasks.Haystack(lm[1], ["A tiny text. It has two sentences."])
+    with pytest.warns(UserWarning, match="repeated"):
+        ids, _ = small.fill(100, np.random.default_rng(0))
+    assert len(ids) == 100
+
+
+@pytest.mark.parametrize("bad,message", [(-1, "depth"), (101, "depth")])
+def test_bad_depth(lm, haystack, bad, message):
+    with pytest.raises(UsageError, match=message):
+        tasks.passkey(lm[1], haystack, 300, bad, np.random.default_rng(0))
+
+
+def test_cache_continuation_equals_full_forward(lm):
+    """What prefix reuse rests on: keys and values of a prefix, cropped, continued."""
+    from transformers import DynamicCache
+
+    model = lm[0]
+    ids = torch.randint(3, 300, (2, 120))
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids[:, :100], past_key_values=cache, use_cache=True)
+        crop_to(cache, 70)
+        assert cache.get_seq_length() == 70
+        tail = model(input_ids=ids[:, 70:], past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(tail, full[:, 70:], rtol=1e-4, atol=1e-4)
+
+
+def test_needle_prefix_reuse_matches_from_scratch(lm, haystack, tmp_path):
+    model, tok = lm
+    ev = Evaluator(model, tok, "forced", batch_size=4, haystack=haystack)
+    a = run_needle(ev, RunStore(tmp_path / "a", "needle", {}), [200], [0, 40, 100], 4, seed=1, reuse_prefix=True)
+    b = run_needle(ev, RunStore(tmp_path / "b", "needle", {}), [200], [0, 40, 100], 4, seed=1, reuse_prefix=False)
+    assert [r["correct"] for r in a] == [r["correct"] for r in b]
+
+
+def test_perplexity_counts_only_scored_tokens(lm, tmp_path):
+    model, tok = lm
+    ids = torch.randint(3, 300, (1, 50))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    logp = torch.log_softmax(logits[0, :-1].double(), -1)
+    nll = -logp[torch.arange(49), ids[0, 1:]]
+    total, count = nll_sum(model, ids)
+    assert count == 49 and total == pytest.approx(float(nll.sum()), rel=1e-4)
+    total, count = nll_sum(model, ids, scored_from=30)
+    assert count == 19 and total == pytest.approx(float(nll[30:].sum()), rel=1e-4)
+    # sliding window: every token of the span scored exactly once
+    stream = torch.randint(3, 300, (400,)).tolist()
+    ev = Evaluator(model, tok, batch_size=2)
+    [rec] = run_ppl(ev, RunStore(tmp_path / "p", "ppl", {}), stream, [64], samples=3, seed=0, mode="sliding", stride=16)
+    assert rec["tokens"] == 3 * 64 - 1 and math.isclose(rec["ppl"], math.exp(rec["nll"]))
+    [rec] = run_ppl(ev, RunStore(tmp_path / "q", "ppl", {}), stream, [64], samples=3, seed=0)
+    assert rec["tokens"] == 3 * 63
+
+
+def test_run_folder_skips_finished_cells_and_refuses_other_arguments(tmp_path):
+    store = RunStore(tmp_path / "run", "passkey", {"lengths": [64]})
+    store.add({"length": 64, "depth": 0}, accuracy=1.0)
+    with open(tmp_path / "run" / "results.jsonl", "a") as fh:
+        fh.write('{"test": "passkey", "cell": {"len')  # a line cut by a kill
+    again = RunStore(tmp_path / "run", "passkey", {"lengths": [64]})
+    assert again.finished({"length": 64, "depth": 0}) and not again.finished({"length": 64, "depth": 50})
+    RunStore(tmp_path / "run", "ppl", {"lengths": [64]})  # another test, same folder: fine
+    with pytest.raises(UsageError, match="different arguments"):
+        RunStore(tmp_path / "run", "passkey", {"lengths": [128]})
+
+
+def test_eval_cli_resume_report_and_bad_input(tiny_lm_dir, tmp_path):
+    run = tmp_path / "run"
+    common = ["--model", tiny_lm_dir, "--out", run, "--no-progress"]
+    code, out, err = run_cli("eval", "passkey", *common, "--lengths", "128,256", "--depths", "0,100", "--samples", 2)
+    assert code == 0, err
+    lines = (run / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    code, out, err = run_cli("eval", "passkey", *common, "--lengths", "128,256", "--depths", "0,100", "--samples", 2)
+    assert code == 0 and (run / "results.jsonl").read_text().splitlines() == lines  # nothing redone
+    assert run_cli("eval", "ppl", *common, "--lengths", "64,256", "--samples", 2)[0] == 0
+    assert run_cli("eval", "kv", *common, "--lengths", "600", "--samples", 1, "--positions", "0,1")[0] == 0
+    assert run_cli("eval", "lines", *common, "--lengths", "300", "--samples", 2, "--scoring", "generate")[0] == 0
+    assert run_cli("eval", "needle", *common, "--lengths", "128", "--depths", "0,50", "--samples", 2)[0] == 0
+    code, out, err = run_cli("report", run)
+    assert code == 0, err
+    report = (run / "report.md").read_text()
+    for title in ("Passkey", "Needle", "LongChat-Lines", "Key-value", "Perplexity"):
+        assert title in report
+    for png in ("needle-run.png", "kv-by-position.png", "ppl-vs-length.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    # bad input: one line, exit 2, existing results untouched
+    before = (run / "results.jsonl").read_text()
+    assert_one_line_error(run_cli("eval", "passkey", *common, "--lengths", "128", "--depths", "0,100",
+                                  "--samples", 2), "different arguments")
+    assert_one_line_error(run_cli("eval", "passkey", *common, "--lengths", "0,64"), "positive")
+    assert_one_line_error(run_cli("eval", "passkey", *common, "--lengths", "-5"), "positive")
+    assert_one_line_error(run_cli("eval", "needle", *common, "--depths", "0,120"), "[0, 100]")
+    assert_one_line_error(run_cli("eval", "ppl", "--model", tmp_path / "nope", "--out", tmp_path / "r2",
+                                  "--lengths", "64"), "cannot load")
+    assert_one_line_error(run_cli("eval", "ppl", "--model", tiny_lm_dir, "--out", tmp_path / "r3",
+                                  "--lengths", "64", "--text", tmp_path / "missing.txt"), "no such text")
+    assert (run / "results.jsonl").read_text() == before
+    assert_one_line_error(run_cli("report", tmp_path / "nothing"), "not an eval run folder")
+
+
+def test_lm_eval_local_task(tiny_lm_dir, tmp_path):
+    pytest.importorskip("lm_eval")
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    data = tasks_dir / "copy.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Say {w}:", "answer": f" {w}"}) + "\n"
+                            for w in ["the", "of", "and", "to"]))
+    (tasks_dir / "tiny_copy.yaml").write_text(
+        "task: tiny_copy\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: loglikelihood\n"
+        "doc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n")
+    out = tmp_path / "lm"
+    code, stdout, err = run_cli("eval", "lm-eval", "--model", tiny_lm_dir, "--out", out, "--tasks", "tiny_copy",
+                                "--include-path", tasks_dir, "--max-length", 256)
+    assert code == 0, err[-3000:]
+    summary = json.loads((out / "lm-eval.json").read_text())
+    assert "tiny_copy" in summary["results"] and 0 <= summary["results"]["tiny_copy"]["acc,none"] <= 1
+    assert_one_line_error(run_cli("eval", "lm-eval", "--model", tiny_lm_dir, "--out", out, "--tasks", "no_such_task",
+                                  "--include-path", tasks_dir), "unknown lm-eval tasks")
