@@ -170,7 +170,21 @@ def pack_token_streams(docs: Iterable[Sequence[int]], length: int, eos_id: int |
 
 def text_samples(records, tokenizer, length: int, short: str = "pack", text_field: str = "text",
                  report: PackReport | None = None) -> list[dict[str, Any]]:
-    """Tokenize the ``text_field`` of every record and cut into samples with ``sample_id``."""
+    """Tokenize the ``text_field`` of every record and cut into samples with ``sample_id``.
+
+    Records that already hold ``input_ids`` (pre-tokenized rows) are used as they are: each must be
+    exactly one sample long."""
+    if "input_ids" in records.column_names:
+        rows = []
+        for i, ids in enumerate(records["input_ids"]):
+            if not isinstance(ids, list) or len(ids) != length or not all(isinstance(t, int) for t in ids):
+                raise UsageError(f"pre-tokenized row {i} must be a list of exactly {length} token ids")
+            rows.append({"input_ids": ids, "sample_id": i})
+        if report is not None:
+            report.documents = report.samples = len(rows)
+        if not rows:
+            raise UsageError("the data holds no rows")
+        return rows
     if text_field not in records.column_names:
         raise UsageError(f"the data has no {text_field!r} field (fields: {', '.join(records.column_names)})")
     texts = (t if isinstance(t, str) else "" for t in records[text_field])

@@ -132,13 +132,16 @@ def passkey(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.ra
     return TaskSample("passkey", prompt, key, _ids(tokenizer, " " + key), info)
 
 
+NEEDLE = " The magic number of {city} is {number}."
+NEEDLE_QUESTION = " What is the magic number of {city}? The magic number of {city} is"
+
+
 def needle(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator) -> TaskSample:
     """A keyed needle, "The magic number of <city> is NNNNNNN.", at ``depth`` percent of a haystack."""
     length, depth = check_length(length), check_depth(depth)
     city, number = CITIES[int(rng.integers(len(CITIES)))], _digits(rng, 7)
-    prompt, info = _insert_at_depth(tokenizer, haystack, length, depth,
-                                    f" The magic number of {city} is {number}.",
-                                    f" What is the magic number of {city}? The magic number of {city} is", rng)
+    prompt, info = _insert_at_depth(tokenizer, haystack, length, depth, NEEDLE.format(city=city, number=number),
+                                    NEEDLE_QUESTION.format(city=city), rng)
     return TaskSample("needle", prompt, number, _ids(tokenizer, " " + number), info)
 
 

@@ -99,17 +99,15 @@ def run_kv(ev, store, lengths, positions, samples, seed):
     return sweep(ev, store, cells, lambda c, rng: tasks.kv(ev.tokenizer, c["length"], c["gold"], rng), samples, seed)
 
 
-NEEDLE = " The magic number is {}."
-QUESTION = " What is the magic number? The magic number is"
-
-
 def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Generator):
-    """For one length: a shared haystack and ``samples`` needles (7-digit numbers). Returns the
-    context, its sentence boundaries, and per sample (needle ids, answer text, answer ids)."""
+    """For one length: a shared haystack, one keyed city, and ``samples`` needles (7-digit numbers).
+    Returns the context, its sentence boundaries, the question, and per sample (needle ids, answer
+    text, answer ids)."""
     tok = ev.tokenizer
+    city = tasks.CITIES[int(rng.integers(len(tasks.CITIES)))]
     numbers = [str(int(rng.integers(10**6, 10**7))) for _ in range(samples)]
-    needles = [tok(NEEDLE.format(n), add_special_tokens=False)["input_ids"] for n in numbers]
-    question = tok(QUESTION, add_special_tokens=False)["input_ids"]
+    needles = [tok(tasks.NEEDLE.format(city=city, number=n), add_special_tokens=False)["input_ids"] for n in numbers]
+    question = tok(tasks.NEEDLE_QUESTION.format(city=city), add_special_tokens=False)["input_ids"]
     answers = [tok(" " + n, add_special_tokens=False)["input_ids"] for n in numbers]
     longest = max(len(n) for n in needles)
     room = length - longest - len(question)

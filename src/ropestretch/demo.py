@@ -1,0 +1,276 @@
+"""``ropestretch demo``: the whole method on the shipped base model, end to end on CPU.
+
+From the small base model (window N = 256) to L = 2048 (8x):
+
+- without training: ``linear``, ``yarn`` and ``dprope`` scaling (``ropestretch apply``);
+- fine-tuned inside N = 256: ``pose`` and ``cream`` positions under ``linear`` and ``yarn``, and
+  ``cream`` under ``dprope``; and the ``full``-length baseline at L, for cost. Every fine-tuned
+  variant gets the same token budget;
+- every variant (and the base, unextended) evaluated at 256 .. 2048, and 4096 for the tail:
+  passkey, needle grid, LongChat-Lines, key-value retrieval by position, perplexity;
+- ``report.md`` with the comparison table, the figures and each variant's training cost.
+
+Every step writes under ``--out`` only, and a rerun reuses every finished step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ropestretch.errors import UsageError
+
+BASE_MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-llama-256"
+
+
+@dataclass
+class DemoPlan:
+    window: int = 256
+    target: int = 2048
+    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096])
+    depths: list[float] = field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0])
+    samples: dict[str, int] = field(default_factory=lambda: {"passkey": 10, "needle": 10, "lines": 20, "kv": 4,
+                                                             "ppl": 4})
+    kv_positions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    steps: int = 250  # at the window; the token budget is steps x batch x window
+    batch: int = 16
+    lr: float = 5e-4
+    seed: int = 0
+    mix: dict[str, float] = field(default_factory=lambda: {"text": 0.3, "passkey": 0.3, "needle": 0.25,
+                                                           "lines": 0.15})
+
+    @classmethod
+    def quick(cls) -> "DemoPlan":
+        return cls(lengths=[256, 2048], depths=[0.0, 50.0],
+                   samples={"passkey": 2, "needle": 2, "lines": 2, "kv": 1, "ppl": 1},
+                   kv_positions=[0.0, 1.0], steps=4, batch=8)
+
+    @property
+    def budget(self) -> int:
+        return self.steps * self.batch * self.window
+
+
+TRAINING_FREE = ["linear", "yarn", "dprope"]
+FINE_TUNED = [("pose", "linear"), ("pose", "yarn"), ("cream", "linear"), ("cream", "yarn"), ("cream", "dprope"),
+              ("full", "linear")]
+
+
+def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], seed: int) -> list[list[int]]:
+    """``count`` rows of exactly ``length`` tokens: prose, and retrieval samples whose question and
+    answer end the row (so under CREAM they sit in the tail segment, the needle anywhere before)."""
+    from ropestretch.data import tasks
+    from ropestretch.data.corpus import builtin_documents
+
+    rng = np.random.default_rng(seed)
+    docs = builtin_documents()
+    haystack = tasks.Haystack(tokenizer, docs)
+    eos = tokenizer.eos_token_id
+    kinds = rng.choice(list(mix), size=count, p=np.array(list(mix.values())) / sum(mix.values()))
+    rows = []
+    for kind in kinds:
+        if kind == "text":
+            rows.append(haystack.fill(length, rng)[0])
+            continue
+        if kind == "lines":
+            sample = tasks.lines(tokenizer, length - 8, rng)
+        else:
+            sample = getattr(tasks, kind)(tokenizer, haystack, length - 8, float(rng.uniform(0, 100)), rng)
+        body = sample.prompt_ids + sample.answer_ids + [eos]
+        filler = haystack.fill(max(0, length - len(body)), rng)[0] if len(body) < length else []
+        rows.append((filler + body)[-length:])
+    return rows
+
+
+class Demo:
+    def __init__(self, out: str | Path, plan: DemoPlan, base: str | Path = BASE_MODEL, progress: bool = True):
+        self.out, self.plan, self.base, self.progress = Path(out), plan, Path(base), progress
+        if not (self.base / "config.json").is_file():
+            raise UsageError(f"base model not found at {self.base}")
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out} is a file")
+        record = self.out / "demo.json"
+        if self.out.exists() and any(self.out.iterdir()):
+            if not record.is_file():
+                raise UsageError(f"{self.out} is not empty and holds no demo; choose a new --out")
+            previous = json.loads(record.read_text()).get("plan")
+            if previous != asdict(plan):
+                raise UsageError(f"{self.out} holds a demo with another plan (--quick or not); choose a new --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        # everything, caches included, stays under --out
+        os.environ["HF_HOME"] = str(self.out / ".cache" / "huggingface")
+        os.environ["HF_DATASETS_CACHE"] = str(self.out / ".cache" / "datasets")
+        os.environ["MPLCONFIGDIR"] = str(self.out / ".cache" / "matplotlib")
+        self.timings: dict[str, float] = {}
+        self._shared: dict[str, Any] = {}  # haystack and perplexity text: one tokenizer for every variant
+        if record.is_file():
+            self.timings = json.loads(record.read_text()).get("timings", {})
+        self._save()
+
+    def _save(self) -> None:
+        (self.out / "demo.json").write_text(json.dumps({"plan": asdict(self.plan), "base": str(self.base),
+                                                        "timings": self.timings}, indent=2) + "\n")
+
+    def say(self, text: str) -> None:
+        print(f"[demo] {text}", file=sys.stderr, flush=True)
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def data(self, length: int) -> Path:
+        path = self.out / "data" / f"train-{length}.jsonl"
+        if path.is_file():
+            return path
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.base)
+        count = self.plan.budget // length
+        self.say(f"building {count} training rows of {length} tokens")
+        rows = training_rows(tok, length, count, self.plan.mix, self.plan.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
+        tmp.replace(path)
+        return path
+
+    def apply(self, scaling: str) -> Path:
+        from ropestretch.rope import load_rope_config, scale
+        from ropestretch.rope.export import apply_to_checkpoint
+
+        out = self.out / "models" / scaling
+        if (out / "ropestretch.json").is_file():
+            return out
+        self.say(f"{scaling}: scaling {self.plan.window} -> {self.plan.target} without training")
+        apply_to_checkpoint(self.base, out, scale(load_rope_config(self.base), scaling, self.plan.target),
+                            command="demo")
+        return out
+
+    def train(self, positions: str, scaling: str) -> Path:
+        from ropestretch.train import make_config, train
+
+        name = f"{positions}-{scaling}"
+        out = self.out / "models" / name
+        if (out / "ropestretch.json").is_file():
+            return out
+        length = self.plan.target if positions == "full" else self.plan.window
+        data = self.data(length)
+        batch = self.plan.batch if positions != "full" else max(1, self.plan.batch // 8)
+        steps = max(1, self.plan.budget // (batch * length))
+        self.say(f"{name}: fine-tuning {steps} steps of {batch} x {length} tokens")
+        started = time.time()
+        train(make_config(model=str(self.base), data=str(data), out=str(out), target=self.plan.target,
+                          positions=positions, scaling=scaling, steps=steps, batch_size=batch, lr=self.plan.lr,
+                          warmup_steps=min(10, steps), schedule="constant_with_warmup", seed=self.plan.seed,
+                          save_steps=max(1, steps // 2), save_total_limit=1, logging_steps=max(1, steps // 20),
+                          progress=self.progress, resume=out.exists() and any(out.iterdir())))
+        self.timings[name] = round(time.time() - started, 1)
+        self._save()
+        return out
+
+    def evaluate(self, name: str, model: Path) -> Path:
+        from tqdm.auto import tqdm
+
+        from ropestretch.data.tasks import Haystack
+        from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle,
+                                      run_passkey, run_ppl, token_stream)
+
+        run = self.out / "evals" / name
+        p = self.plan
+        plan = {"passkey": len(p.lengths) * len(p.depths), "needle": len(p.lengths) * len(p.depths),
+                "lines": len(p.lengths), "kv": len(p.lengths) * len(p.kv_positions), "ppl": len(p.lengths)}
+        common = {"model": str(model.resolve()), "lengths": p.lengths, "seed": p.seed, "text": None}
+        stores = {}
+        for test in plan:
+            args = {**common, "samples": p.samples[test]}
+            if test in ("passkey", "needle"):
+                args["depths"] = p.depths
+            if test == "kv":
+                args["positions"] = p.kv_positions
+            if test == "ppl":
+                args.update(mode="truncate", stride=None)
+            else:
+                args["scoring"] = "forced"
+            stores[test] = RunStore(run, test, args)
+        if all(len(stores[t].done) == n for t, n in plan.items()):
+            return run
+        started = time.time()
+        model_, tok = load_for_eval(str(model))
+        if not self._shared:
+            from ropestretch.data.corpus import builtin_documents
+
+            docs = builtin_documents()
+            self._shared = {"haystack": Haystack(tok, docs), "stream": token_stream(tok, docs)}
+        bar = tqdm(total=sum(plan.values()), desc=f"eval {name}", unit="cell", disable=not self.progress)
+        ev = Evaluator(model_, tok, "forced", batch_size=10, haystack=self._shared["haystack"], progress=bar)
+        run_passkey(ev, stores["passkey"], p.lengths, p.depths, p.samples["passkey"], p.seed)
+        run_needle(ev, stores["needle"], p.lengths, p.depths, p.samples["needle"], p.seed)
+        run_lines(ev, stores["lines"], p.lengths, p.samples["lines"], p.seed)
+        run_kv(ev, stores["kv"], p.lengths, p.kv_positions, p.samples["kv"], p.seed)
+        run_ppl(ev, stores["ppl"], self._shared["stream"], p.lengths, p.samples["ppl"], p.seed)
+        bar.close()
+        self.timings[f"eval {name}"] = round(time.time() - started, 1)
+        self._save()
+        return run
+
+    def run(self) -> Path:
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        from ropestretch.report import write_report
+
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        hf_logging.set_verbosity_error()  # the longrope export's vLLM keys would warn at every load
+        started = time.time()
+        models: dict[str, Path] = {"base": self.base}
+        for scaling in TRAINING_FREE:
+            models[scaling] = self.apply(scaling)
+        for positions, scaling in FINE_TUNED:
+            models[f"{positions}-{scaling}"] = self.train(positions, scaling)
+        runs = [self.evaluate(name, path) for name, path in models.items()]
+        report = write_report(runs, self.out)
+        summary = summary_table(self.out, self.plan, list(models))
+        text = report.read_text()
+        report.write_text(text.replace("# ropestretch report\n", "# ropestretch demo report\n\n" + summary, 1))
+        self.timings["total (this invocation)"] = round(time.time() - started, 1)
+        self._save()
+        return report
+
+
+def summary_table(out: Path, plan: DemoPlan, names: list[str]) -> str:
+    """The comparison: retrieval at L and at the window, middle depths, perplexity, training cost."""
+    from ropestretch.eval.store import read_results
+
+    n, target = plan.window, plan.target
+    tail = [plan.lengths[-1]] if plan.lengths[-1] != target else []
+    header = ["variant", f"passkey @{target}", f"needle @{target}", f"needle 25-75% @{target}",
+              f"lines @{target}", f"kv @{target}", f"passkey @{n}", f"ppl @{n}", f"ppl @{target}",
+              *[f"ppl @{t}" for t in tail], "train time"]
+    lines = ["## Comparison", "", f"Base window N = {n}, target L = {target} (8x); every fine-tuned variant saw "
+             f"{plan.budget:,} training tokens. Accuracy is the mean over depths (needle, passkey) or gold "
+             "positions (kv).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in names:
+        rows = list(read_results(out / "evals" / name))
+
+        def acc(test, length, lo=0, hi=100):
+            vals = [r["accuracy"] for r in rows if r["test"] == test and r["cell"]["length"] == length
+                    and lo <= r["cell"].get("depth", 50) <= hi]
+            return f"{100 * np.mean(vals):.0f}%" if vals else "-"
+
+        def ppl(length):
+            vals = [r["ppl"] for r in rows if r["test"] == "ppl" and r["cell"]["length"] == length]
+            return f"{vals[0]:.1f}" if vals else "-"
+
+        meta_path = out / "models" / name / "ropestretch.json"
+        cost = "-"
+        if meta_path.is_file() and "train_seconds" in json.loads(meta_path.read_text()):
+            cost = f"{json.loads(meta_path.read_text())['train_seconds']:.0f} s"
+        lines.append("| " + " | ".join([name, acc("passkey", target), acc("needle", target),
+                                        acc("needle", target, 25, 75), acc("lines", target), acc("kv", target),
+                                        acc("passkey", n), ppl(n), ppl(target), *[ppl(t) for t in tail],
+                                        cost]) + " |")
+    return "\n".join(lines) + "\n\n"
