@@ -17,20 +17,26 @@ import sys
 import time
 
 
-def one(method, window, target, batch, steps, threads):
-    import numpy as np
+def small_llama(window, target):
+    """The benchmark's model (4 layers, hidden 256, linear scaling to the target) and its AdamW."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ropestretch.positions import PositionCollator, sample_length
-
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=4, vocab_size=2048, max_position_embeddings=target,
                          rope_parameters={"rope_type": "linear", "factor": target / window, "rope_theta": 10000.0})
     model = LlamaForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def one(method, window, target, batch, steps, threads):
+    import numpy as np
+    import torch
+    from ropestretch.positions import PositionCollator, sample_length
+
+    torch.set_num_threads(threads)
+    model, opt = small_llama(window, target)
     length = sample_length(method, window, target)
     collate = PositionCollator(method, window, target, seed=0, **({"k": 8} if method == "cream" else {}))
     rng = np.random.default_rng(0)
@@ -53,17 +59,10 @@ def interleaved(window, target, batch, steps, threads):
     """Plain and CREAM steps alternated on one model in one process: a ratio free of machine drift."""
     import numpy as np
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from ropestretch.positions import PositionCollator
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=4, vocab_size=2048, max_position_embeddings=target,
-                         rope_parameters={"rope_type": "linear", "factor": target / window, "rope_theta": 10000.0})
-    model = LlamaForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, opt = small_llama(window, target)
     collators = {"none": PositionCollator("none", window, target, seed=0),
                  "cream": PositionCollator("cream", window, target, seed=0, k=8)}
     rng = np.random.default_rng(0)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ropestretch.errors import UsageError
+from ropestretch.jsonl import append_jsonl
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -332,8 +333,7 @@ def _callbacks(cfg: TrainConfig, out: Path, tokens_per_step: int):
                 return
             record = {"step": state.global_step, **{k: v for k, v in logs.items()}, "tokens_per_s": round(self.rate, 1),
                       "elapsed_s": round(time.time() - self.start, 3)}
-            with open(out / LOG_FILE, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_jsonl(out / LOG_FILE, record)
             if self.bar is not None and "loss" in logs:
                 self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{self.rate:,.0f}")
 
@@ -472,13 +472,6 @@ def _checkpointing_arg(on: bool) -> dict[str, bool]:
 
 
 def _read_log(out: Path) -> list[dict]:
-    path = out / LOG_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
+    from ropestretch.jsonl import read_jsonl
+
+    return read_jsonl(out / LOG_FILE)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ropestretch.errors import UsageError
+from ropestretch.jsonl import append_jsonl, read_jsonl
 
 ARGS_FILE = "eval-args.json"
 RESULTS_FILE = "results.jsonl"
@@ -55,22 +56,11 @@ class RunStore:
 
     def add(self, cell: dict[str, Any], **values: Any) -> dict[str, Any]:
         record = {"test": self.test, "cell": cell, **values}
-        with open(self.folder / RESULTS_FILE, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
+        append_jsonl(self.folder / RESULTS_FILE, record)
         self.done[cell_key(cell)] = record
         return record
 
 
 def read_results(folder: str | Path) -> Iterator[dict[str, Any]]:
     """Every complete line of a run folder's results (a line cut by a kill is skipped)."""
-    path = Path(folder) / RESULTS_FILE
-    if not path.exists():
-        return iter(())
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return iter(rows)
+    return iter(read_jsonl(Path(folder) / RESULTS_FILE))
