@@ -80,7 +80,7 @@ def build_tokenizer(cfg: PretrainConfig, docs: list[str]):
 
 
 def training_rows(kind: str, count: int, tokenizer, haystack, text_stream: list[int], window: int,
-                  rng: np.random.Generator, copy_block_fixed: bool = False) -> list[list[int]]:
+                  rng: np.random.Generator) -> list[list[int]]:
     """``count`` rows of exactly ``window`` tokens of one kind."""
     from ropestretch.data import tasks
 
@@ -92,9 +92,8 @@ def training_rows(kind: str, count: int, tokenizer, haystack, text_stream: list[
             start = int(rng.integers(0, len(text_stream) - window))
             rows.append(text_stream[start:start + window])
             continue
-        if kind == "copy":  # fixed-length blocks first: variable lengths (8-64) stall induction for 800+ steps
-            block = (32, 32) if copy_block_fixed else (16, 48)
-            rows.append(tasks.copy_sequence(window, special, len(tokenizer), rng, *block))
+        if kind == "copy":  # fixed-length blocks: variable lengths (8-64) stall induction for 800+ steps
+            rows.append(tasks.copy_sequence(window, special, len(tokenizer), rng, 32, 32))
             continue
         length = int(rng.integers(window // 4, window - 8))
         if kind in ("passkey", "needle"):
@@ -107,6 +106,25 @@ def training_rows(kind: str, count: int, tokenizer, haystack, text_stream: list[
         filler, _ = haystack.fill(window, rng)
         rows.append((ids + [eos] + filler)[:window])
     return rows
+
+
+def probe(model, tokenizer, haystack, window: int, n: int = 20) -> dict[str, float]:
+    """Copy accuracy on repeated 32-token blocks, and teacher-forced passkey accuracy inside the window."""
+    import torch
+
+    from ropestretch.data import tasks
+    from ropestretch.eval.scoring import forced_correct
+
+    rng = np.random.default_rng(12345)
+    special = len(tokenizer.all_special_ids)
+    model.eval()
+    with torch.no_grad():
+        x = torch.tensor([tasks.copy_sequence(window, special, len(tokenizer), rng, 32, 32) for _ in range(8)])
+        copy = float((model(input_ids=x).logits[:, 31:-1].argmax(-1) == x[:, 32:]).float().mean())
+        keys = [tasks.passkey(tokenizer, haystack, window - 8, float(d), rng) for d in np.linspace(0, 100, n)]
+        key = float(np.mean(forced_correct(model, keys, tokenizer.pad_token_id or 0)))
+    model.train()
+    return {"copy_accuracy": round(copy, 3), "passkey_accuracy": round(key, 3)}
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -141,27 +159,31 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model = LlamaForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
 
-    def phase(name: str, rows: list[list[int]], steps: int, log: list[dict], schedule: str) -> None:
+    def phase(name: str, rows: list[list[int]], steps: int, log: list[dict], schedule: str, lr: float,
+              warmup: int) -> None:
         data = Dataset.from_dict({"input_ids": rows, "labels": rows})
         args = TrainingArguments(output_dir=str(out / ".tmp"), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
-                                 learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps, lr_scheduler_type=schedule,
+                                 learning_rate=lr, warmup_steps=warmup, lr_scheduler_type=schedule,
                                  weight_decay=0.01, logging_steps=50, save_strategy="no", report_to=[],
                                  use_cpu=True, seed=cfg.seed, disable_tqdm=not cfg.progress)
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
         trainer.train()
         log.extend({"phase": name, **r} for r in trainer.state.log_history)
+        log.append({"phase": name, "probe": probe(model, tokenizer, haystack, cfg.window)})
+        if cfg.progress:
+            print(f"after {name}: {log[-1]['probe']}", flush=True)
 
     log: list[dict] = []
     n_copy = cfg.copy_steps * cfg.batch_size
-    phase("copy", training_rows("copy", n_copy, tokenizer, haystack, text_stream, cfg.window, rng, True),
-          cfg.copy_steps, log,
-          "constant_with_warmup")  # copying emerges late: a decaying rate stalls it
+    phase("copy", training_rows("copy", n_copy, tokenizer, haystack, text_stream, cfg.window, rng),
+          cfg.copy_steps, log, "constant_with_warmup", cfg.lr, cfg.warmup_steps)  # a decaying rate stalls copying
     n_mix = cfg.mix_steps * cfg.batch_size
     counts = {k: int(round(v * n_mix)) for k, v in mix.items()}
     rows: list[list[int]] = []
     for kind, count in counts.items():
         rows.extend(training_rows(kind, count, tokenizer, haystack, text_stream, cfg.window, rng))
-    phase("mix", rows, cfg.mix_steps, log, "cosine")
+    # a fresh optimizer warming up to the full rate again wiped the copy circuit out: half the rate, short warm-up
+    phase("mix", rows, cfg.mix_steps, log, "cosine", cfg.lr / 2, 20)
 
     import shutil
 

@@ -1,0 +1,49 @@
+"""`ropestretch demo --quick` end to end on the shipped base model, and the base model's own figures."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+BASE = os.path.join(REPO, "models", "tiny-llama-256")
+pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(BASE, "model.safetensors")),
+                                reason="the shipped base model is missing")
+
+
+def test_quick_demo_writes_report_only_under_out_and_reuses_steps(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    out = tmp_path / "demo"
+    env = dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"),
+               PYTHONPATH=os.path.join(REPO, "src"))
+    env.pop("HF_HOME", None)
+    cmd = [sys.executable, "-m", "ropestretch", "demo", "--quick", "--out", str(out), "--no-progress"]
+    started = time.time()
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    first = time.time() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    for variant in ("base", "linear", "yarn", "dprope", "pose-linear", "pose-yarn", "cream-linear", "cream-yarn",
+                    "cream-dprope", "full-linear"):
+        assert f"| {variant} |" in report
+    assert "## Training cost" in report and (out / "ppl-vs-length.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "home"]  # nothing beside the output folder
+    assert not any(home.rglob("*"))                                        # nor in the home folder
+    results = {p: p.read_text() for p in (out / "evals").rglob("results.jsonl")}
+    started = time.time()
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert time.time() - started < first / 2  # every step reused
+    assert {p: p.read_text() for p in (out / "evals").rglob("results.jsonl")} == results
+
+
+def test_base_model_card_states_its_recipe():
+    card = open(os.path.join(BASE, "README.md")).read()
+    record = json.load(open(os.path.join(BASE, "pretrain.json")))
+    assert "ropestretch pretrain" in card and str(record["recipe"]["seed"]) in card
+    assert os.path.getsize(os.path.join(BASE, "model.safetensors")) <= 20 * 1024 * 1024
