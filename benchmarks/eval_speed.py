@@ -25,9 +25,21 @@ def main():
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--depths", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=0,
+                        help="instead of the model's weights, a random Llama of this width (4 layers, head dim 64) "
+                             "with the model's tokenizer: proportions closer to real LLMs, where attention over "
+                             "the context does not dominate the cost")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tok = load_for_eval(args.model)
+    if args.hidden:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden,
+                                             intermediate_size=int(2.75 * args.hidden), num_hidden_layers=4,
+                                             num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64,
+                                             max_position_embeddings=256)).eval()
     depths = [round(100 * i / (args.depths - 1), 1) for i in range(args.depths)]
     ev = Evaluator(model, tok, "forced", batch_size=args.samples, haystack=Haystack(tok))
     n = args.depths * args.samples
@@ -48,8 +60,9 @@ def main():
             model(input_ids=ids, use_cache=False)
     bare = time.perf_counter() - start
     assert timings[True][1] == timings[False][1], "prefix reuse changed the results"
+    what = f"random Llama, hidden {args.hidden}, 4 layers" if args.hidden else args.model
     print(f"needle sweep: {args.depths} depths x {args.samples} samples at length {args.length}, "
-          f"{args.threads} threads, model {args.model}")
+          f"{args.threads} threads, model {what}")
     for name, seconds in (("prefix reuse", timings[True][0]), ("from scratch", timings[False][0]),
                           ("bare forward", bare)):
         print(f"  {name:<13} {seconds:7.2f} s   {n / seconds:7.2f} samples/s")

@@ -166,8 +166,10 @@ def _needle_chunk(ev, context, bounds, question, items, cells, reuse_prefix, res
         started = time.time()
         deepest = _cut(bounds, room, order[0]["depth"])
         cache = DynamicCache(config=ev.model.config)
-        if deepest > 0:
-            ev.model(input_ids=torch.tensor([context[:deepest]] * b), past_key_values=cache, use_cache=True)
+        if deepest > 0:  # the prefix is the same for every sample: compute it once, then repeat it
+            ev.model(input_ids=torch.tensor([context[:deepest]]), past_key_values=cache, use_cache=True)
+            if b > 1:
+                cache.batch_repeat_interleave(b)
         share = (time.time() - started) / len(order)
         for c in order:
             timings[str(c["depth"])] += share
