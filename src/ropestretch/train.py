@@ -361,8 +361,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     from ropestretch.positions import PositionCollator, sample_length
     from ropestretch.rope.export import exported_config, metadata
 
-    # 1. everything that can be wrong with the request is checked before anything is written
-    check_out_dir(cfg)
+    # 1. everything that can be wrong with the request is checked before anything is written;
+    # the output folder by the main process only (the others would see the run record it writes)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_out_dir(cfg)
     raw_config, rope, scaled = scaled_rope(cfg)
     length = sample_length(cfg.positions, rope.window, cfg.target)
     collator_check = PositionCollator(cfg.positions, rope.window, cfg.target, seed=cfg.seed,
