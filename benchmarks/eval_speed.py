@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ropestretch.data.tasks import Haystack, TaskSample
+from ropestretch.data.tasks import Haystack
 from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle
 from ropestretch.eval.retrieval import _cut, cell_rng, needle_prompts
 

@@ -101,7 +101,7 @@ def main():
                               "--steps", str(args.steps), "--threads", str(args.threads),
                               "--_one", method, str(target)], capture_output=True, text=True, check=True)
         results.append((label, json.loads(out.stdout.strip().splitlines()[-1])))
-    plain, cream = results[0][1], results[1][1]
+    cream = results[1][1]
     print(f"small Llama (4 layers, hidden 256), batch {args.batch}, window N = {n}, {args.threads} threads, "
           f"median of {args.steps} steps")
     print("separate processes (peak memory is each process's maximum RSS):")

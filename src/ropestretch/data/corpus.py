@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
-import pkgutil
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
