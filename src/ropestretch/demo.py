@@ -176,6 +176,7 @@ class Demo:
         from tqdm.auto import tqdm
 
         from ropestretch.data.tasks import Haystack
+        from ropestretch.eval.store import run_arguments
         from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle,
                                       run_passkey, run_ppl, token_stream)
 
@@ -183,18 +184,10 @@ class Demo:
         p = self.plan
         plan = {"passkey": len(p.lengths) * len(p.depths), "needle": len(p.lengths) * len(p.depths),
                 "lines": len(p.lengths), "kv": len(p.lengths) * len(p.kv_positions), "ppl": len(p.lengths)}
-        common = {"model": str(model.resolve()), "lengths": p.lengths, "seed": p.seed, "text": None}
         stores = {}
         for test in plan:
-            args = {**common, "samples": p.samples[test]}
-            if test in ("passkey", "needle"):
-                args["depths"] = p.depths
-            if test == "kv":
-                args["positions"] = p.kv_positions
-            if test == "ppl":
-                args.update(mode="truncate", stride=None)
-            else:
-                args["scoring"] = "forced"
+            args = run_arguments(test, str(model), p.lengths, p.samples[test], p.seed, depths=p.depths,
+                                 positions=p.kv_positions)
             stores[test] = RunStore(run, test, args)
         if all(len(stores[t].done) == n for t, n in plan.items()):
             return run

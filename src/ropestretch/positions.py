@@ -231,34 +231,38 @@ def cream(batch: int, window: int, target: int, generator: torch.Generator, **op
 # --- statistics -------------------------------------------------------------------------------
 
 
+def row_coverage(row: np.ndarray, target: int) -> np.ndarray:
+    """Boolean array over distances ``0 .. L-1``: which ``p_j - p_i`` (``i < j``) one row of positions holds."""
+    row = np.asarray(row, dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(row) != 1) + 1
+    starts, ends = row[np.r_[0, breaks]], row[np.r_[breaks - 1, len(row) - 1]]
+    if len(starts) > 64:  # scattered positions: autocorrelation of the indicator
+        x = np.zeros(target, dtype=np.float64)
+        x[row] = 1
+        size = 1 << int(2 * target - 1).bit_length()
+        spec = np.fft.rfft(x, size)
+        covered = np.fft.irfft(spec * np.conj(spec), size)[:target] > 0.5
+        covered[0] = False
+        return covered
+    # contiguous runs: distances between runs a < b form [s_b - e_a, e_b - s_a], within a run [1, e - s]
+    lo = (starts[None, :] - ends[:, None]).ravel()
+    hi = (ends[None, :] - starts[:, None]).ravel()
+    keep = np.triu(np.ones((len(starts), len(starts)), dtype=bool), 1).ravel()
+    lo, hi = np.r_[lo[keep], np.ones(len(starts), dtype=np.int64)], np.r_[hi[keep], ends - starts]
+    ok = hi >= lo
+    marks = np.zeros(target + 1, dtype=np.int64)  # difference array
+    np.add.at(marks, lo[ok], 1)
+    np.add.at(marks, hi[ok] + 1, -1)
+    return np.cumsum(marks)[:target] > 0
+
+
 def relative_coverage(positions: torch.Tensor | np.ndarray, target: int) -> float:
     """Covered fraction of relative distances ``[1, L-1]`` by ``p_j - p_i`` (``i < j``) over all rows
     (CREAM's Theorem B.1)."""
-    pos = np.asarray(positions, dtype=np.int64)
-    covered = np.zeros(target + 1, dtype=np.int64)  # difference array over distances 0..L
-    for row in pos:
-        breaks = np.flatnonzero(np.diff(row) != 1) + 1
-        starts, ends = row[np.r_[0, breaks]], row[np.r_[breaks - 1, len(row) - 1]]
-        if len(starts) <= 64:  # contiguous runs: distances between runs a and b form [s_b - e_a, e_b - s_a]
-            lo = (starts[None, :] - ends[:, None]).ravel()
-            hi = (ends[None, :] - starts[:, None]).ravel()
-            keep = np.triu(np.ones((len(starts), len(starts)), dtype=bool), 1).ravel()
-            lo, hi = np.r_[lo[keep], np.ones(len(starts), dtype=np.int64)], np.r_[hi[keep], ends - starts]
-            ok = hi >= lo
-            np.add.at(covered, lo[ok], 1)
-            np.add.at(covered, hi[ok] + 1, -1)
-        else:  # scattered positions: autocorrelation of the indicator
-            x = np.zeros(target, dtype=np.float64)
-            x[row] = 1
-            size = 1 << int(2 * target - 1).bit_length()
-            spec = np.fft.rfft(x, size)
-            auto = np.fft.irfft(spec * np.conj(spec), size)[:target]
-            hit = np.flatnonzero(auto > 0.5)
-            hit = hit[hit > 0]
-            np.add.at(covered, hit, 1)
-            np.add.at(covered, hit + 1, -1)
-    seen = np.cumsum(covered)[1:target] > 0
-    return float(seen.mean()) if target > 1 else 1.0
+    seen = np.zeros(target, dtype=bool)
+    for row in np.asarray(positions, dtype=np.int64):
+        seen |= row_coverage(row, target)
+    return float(seen[1:].mean()) if target > 1 else 1.0
 
 
 def position_stats(method: str, samples: int, window: int, target: int, seed: int = 0,

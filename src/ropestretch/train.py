@@ -363,21 +363,22 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # 1. everything that can be wrong with the request is checked before anything is written;
     # the output folder by the main process only (the others would see the run record it writes)
-    if int(os.environ.get("RANK", "0")) == 0:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed, main_process = world > 1, int(os.environ.get("RANK", "0")) == 0
+    if main_process:
         check_out_dir(cfg)
     raw_config, rope, scaled = scaled_rope(cfg)
     length = sample_length(cfg.positions, rope.window, cfg.target)
-    collator_check = PositionCollator(cfg.positions, rope.window, cfg.target, seed=cfg.seed,
-                                      **position_options(cfg))
     tokenizer = load_tokenizer(cfg)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    collator = PositionCollator(cfg.positions, rope.window, cfg.target, seed=cfg.seed, pad_token_id=pad,
+                                **position_options(cfg))  # validates the sampler options too
     rows, data_line = build_samples(cfg, tokenizer, length)
     set_seed(cfg.seed)
     model = load_model(cfg, raw_config, scaled)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process and not (out / RUN_FILE).exists():
         (out / RUN_FILE).write_text(json.dumps({"identity": cfg.identity(), "window": rope.window}, indent=2))
     if main_process:
@@ -389,7 +390,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * length
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
@@ -403,10 +403,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     from datasets import Dataset
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    collator = PositionCollator(cfg.positions, rope.window, cfg.target, seed=cfg.seed, pad_token_id=pad,
-                                **position_options(cfg))
-    del collator_check
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
                       callbacks=_callbacks(cfg, out, tokens_per_step))
     for cb in (PrinterCallback, ProgressCallback):

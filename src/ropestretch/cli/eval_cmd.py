@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.data.corpus import builtin_documents, load_records
     from ropestretch.data.tasks import Haystack
     from ropestretch.errors import UsageError
+    from ropestretch.eval.store import run_arguments
     from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle, run_passkey,
                                   run_ppl, token_stream)
 
@@ -116,16 +117,9 @@ def run(args: argparse.Namespace) -> int:
     if not lengths:
         raise UsageError("give --lengths for a model that is not a local folder")
     depths = getattr(args, "depths", None) or [round(float(x), 1) for x in np.linspace(0, 100, 10)]
-    settings = {"model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
-                "lengths": lengths, "samples": args.samples, "seed": args.seed, "text": args.text}
-    if args.test in ("passkey", "needle"):
-        settings["depths"] = depths
-    if args.test == "kv":
-        settings["positions"] = args.positions
-    if args.test == "ppl":
-        settings.update(mode=args.mode, stride=args.stride)
-    else:
-        settings["scoring"] = args.scoring
+    settings = run_arguments(args.test, args.model, lengths, args.samples, args.seed, args.text, depths,
+                             getattr(args, "positions", None), getattr(args, "scoring", "forced"),
+                             getattr(args, "mode", "truncate"), getattr(args, "stride", None))
     if args.text and not Path(args.text).exists():
         raise UsageError(f"no such text file or folder: {args.text}")
     store = RunStore(args.out, args.test, settings)  # refuses a folder of other arguments before loading

@@ -106,14 +106,12 @@ def _plot(path: str, args: argparse.Namespace, positions, stats: dict) -> None:
         left.set_title(f"{args.method}: positions used")
     left.set_ylabel("count")
     # coverage: how often each relative distance is seen, over the first rows
+    from ropestretch.positions import row_coverage
+
     rows = positions[: min(len(positions), 200)].numpy()
     seen = np.zeros(L, dtype=np.int64)
     for row in rows:
-        x = np.zeros(L)
-        x[row] = 1
-        size = 1 << int(2 * L - 1).bit_length()
-        spec = np.fft.rfft(x, size)
-        seen += np.fft.irfft(spec * np.conj(spec), size)[:L].round().astype(np.int64) > 0
+        seen += row_coverage(row, L)
     right.plot(np.arange(1, L), seen[1:] / len(rows), color="tab:green", linewidth=0.8)
     right.set_xlabel("relative distance")
     right.set_ylabel(f"share of the first {len(rows)} rows covering it")

@@ -144,8 +144,7 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
         for members in groups.values():
             for start in range(0, len(members), ev.batch_size):
                 chunk = members[start:start + ev.batch_size]
-                _needle_chunk(ev, context, bounds, question, [items[i] for i in chunk], todo, reuse_prefix,
-                              {k: [v, chunk] for k, v in results.items()}, timings)
+                _needle_chunk(ev, context, bounds, question, items, chunk, todo, reuse_prefix, results, timings)
         for cell in todo:
             key = str(cell["depth"])
             record = store.add(cell, accuracy=float(np.mean(results[key])), correct=int(sum(results[key])),
@@ -155,9 +154,12 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
     return out
 
 
-def _needle_chunk(ev, context, bounds, question, items, cells, reuse_prefix, results, timings):
+def _needle_chunk(ev, context, bounds, question, all_items, chunk, cells, reuse_prefix, results, timings):
+    """Score samples ``chunk`` (indices into ``all_items``) at every depth of ``cells``, writing
+    correctness into ``results[depth][index]`` and adding time to ``timings[depth]``."""
     from transformers import DynamicCache
 
+    items = [all_items[i] for i in chunk]
     room = len(context)
     b = len(items)
     order = sorted(cells, key=lambda c: -_cut(bounds, room, c["depth"]))  # deepest cut first: crop, never copy
@@ -184,10 +186,9 @@ def _needle_chunk(ev, context, bounds, question, items, cells, reuse_prefix, res
         else:
             full = [context[:cut] + r for r in rows]
             samples = [TaskSample("needle", f, n, a) for f, (_, n, a) in zip(full, items)]
-            ok = ev.score(samples) if ev.scoring != "forced" else forced_correct(ev.model, samples, ev.pad)
-        flags, chunk = results[str(cell["depth"])]
+            ok = ev.score(samples)
         for i, good in zip(chunk, ok):
-            flags[i] = good
+            results[str(cell["depth"])][i] = good
         timings[str(cell["depth"])] += time.time() - started
 
 
@@ -207,8 +208,6 @@ def crop_to(cache, length: int) -> None:
 
 def _score_continuation(ev, cache, prefix, rows, answers, answer_texts):
     """Score prompts that continue a cached ``prefix`` (all rows of equal length)."""
-    from ropestretch.data.tasks import score_text
-
     if ev.scoring == "forced":
         cut = len(prefix)
         ids = torch.tensor([r + a for r, a in zip(rows, answers)])
@@ -224,4 +223,4 @@ def _score_continuation(ev, cache, prefix, rows, answers, answer_texts):
                             eos_token_id=ev.tokenizer.eos_token_id)
     crop_to(cache, cut)
     texts = ev.tokenizer.batch_decode(out[:, full.shape[1]:], skip_special_tokens=True)
-    return [score_text("needle", a, t) for a, t in zip(answer_texts, texts)]
+    return [tasks.score_text("needle", a, t) for a, t in zip(answer_texts, texts)]

@@ -17,6 +17,25 @@ ARGS_FILE = "eval-args.json"
 RESULTS_FILE = "results.jsonl"
 
 
+def run_arguments(test: str, model: str, lengths: list[int], samples: int, seed: int, text: str | None = None,
+                  depths: list[float] | None = None, positions: list[float] | None = None,
+                  scoring: str = "forced", mode: str = "truncate", stride: int | None = None) -> dict[str, Any]:
+    """The arguments a test's results depend on, as recorded in the run folder: a rerun with the
+    same ones resumes, different ones are refused. Only the fields the test uses are kept."""
+    path = Path(model)
+    args: dict[str, Any] = {"model": str(path.resolve()) if path.exists() else model, "lengths": lengths,
+                            "samples": samples, "seed": seed, "text": text}
+    if test in ("passkey", "needle"):
+        args["depths"] = depths
+    if test == "kv":
+        args["positions"] = positions
+    if test == "ppl":
+        args.update(mode=mode, stride=stride)
+    else:
+        args["scoring"] = scoring
+    return args
+
+
 def cell_key(cell: dict[str, Any]) -> str:
     return json.dumps(cell, sort_keys=True)
 
