@@ -145,6 +145,12 @@ def test_eval_cli_resume_report_and_bad_input(tiny_lm_dir, tmp_path):
     assert_one_line_error(run_cli("eval", "passkey", *common, "--lengths", "-5"), "positive")
     assert_one_line_error(run_cli("eval", "needle", *common, "--depths", "0,120"), "[0, 100]")
     assert_one_line_error(run_cli("eval", "ppl", "--model", tmp_path / "nope", "--out", tmp_path / "r2",
+                                  "--lengths", "64"), "no such config file or model folder")
+    assert not (tmp_path / "r2").exists()
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    (weightless / "config.json").write_text((tiny_lm_dir / "config.json").read_text())
+    assert_one_line_error(run_cli("eval", "ppl", "--model", weightless, "--out", tmp_path / "r4",
                                   "--lengths", "64"), "cannot load")
     assert_one_line_error(run_cli("eval", "ppl", "--model", tiny_lm_dir, "--out", tmp_path / "r3",
                                   "--lengths", "64", "--text", tmp_path / "missing.txt"), "no such text")

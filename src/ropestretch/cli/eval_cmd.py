@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.data.tasks import Haystack
     from ropestretch.errors import UsageError
     from ropestretch.eval.store import run_arguments
+    from ropestretch.rope import load_config_dict
     from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle, run_passkey,
                                   run_ppl, token_stream)
 
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
                              getattr(args, "mode", "truncate"), getattr(args, "stride", None))
     if args.text and not Path(args.text).exists():
         raise UsageError(f"no such text file or folder: {args.text}")
+    load_config_dict(args.model)  # a missing folder or an unreachable hub: one line, before anything is written
     store = RunStore(args.out, args.test, settings)  # refuses a folder of other arguments before loading
     model, tokenizer = load_for_eval(args.model, args.trust_remote_code)
     documents = None
@@ -161,6 +163,9 @@ def run_lm_eval(args: argparse.Namespace) -> int:
 
     from ropestretch.eval.lmeval import run_lm_eval as go
 
+    from ropestretch.rope import load_config_dict
+
+    load_config_dict(args.model)  # fail in one line for a missing model, before lm-eval starts
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     summary = go(args.model, tasks, Path(args.out), max_length=args.max_length, include_path=args.include_path,
                  batch_size=args.batch_size, limit=args.limit, backend=args.backend)
