@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -47,6 +48,19 @@ def test_tasks_exact_lengths_and_answers(lm, haystack):
     assert not tasks.score_text("passkey", "12345", " 1234 5")
     assert tasks.score_text("kv", "ab-cd", 'x "ab-cd"')
 
+
+
+def test_lines_with_several_questions_answers_each_from_the_records(lm):
+    tok = lm[1]
+    s = tasks.lines(tok, 400, np.random.default_rng(3), questions=3)
+    text = tok.decode(s.prompt_ids + s.answer_ids)
+    asked = re.findall(r"The REGISTER_CONTENT in line (\S+) is (\d+)", text)
+    records = dict(re.findall(r"line (\S+): REGISTER_CONTENT is <(\d+)>", text))
+    assert len(asked) == 3 and len({name for name, _ in asked}) == 3
+    assert all(records[name] == value for name, value in asked) and asked[-1][1] == s.answer
+    assert len(s.prompt_ids) + len(s.answer_ids) <= 400
+    with pytest.raises(UsageError, match="questions"):
+        tasks.lines(tok, 400, np.random.default_rng(3), questions=0)
 
 def test_haystack_repeats_with_a_warning(lm):
     small = tasks.Haystack(lm[1], ["A tiny text. It has two sentences."])

@@ -1,23 +1,54 @@
-"""`ropestretch pretrain`: the recipe runs end to end (a few steps) and records its probes."""
+"""`ropestretch pretrain`: the recipe runs end to end (a few steps), records its probes, and reuses
+cached phases only when the recipe agrees with them."""
 
 import json
 
+import torch
+from safetensors.torch import load_file
+
 from clihelp import assert_one_line_error, run_cli
+
+SMALL = ("--copy-steps", 2, "--mix-steps", 2, "--focus-steps", 2, "--batch-size", 4, "--no-progress")
 
 
 def test_pretrain_smoke(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "base"
-    code, _, err = run_cli("pretrain", "--out", out, "--copy-steps", 2, "--mix-steps", 2, "--batch-size", 4,
-                           "--no-progress")
+    code, _, err = run_cli("pretrain", "--out", out, *SMALL)
     assert code == 0, err
     record = json.loads((out / "pretrain.json").read_text())
     probes = [r["probe"] for r in record["log"] if "probe" in r]
-    assert len(probes) == 2 and all(0 <= p["copy_accuracy"] <= 1 for p in probes)
+    assert len(probes) == 3 and all(0 <= p["copy_accuracy"] <= 1 for p in probes)
+    assert record["rows"]["focus"]["lines"] == round(0.4 * 2 * 4)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.max_position_embeddings == 256 and len(tok) == model.config.vocab_size == 512
     assert tok.tokenize(" 12345") == ["Ġ", "1", "2", "3", "4", "5"]  # digits one per token
+    assert len(tok.tokenize(" REGISTER_CONTENT")) <= 3  # the task formats are weighted into the BPE
     assert_one_line_error(run_cli("pretrain", "--out", out, "--copy-steps", 2), "not empty")
     assert_one_line_error(run_cli("pretrain", "--out", tmp_path / "x", "--mix", "text=1,video=1"), "unknown mix")
+
+
+def test_cached_phases_are_reused_only_by_an_agreeing_recipe(tmp_path):
+    cache = tmp_path / "cache"
+
+    def phases(out):
+        return json.loads((out / "pretrain.json").read_text())["log"]
+
+    assert run_cli("pretrain", "--out", tmp_path / "a", "--cache", cache, *SMALL)[0] == 0
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["copy", "focus", "mix"]
+    # another focus phase: copy and mix come from the cache (their logs, runtimes included, are a's)
+    code, _, err = run_cli("pretrain", "--out", tmp_path / "b", "--cache", cache, *SMALL[:4], "--focus-steps", 3,
+                           *SMALL[6:])
+    assert code == 0, err
+    a, b = phases(tmp_path / "a"), phases(tmp_path / "b")
+    assert [r for r in a if r["phase"] != "focus"] == [r for r in b if r["phase"] != "focus"]
+    assert [r["step"] for r in b if r["phase"] == "focus" and "train_runtime" in r] == [3]
+    weights_a = load_file(tmp_path / "a" / "model.safetensors")
+    weights_b = load_file(tmp_path / "b" / "model.safetensors")
+    assert not all(torch.equal(v, weights_b[k]) for k, v in weights_a.items())
+    # another mixed-phase rate: the copy phase is reused, the mixed one is trained and kept beside the first
+    assert run_cli("pretrain", "--out", tmp_path / "c", "--cache", cache, *SMALL[:2], "--lr", 0.01, *SMALL[2:])[0] == 0
+    names = [p.name.split("-")[0] for p in cache.iterdir()]
+    assert names.count("copy") == 1 and names.count("mix") == 2 and names.count("focus") == 3

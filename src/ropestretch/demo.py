@@ -71,18 +71,13 @@ def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], see
     rng = np.random.default_rng(seed)
     docs = builtin_documents()
     haystack = tasks.Haystack(tokenizer, docs)
-    eos = tokenizer.eos_token_id
     kinds = rng.choice(list(mix), size=count, p=np.array(list(mix.values())) / sum(mix.values()))
     rows = []
     for kind in kinds:
         if kind == "text":
             rows.append(haystack.fill(length, rng)[0])
             continue
-        if kind == "lines":
-            sample = tasks.lines(tokenizer, length - 8, rng)
-        else:
-            sample = getattr(tasks, kind)(tokenizer, haystack, length - 8, float(rng.uniform(0, 100)), rng)
-        body = sample.prompt_ids + sample.answer_ids + [eos]
+        body = tasks.training_sample(kind, tokenizer, haystack, length, rng)
         filler = haystack.fill(max(0, length - len(body)), rng)[0] if len(body) < length else []
         rows.append((filler + body)[-length:])
     return rows

@@ -7,23 +7,33 @@ methods exist to fix. Retrieval rests on copying (induction heads), which a smal
 slowly from text alone, so the curriculum teaches copying first:
 
 1. ``copy_steps`` on repeated random token blocks;
-2. ``mix_steps`` on a mix of prose, copy blocks and passkey / needle / lines / kv samples.
+2. ``mix_steps`` on a mix of prose, copy blocks and passkey / needle / LongChat-Lines samples;
+3. ``focus_steps`` at a lower rate on a mix weighted further towards retrieval.
 
-Status (measured on 2 CPU cores; figures in models/tiny-llama-256/README.md): with the defaults
-the model retrieves a pass key inside its window at 75-90% for depths 25-100% but not at depth 0,
-and LongChat-Lines at 10%: below the >= 95% / >= 90% aimed at. What was learned on the way:
+The tokenizer is a 512-token BPE trained on the prose plus the task formats (weighted), so a
+LongChat-Lines record takes about 20 tokens instead of 34. Retrieval rows fill the window half of
+the time (a key at depth 0 is the longest reach), and Lines rows ask 1 to 4 questions each.
+
+``--cache DIR`` keeps each phase's model, keyed by every setting it depends on, so a rerun that
+changes only a later phase (say the focus mix) starts from the cached earlier ones.
+
+What was learned on the way (2 CPU cores; figures in models/tiny-llama-256/README.md):
 
 - copy blocks of random length 8-64 at rate 1e-3: no copying after 850 steps;
 - copy blocks of a fixed length 32: 100% "copy accuracy" by step 300, but through a positional
   shortcut (attend 31 tokens back), useless for retrieval at other distances;
-- varied blocks (16-48) at rate 3e-3, unclipped: content-based copying emerges at step 850-900
-  (the defaults below);
-- starting the mixed phase with a fresh optimizer warming up to the copy rate wiped the copy
-  circuit out; a lower rate with a short warm-up keeps it.
+- varied blocks (16-48) at rate 3e-3, unclipped: content-based copying emerges at step 850-950
+  (the defaults below); kept at that rate to step 1400, the loss diverged again after step 1100;
+- starting the mixed phase with a fresh optimizer warming up to the copy rate wiped the circuit out; a
+  lower rate with a short warm-up keeps it;
+- with the prose-only tokenizer, single-question Lines rows and 1800 mixed steps: 68% passkey, 10%
+  Lines inside the window; the format-weighted tokenizer, multi-question rows and 3000 mixed steps:
+  90% passkey, 48% Lines (then the focus phase).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -45,24 +55,38 @@ class PretrainConfig:
     heads: int = 4
     intermediate_size: int = 512
     rope_theta: float = 10000.0
+    format_weight: int = 10
     copy_steps: int = 1100
-    mix_steps: int = 1800
+    mix_steps: int = 3000
     batch_size: int = 16
     copy_lr: float = 3e-3
     lr: float = 1e-3
     warmup_steps: int = 100
-    mix: str = "text=0.3,copy=0.2,passkey=0.2,needle=0.1,lines=0.15,kv=0.05"
+    mix: str = "text=0.2,copy=0.1,passkey=0.25,needle=0.15,lines=0.3"
+    focus_steps: int = 1500
+    focus_lr: float = 5e-4
+    focus_mix: str = "text=0.15,copy=0.1,passkey=0.25,needle=0.1,lines=0.4"
     seed: int = 0
     threads: int = 2
     progress: bool = True
+    cache: str = ""  # a folder to save each phase's model in, reused by a rerun that agrees on that phase
+
+
+# what each phase depends on (with every earlier phase's): a --cache phase is reused only when all agree
+PHASE_FIELDS = {
+    "copy": ("window", "vocab_size", "hidden_size", "layers", "heads", "intermediate_size", "rope_theta",
+             "copy_steps", "batch_size", "copy_lr", "warmup_steps", "seed", "threads"),
+    "mix": ("format_weight", "mix", "mix_steps", "lr"),
+    "focus": ("focus_mix", "focus_steps", "focus_lr"),
+}
 
 
 def parse_mix(text: str) -> dict[str, float]:
     parts = {}
     for item in text.split(","):
         name, _, weight = item.partition("=")
-        if name.strip() not in ("text", "copy", "passkey", "needle", "lines", "kv"):
-            raise UsageError(f"unknown mix component {name!r} (text, copy, passkey, needle, lines, kv)")
+        if name.strip() not in ("text", "copy", "passkey", "needle", "lines"):  # kv: two UUID pairs fill 256 tokens
+            raise UsageError(f"unknown mix component {name!r} (text, copy, passkey, needle, lines)")
         try:
             parts[name.strip()] = float(weight)
         except ValueError:
@@ -74,29 +98,34 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 def build_tokenizer(cfg: PretrainConfig, docs: list[str]):
-    """BPE on the prose plus samples of every synthetic format, so their words are single tokens."""
+    """BPE on the prose plus every synthetic format (each line name, each needle city), repeated
+    ``cfg.format_weight`` times, so their words take few tokens: with the prose alone a LongChat-Lines
+    record is 34 tokens ("REGISTER_CONTENT" alone is 14), with weight 10 it is about 20, and the
+    prose compresses as well as before (1.99 against 2.03 characters per token)."""
     from ropestretch.data.corpus import train_tokenizer
-    from ropestretch.data.tasks import ADJECTIVES, CITIES, NOUNS
+    from ropestretch.data.tasks import ADJECTIVES, CITIES, NEEDLE, NEEDLE_QUESTION, NOUNS
 
-    formats = [
-        "The pass key is 12345. Remember it. 12345 is the pass key. What is the pass key? The pass key is",
-        "The magic number of Oslo is 1234567. What is the magic number of Oslo?",
-        "Below is a record of lines I want you to remember.\nline amber-anchor: REGISTER_CONTENT is <12345>\n"
-        "The REGISTER_CONTENT in line amber-anchor is",
-        'JSON data:\n{"0f8e1c2a-9b3d-4e5f-a6b7-c8d9e0f1a2b3": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"}\n'
-        'Key: "0f8e1c2a-9b3d-4e5f-a6b7-c8d9e0f1a2b3"\nThe value of the key is: "',
-        " ".join(ADJECTIVES + NOUNS + CITIES),
-    ]
-    return train_tokenizer(docs + formats * 200, vocab_size=cfg.vocab_size)
+    formats = ["Below is a record of lines I want you to remember.\n"
+               + "".join(f"line {a}-{n}: REGISTER_CONTENT is <12345>\n" for n in NOUNS)
+               + f"The REGISTER_CONTENT in line {a}-{NOUNS[0]} is" for a in ADJECTIVES]
+    formats += [NEEDLE.format(city=c, number=1234567) + NEEDLE_QUESTION.format(city=c) for c in CITIES]
+    formats += [" The pass key is 12345. Remember it. 12345 is the pass key. What is the pass key? The pass key is",
+                'JSON data:\n{"0f8e1c2a-9b3d-4e5f-a6b7-c8d9e0f1a2b3": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"}\n'
+                'Key: "0f8e1c2a-9b3d-4e5f-a6b7-c8d9e0f1a2b3"\nThe value of the key is: "']
+    return train_tokenizer(docs + formats * cfg.format_weight, vocab_size=cfg.vocab_size)
 
 
 def training_rows(kind: str, count: int, tokenizer, haystack, text_stream: list[int], window: int,
                   rng: np.random.Generator) -> list[list[int]]:
-    """``count`` rows of exactly ``window`` tokens of one kind."""
+    """``count`` rows of exactly ``window`` tokens of one kind.
+
+    Retrieval rows are full-window samples half of the time (the longest distances, a key at depth 0
+    about ``window`` tokens before its question, are the hardest) and of a random length otherwise,
+    then filled with prose. LongChat-Lines rows ask 1 to 4 of their lines, for more answers per row.
+    """
     from ropestretch.data import tasks
 
     rows = []
-    eos = tokenizer.eos_token_id
     special = len(tokenizer.all_special_ids)
     for _ in range(count):
         if kind == "text":
@@ -106,16 +135,15 @@ def training_rows(kind: str, count: int, tokenizer, haystack, text_stream: list[
         if kind == "copy":  # varied lengths: fixed ones teach a positional shortcut, not content matching
             rows.append(tasks.copy_sequence(window, special, len(tokenizer), rng, 16, 48))
             continue
-        length = int(rng.integers(window // 4, window - 8))
-        if kind in ("passkey", "needle"):
-            sample = getattr(tasks, kind)(tokenizer, haystack, length, float(rng.uniform(0, 100)), rng)
+        length = window - 1 if rng.random() < 0.5 else int(rng.integers(window // 2, window - 1))
+        questions = int(rng.integers(1, 5)) if kind == "lines" else 1
+        if kind == "lines" and questions > 1:
+            length = window - 1  # too few lines fit in less
         elif kind == "lines":
-            sample = tasks.lines(tokenizer, max(length, 160), rng)
-        else:
-            sample = tasks.kv(tokenizer, window - 8, float(rng.uniform(0, 1)), rng)
-        ids = sample.prompt_ids + sample.answer_ids + [eos]
+            length = max(length, window // 2)
+        ids = tasks.training_sample(kind, tokenizer, haystack, length, rng, questions)
         filler, _ = haystack.fill(window, rng)
-        rows.append((ids + [eos] + filler)[:window])
+        rows.append((ids + filler)[:window])
     return rows
 
 
@@ -151,7 +179,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} already exists and is not empty; choose a new --out")
     torch.set_num_threads(cfg.threads)
-    mix = parse_mix(cfg.mix)
+    mix, focus = parse_mix(cfg.mix), parse_mix(cfg.focus_mix)
     rng = np.random.default_rng(cfg.seed)
     started = time.time()
     docs = builtin_documents()
@@ -184,24 +212,50 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if cfg.progress:
             print(f"after {name}: {log[-1]['probe']}", flush=True)
 
+    # every row is drawn before training starts, in phase order: a bad mix fails at once, a cached
+    # phase leaves the random stream of the later ones as it was
+    plans = {"copy": (cfg.copy_steps, {"copy": 1.0}), "mix": (cfg.mix_steps, mix), "focus": (cfg.focus_steps, focus)}
+    rows: dict[str, list[list[int]]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for name, (steps, weights) in plans.items():
+        counts[name] = {k: int(round(v * steps * cfg.batch_size)) for k, v in weights.items()}
+        rows[name] = [r for kind, count in counts[name].items()
+                      for r in training_rows(kind, count, tokenizer, haystack, text_stream, cfg.window, rng)]
+    schedules = {  # (schedule, rate, warm-up, clipping)
+        "copy": ("constant_with_warmup", cfg.copy_lr, cfg.warmup_steps, 0.0),  # unclipped, as measured
+        # a fresh optimizer warming up to the copy rate again wiped the circuit out: lower rates, short warm-ups
+        "mix": ("cosine", cfg.lr, 20, 1.0),
+        "focus": ("cosine", cfg.focus_lr, 20, 1.0),
+    }
     log: list[dict] = []
-    n_copy = cfg.copy_steps * cfg.batch_size
-    phase("copy", training_rows("copy", n_copy, tokenizer, haystack, text_stream, cfg.window, rng),
-          cfg.copy_steps, log, "constant_with_warmup", cfg.copy_lr, cfg.warmup_steps, clip=0.0)  # as measured
-    n_mix = cfg.mix_steps * cfg.batch_size
-    counts = {k: int(round(v * n_mix)) for k, v in mix.items()}
-    rows: list[list[int]] = []
-    for kind, count in counts.items():
-        rows.extend(training_rows(kind, count, tokenizer, haystack, text_stream, cfg.window, rng))
-    # a fresh optimizer warming up to the copy rate again wiped the circuit out: a lower rate, short warm-up
-    phase("mix", rows, cfg.mix_steps, log, "cosine", cfg.lr, 20)
+    identity: dict[str, Any] = {"vocab": len(tokenizer)}
+    cache = Path(cfg.cache) if cfg.cache else None
+    for name, (steps, _) in plans.items():
+        identity |= {k: getattr(cfg, k) for k in PHASE_FIELDS[name]}
+        key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        saved = cache / f"{name}-{key}" if cache is not None else None
+        if saved is not None and (saved / "phase.json").is_file():
+            model = LlamaForCausalLM.from_pretrained(saved)
+            log.extend(json.loads((saved / "phase.json").read_text())["log"])
+            if cfg.progress:
+                print(f"{name} phase reused from {saved}", flush=True)
+            continue
+        if steps > 0:
+            schedule, lr, warmup, clip = schedules[name]
+            phase(name, rows[name], steps, log, schedule, lr, warmup, clip)
+        if saved is not None:
+            model.save_pretrained(saved, safe_serialization=True)
+            phase_log = [r for r in log if r["phase"] == name]
+            (saved / "phase.json").write_text(json.dumps({"identity": identity, "log": phase_log}, indent=2) + "\n")
 
     import shutil
 
     shutil.rmtree(out / ".tmp", ignore_errors=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    record: dict[str, Any] = {"recipe": asdict(cfg), "parameters": params, "seconds": round(time.time() - started, 1),
-                              "mix_rows": counts, "log": log}
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("out", "cache", "progress")}
+    train_seconds = sum(r["train_runtime"] for r in log if "train_runtime" in r)  # cached phases included
+    record: dict[str, Any] = {"recipe": recipe, "parameters": params, "train_seconds": round(train_seconds, 1),
+                              "seconds_this_run": round(time.time() - started, 1), "rows": counts, "log": log}
     (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
     return out

@@ -145,30 +145,46 @@ def needle(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.ran
     return TaskSample("needle", prompt, number, _ids(tokenizer, " " + number), info)
 
 
-def lines(tokenizer, length: int, rng: np.random.Generator, position: float | None = None) -> TaskSample:
+def lines(tokenizer, length: int, rng: np.random.Generator, position: float | None = None,
+          questions: int = 1) -> TaskSample:
     """LongChat-Lines: as many "line <adj>-<noun>: REGISTER_CONTENT is <NNNNN>" lines as fit, one asked
-    (at fraction ``position`` of the lines, or uniformly at random)."""
+    (at fraction ``position`` of the lines, or uniformly at random).
+
+    ``questions > 1`` (for training rows) asks that many distinct lines in turn, each earlier question
+    followed by its answer in the prompt; the sample's answer is the last one's.
+    """
     length = check_length(length)
+    if isinstance(questions, bool) or not isinstance(questions, int) or questions < 1:
+        raise UsageError(f"questions must be a positive integer, got {questions!r}")
     header = _ids(tokenizer, "Below is a record of lines I want you to remember.\n")
     names = [f"{a}-{n}" for a in ADJECTIVES for n in NOUNS]
     order = rng.permutation(len(names))
+    longest = max(ADJECTIVES, key=len) + "-" + max(NOUNS, key=len)
+    per_question = len(_ids(tokenizer, f"The REGISTER_CONTENT in line {longest} is 99999\n")) + 4
+    question_room = per_question * questions  # tokens kept free for the questions (and earlier answers)
     records, used = [], len(header)
     for j in order:
         value = _digits(rng, 5)
-        text = f"line {names[j]}: REGISTER_CONTENT is <{value}>\n"
-        piece = _ids(tokenizer, text)
-        question_room = 24  # tokens kept free for the question
+        piece = _ids(tokenizer, f"line {names[j]}: REGISTER_CONTENT is <{value}>\n")
         if used + len(piece) + question_room > length:
             break
         records.append((names[j], value, piece))
         used += len(piece)
-    if len(records) < 2:
+    if len(records) < max(2, questions):
         raise UsageError(f"length {length} is too short for LongChat-Lines")
-    k = int(rng.integers(len(records))) if position is None else min(len(records) - 1,
-                                                                      int(round(position * (len(records) - 1))))
+    if position is not None:
+        asked = [min(len(records) - 1, int(round(position * (len(records) - 1))))]
+    elif questions == 1:
+        asked = [int(rng.integers(len(records)))]
+    else:
+        asked = rng.choice(len(records), size=questions, replace=False).tolist()
+    prompt = header + [t for _, _, p in records for t in p]
+    for i, k in enumerate(asked):
+        if i:
+            prompt += _ids(tokenizer, " " + records[asked[i - 1]][1] + "\n")
+        prompt += _ids(tokenizer, f"The REGISTER_CONTENT in line {records[k][0]} is")
+    k = asked[-1]
     name, value, _ = records[k]
-    question = _ids(tokenizer, f"The REGISTER_CONTENT in line {name} is")
-    prompt = header + [t for _, _, p in records for t in p] + question
     return TaskSample("lines", prompt, value, _ids(tokenizer, " " + value),
                       {"length": len(prompt), "lines": len(records), "index": k,
                        "position": k / max(1, len(records) - 1)})
@@ -218,3 +234,33 @@ def copy_sequence(length: int, low: int, high: int, rng: np.random.Generator, mi
     (induction) curriculum that retrieval rests on."""
     block = rng.integers(low, high, int(rng.integers(min_block, max_block + 1))).tolist()
     return (block * (length // len(block) + 1))[:length]
+
+
+TRAINING_TASKS = ("passkey", "needle", "lines", "kv")
+
+
+def training_sample(kind: str, tokenizer, haystack: Haystack, length: int, rng: np.random.Generator,
+                    questions: int = 1) -> list[int]:
+    """One retrieval sample for a training row: prompt, answer and end-of-text, at most ``length`` tokens.
+
+    Depth (passkey, needle) and gold position (kv) are drawn uniformly; ``questions`` asks that many
+    lines of a LongChat-Lines sample.
+    """
+    length = check_length(length)
+    # room for the answer after the prompt: digits are split one per token, a UUID is at most 36 tokens
+    answer_room = {"passkey": len(_ids(tokenizer, " 99999")), "needle": len(_ids(tokenizer, " 9999999")),
+                   "kv": 36, "lines": 0}
+    if kind not in answer_room:
+        raise UsageError(f"unknown training task {kind!r} (one of {', '.join(TRAINING_TASKS)})")
+    room = length - answer_room[kind] - 1
+    if kind == "passkey":
+        sample = passkey(tokenizer, haystack, room, float(rng.uniform(0, 100)), rng)
+    elif kind == "needle":
+        sample = needle(tokenizer, haystack, room, float(rng.uniform(0, 100)), rng)
+    elif kind == "lines":
+        sample = lines(tokenizer, room, rng, questions=questions)
+    else:
+        sample = kv(tokenizer, room, float(rng.uniform(0, 1)), rng)
+    ids = sample.prompt_ids + sample.answer_ids + [tokenizer.eos_token_id]
+    assert len(ids) <= length, (kind, len(ids), length)
+    return ids
