@@ -19,4 +19,4 @@ test: setup
 	$(BIN)/pytest
 
 demo: setup
-	$(BIN)/ropestretch rope --config examples/configs/llama-2-7b.json --target 16384
+	$(BIN)/ropestretch demo --out demo-out
