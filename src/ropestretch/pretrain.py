@@ -175,6 +175,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     from ropestretch.data.corpus import builtin_documents
     from ropestretch.data.tasks import Haystack
+    from ropestretch.eval.perplexity import token_stream
 
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
@@ -187,7 +188,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     tokenizer = build_tokenizer(cfg, docs)
     haystack = Haystack(tokenizer, docs)
     eos = tokenizer.eos_token_id
-    text_stream = [t for piece in tokenizer(docs, add_special_tokens=False)["input_ids"] for t in piece + [eos]]
+    text_stream = token_stream(tokenizer, docs)
 
     torch.manual_seed(cfg.seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
@@ -213,25 +214,23 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if cfg.progress:
             print(f"after {name}: {log[-1]['probe']}", flush=True)
 
+    # per phase: steps, mix, schedule, rate, warm-up, clipping. The copy phase is unclipped, as measured;
+    # a fresh optimizer warming up to the copy rate again wiped the circuit out: lower rates, short warm-ups
+    phases = {"copy": (cfg.copy_steps, {"copy": 1.0}, "constant_with_warmup", cfg.copy_lr, cfg.warmup_steps, 0.0),
+              "mix": (cfg.mix_steps, mix, "cosine", cfg.lr, 20, 1.0),
+              "focus": (cfg.focus_steps, focus, "cosine", cfg.focus_lr, 20, 1.0)}
     # every row is drawn before training starts, in phase order: a bad mix fails at once, a cached
     # phase leaves the random stream of the later ones as it was
-    plans = {"copy": (cfg.copy_steps, {"copy": 1.0}), "mix": (cfg.mix_steps, mix), "focus": (cfg.focus_steps, focus)}
     rows: dict[str, list[list[int]]] = {}
     counts: dict[str, dict[str, int]] = {}
-    for name, (steps, weights) in plans.items():
+    for name, (steps, weights, *_) in phases.items():
         counts[name] = {k: int(round(v * steps * cfg.batch_size)) for k, v in weights.items()}
         rows[name] = [r for kind, count in counts[name].items()
                       for r in training_rows(kind, count, tokenizer, haystack, text_stream, cfg.window, rng)]
-    schedules = {  # (schedule, rate, warm-up, clipping)
-        "copy": ("constant_with_warmup", cfg.copy_lr, cfg.warmup_steps, 0.0),  # unclipped, as measured
-        # a fresh optimizer warming up to the copy rate again wiped the circuit out: lower rates, short warm-ups
-        "mix": ("cosine", cfg.lr, 20, 1.0),
-        "focus": ("cosine", cfg.focus_lr, 20, 1.0),
-    }
     log: list[dict] = []
     identity: dict[str, Any] = {"vocab": len(tokenizer)}
     cache = Path(cfg.cache) if cfg.cache else None
-    for name, (steps, _) in plans.items():
+    for name, (steps, _, schedule, lr, warmup, clip) in phases.items():
         identity |= {k: getattr(cfg, k) for k in PHASE_FIELDS[name]}
         key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         saved = cache / f"{name}-{key}" if cache is not None else None
@@ -242,7 +241,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 print(f"{name} phase reused from {saved}", flush=True)
             continue
         if steps > 0:
-            schedule, lr, warmup, clip = schedules[name]
             phase(name, rows[name], steps, log, schedule, lr, warmup, clip)
         if saved is not None:
             model.save_pretrained(saved, safe_serialization=True)
