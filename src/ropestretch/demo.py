@@ -254,9 +254,8 @@ def summary_table(out: Path, plan: DemoPlan, names: list[str]) -> str:
             return f"{vals[0]:.1f}" if vals else "-"
 
         meta_path = out / "models" / name / "ropestretch.json"
-        cost = "-"
-        if meta_path.is_file() and "train_seconds" in json.loads(meta_path.read_text()):
-            cost = f"{json.loads(meta_path.read_text())['train_seconds']:.0f} s"
+        seconds = json.loads(meta_path.read_text()).get("train_seconds") if meta_path.is_file() else None
+        cost = f"{seconds:.0f} s" if seconds is not None else "-"
         lines.append("| " + " | ".join([name, acc("passkey", target), acc("needle", target),
                                         acc("needle", target, 25, 75), acc("lines", target), acc("kv", target),
                                         acc("passkey", n), ppl(n), ppl(target), *[ppl(t) for t in tail],
