@@ -28,6 +28,11 @@ def test_pretrain_smoke(tmp_path):
     assert len(tok.tokenize(" REGISTER_CONTENT")) <= 3  # the task formats are weighted into the BPE
     assert_one_line_error(run_cli("pretrain", "--out", out, "--copy-steps", 2), "not empty")
     assert_one_line_error(run_cli("pretrain", "--out", tmp_path / "x", "--mix", "text=1,video=1"), "unknown mix")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    assert_one_line_error(run_cli("pretrain", "--out", a_file, *SMALL), "is a file")
+    assert_one_line_error(run_cli("pretrain", "--out", tmp_path / "y", "--cache", a_file, *SMALL), "is a file")
+    assert a_file.read_text() == "mine" and not (tmp_path / "y").exists()
 
 
 def test_cached_phases_are_reused_only_by_an_agreeing_recipe(tmp_path):

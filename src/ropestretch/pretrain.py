@@ -178,8 +178,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     from ropestretch.eval.perplexity import token_stream
 
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; choose a new folder")
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} already exists and is not empty; choose a new --out")
+    if cfg.cache and Path(cfg.cache).exists() and not Path(cfg.cache).is_dir():
+        raise UsageError(f"--cache {cfg.cache} is a file; give a folder")
     torch.set_num_threads(cfg.threads)
     mix, focus = parse_mix(cfg.mix), parse_mix(cfg.focus_mix)
     rng = np.random.default_rng(cfg.seed)
