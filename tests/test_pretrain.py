@@ -57,3 +57,20 @@ def test_cached_phases_are_reused_only_by_an_agreeing_recipe(tmp_path):
     assert run_cli("pretrain", "--out", tmp_path / "c", "--cache", cache, *SMALL[:2], "--lr", 0.01, *SMALL[2:])[0] == 0
     names = [p.name.split("-")[0] for p in cache.iterdir()]
     assert names.count("copy") == 1 and names.count("mix") == 2 and names.count("focus") == 3
+
+
+def test_digit_groups_are_single_tokens():
+    import pytest
+
+    from ropestretch.data.corpus import builtin_documents, train_tokenizer
+    from ropestretch.errors import UsageError
+
+    docs = builtin_documents(max_docs=60)
+    tok = train_tokenizer(docs, vocab_size=400, digit_group=2)
+    assert tok.tokenize(" 12345") == ["Ġ", "12", "34", "5"]
+    assert all(tok.tokenize(f"{i:02d}") == [f"{i:02d}"] for i in range(100))
+    text = "line amber-anchor: REGISTER_CONTENT is <90817>\n"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert train_tokenizer(docs, vocab_size=300).tokenize(" 12345") == ["Ġ", "1", "2", "3", "4", "5"]
+    with pytest.raises(UsageError, match="digit_group"):
+        train_tokenizer(docs, digit_group=0)

@@ -6,8 +6,10 @@ From the small base model (window N = 256) to L = 2048 (8x):
 - fine-tuned inside N = 256: ``pose`` and ``cream`` positions under ``linear`` and ``yarn``, and
   ``cream`` under ``dprope``; and the ``full``-length baseline at L, for cost. Every fine-tuned
   variant gets the same token budget;
-- every variant (and the base, unextended) evaluated at 256 .. 2048, and 4096 for the tail:
-  passkey, needle grid, LongChat-Lines, key-value retrieval by position, perplexity;
+- every variant (and the base, unextended) evaluated at 256 .. 2048: passkey, needle grid,
+  LongChat-Lines, key-value retrieval by position, perplexity; and at 4096, beyond L, passkey and
+  perplexity only (one 4096-token sample holds more tokens than one at each of 256 .. 2048
+  together, so two tests show the tail);
 - ``report.md`` with the comparison table, the figures and each variant's training cost.
 
 Every step writes under ``--out`` only, and a rerun reuses every finished step.
@@ -34,7 +36,8 @@ BASE_MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-llama-256"
 class DemoPlan:
     window: int = 256
     target: int = 2048
-    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096])
+    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    tail: list[int] = field(default_factory=lambda: [4096])  # beyond L: passkey and perplexity only
     depths: list[float] = field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0])
     samples: dict[str, int] = field(default_factory=lambda: {"passkey": 10, "needle": 10, "lines": 20, "kv": 4,
                                                              "ppl": 4})
@@ -48,7 +51,7 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(lengths=[256, 2048], depths=[0.0, 50.0],
+        return cls(lengths=[256, 2048], tail=[], depths=[0.0, 50.0],
                    samples={"passkey": 2, "needle": 2, "lines": 2, "kv": 1, "ppl": 1},
                    kv_positions=[0.0, 1.0], steps=4, batch=8)
 
@@ -58,6 +61,7 @@ class DemoPlan:
 
 
 TRAINING_FREE = ["linear", "yarn", "dprope"]
+TAIL_TESTS = ("passkey", "ppl")
 FINE_TUNED = [("pose", "linear"), ("pose", "yarn"), ("cream", "linear"), ("cream", "yarn"), ("cream", "dprope"),
               ("full", "linear")]
 
@@ -177,11 +181,13 @@ class Demo:
 
         run = self.out / "evals" / name
         p = self.plan
-        plan = {"passkey": len(p.lengths) * len(p.depths), "needle": len(p.lengths) * len(p.depths),
-                "lines": len(p.lengths), "kv": len(p.lengths) * len(p.kv_positions), "ppl": len(p.lengths)}
+        lengths = {test: p.lengths + (p.tail if test in TAIL_TESTS else []) for test in p.samples}
+        plan = {"passkey": len(lengths["passkey"]) * len(p.depths), "needle": len(lengths["needle"]) * len(p.depths),
+                "lines": len(lengths["lines"]), "kv": len(lengths["kv"]) * len(p.kv_positions),
+                "ppl": len(lengths["ppl"])}
         stores = {}
         for test in plan:
-            args = run_arguments(test, str(model), p.lengths, p.samples[test], p.seed, depths=p.depths,
+            args = run_arguments(test, str(model), lengths[test], p.samples[test], p.seed, depths=p.depths,
                                  positions=p.kv_positions)
             stores[test] = RunStore(run, test, args)
         if all(len(stores[t].done) == n for t, n in plan.items()):
@@ -195,11 +201,11 @@ class Demo:
             self._shared = {"haystack": Haystack(tok, docs), "stream": token_stream(tok, docs)}
         bar = tqdm(total=sum(plan.values()), desc=f"eval {name}", unit="cell", disable=not self.progress)
         ev = Evaluator(model_, tok, "forced", batch_size=10, haystack=self._shared["haystack"], progress=bar)
-        run_passkey(ev, stores["passkey"], p.lengths, p.depths, p.samples["passkey"], p.seed)
-        run_needle(ev, stores["needle"], p.lengths, p.depths, p.samples["needle"], p.seed)
-        run_lines(ev, stores["lines"], p.lengths, p.samples["lines"], p.seed)
-        run_kv(ev, stores["kv"], p.lengths, p.kv_positions, p.samples["kv"], p.seed)
-        run_ppl(ev, stores["ppl"], self._shared["stream"], p.lengths, p.samples["ppl"], p.seed)
+        run_passkey(ev, stores["passkey"], lengths["passkey"], p.depths, p.samples["passkey"], p.seed)
+        run_needle(ev, stores["needle"], lengths["needle"], p.depths, p.samples["needle"], p.seed)
+        run_lines(ev, stores["lines"], lengths["lines"], p.samples["lines"], p.seed)
+        run_kv(ev, stores["kv"], lengths["kv"], p.kv_positions, p.samples["kv"], p.seed)
+        run_ppl(ev, stores["ppl"], self._shared["stream"], lengths["ppl"], p.samples["ppl"], p.seed)
         bar.close()
         self.timings[f"eval {name}"] = round(time.time() - started, 1)
         self._save()
@@ -234,7 +240,7 @@ def summary_table(out: Path, plan: DemoPlan, names: list[str]) -> str:
     from ropestretch.eval.store import read_results
 
     n, target = plan.window, plan.target
-    tail = [plan.lengths[-1]] if plan.lengths[-1] != target else []
+    tail = plan.tail
     header = ["variant", f"passkey @{target}", f"needle @{target}", f"needle 25-75% @{target}",
               f"lines @{target}", f"kv @{target}", f"passkey @{n}", f"ppl @{n}", f"ppl @{target}",
               *[f"ppl @{t}" for t in tail], "train time"]

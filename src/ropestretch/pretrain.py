@@ -57,6 +57,7 @@ class PretrainConfig:
     intermediate_size: int = 512
     rope_theta: float = 10000.0
     format_weight: int = 10
+    digit_group: int = 1  # digits per number token: 2 cuts a 5-digit value into 3 tokens
     copy_steps: int = 1100
     mix_steps: int = 3000
     batch_size: int = 16
@@ -77,7 +78,7 @@ class PretrainConfig:
 PHASE_FIELDS = {
     "copy": ("window", "vocab_size", "hidden_size", "layers", "heads", "intermediate_size", "rope_theta",
              "copy_steps", "batch_size", "copy_lr", "warmup_steps", "seed", "threads"),
-    "mix": ("format_weight", "mix", "mix_steps", "lr"),
+    "mix": ("format_weight", "digit_group", "mix", "mix_steps", "lr"),
     "focus": ("focus_mix", "focus_steps", "focus_lr"),
 }
 
@@ -113,7 +114,7 @@ def build_tokenizer(cfg: PretrainConfig, docs: list[str]):
     formats += [" The pass key is 12345. Remember it. 12345 is the pass key. What is the pass key? The pass key is",
                 'JSON data:\n{"0f8e1c2a-9b3d-4e5f-a6b7-c8d9e0f1a2b3": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"}\n'
                 'Key: "0f8e1c2a-9b3d-4e5f-a6b7-c8d9e0f1a2b3"\nThe value of the key is: "']
-    return train_tokenizer(docs + formats * cfg.format_weight, vocab_size=cfg.vocab_size)
+    return train_tokenizer(docs + formats * cfg.format_weight, vocab_size=cfg.vocab_size, digit_group=cfg.digit_group)
 
 
 def training_rows(kind: str, count: int, tokenizer, haystack, text_stream: list[int], window: int,

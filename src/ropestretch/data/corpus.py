@@ -8,6 +8,7 @@ remainder of a stream is dropped and counted. Text is read with the ``datasets``
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -273,20 +274,31 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, extra_tokens: Sequence[str] = ()):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, extra_tokens: Sequence[str] = (),
+                    digit_group: int = 1):
     """A byte-level BPE tokenizer trained with ``tokenizers`` on ``texts``, wrapped as a
     ``PreTrainedTokenizerFast`` with ``<s>``, ``</s>``, ``<pad>`` and a simple chat template.
-    Digits are split one per token, so numbers (pass keys, values) are copied digit by digit."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    Numbers are cut into groups of ``digit_group`` digits from the left before BPE ("12345" is
+    "1", "2", ... with 1; "12", "34", "5" with 2), and with 2 or more every group gets its own
+    token (all of them are added to the training text), so a number is copied a group at a time:
+    fewer tokens to copy, and each far less likely to occur elsewhere in the context."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if isinstance(digit_group, bool) or not isinstance(digit_group, int) or not 1 <= digit_group <= 3:
+        raise UsageError(f"digit_group must be 1, 2 or 3, got {digit_group!r}")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    digits = (pre_tokenizers.Digits(individual_digits=True) if digit_group == 1 else
+              pre_tokenizers.Split(Regex(rf"\d{{1,{digit_group}}}"), behavior="isolated"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([digits, pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     special = ["<pad>", "<s>", "</s>", *extra_tokens]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    if digit_group > 1:  # every group, often enough that BPE merges each one before the rarer prose pairs
+        groups = " ".join(f"{i:0{n}d}" for n in range(2, digit_group + 1) for i in range(10 ** n))
+        texts = itertools.chain(texts, [groups] * 5000)
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     fast.chat_template = CHAT_TEMPLATE
