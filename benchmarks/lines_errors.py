@@ -1,0 +1,45 @@
+"""Where LongChat-Lines answers go wrong: accuracy of the whole value, and of each answer token on
+its own (teacher-forced), over many samples inside the window.
+
+    python benchmarks/lines_errors.py [--model models/tiny-llama-256] [--length 256] [--samples 200]
+
+A wrong first value token means the model found the wrong line; a wrong later one, a copying
+slip among the other lines' digits. ``--model`` may be a `ropestretch pretrain --cache` phase folder
+(each holds its tokenizer), to follow the recipe phase by phase.
+"""
+
+import argparse
+
+import numpy as np
+import torch
+
+from ropestretch.data import tasks
+from ropestretch.eval import load_for_eval
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/tiny-llama-256")
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = load_for_eval(args.model)
+    rng = np.random.default_rng(args.seed)
+    right = []
+    with torch.no_grad():
+        for _ in range(args.samples):
+            s = tasks.lines(tok, args.length, rng)
+            ids = torch.tensor([s.prompt_ids + s.answer_ids])
+            pred = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1:-1].argmax(-1).tolist()
+            right.append([p == a for p, a in zip(pred, s.answer_ids)])
+    right = np.array(right)
+    print(f"{args.model}: LongChat-Lines at {args.length}, {args.samples} samples")
+    print(f"value right: {right.all(axis=1).mean():.1%}")
+    print("per answer token (the first is the space): " + ", ".join(f"{a:.0%}" for a in right.mean(axis=0)))
+
+
+if __name__ == "__main__":
+    main()
