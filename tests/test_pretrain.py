@@ -20,7 +20,9 @@ def test_pretrain_smoke(tmp_path):
     record = json.loads((out / "pretrain.json").read_text())
     probes = [r["probe"] for r in record["log"] if "probe" in r]
     assert len(probes) == 3 and all(0 <= p["copy_accuracy"] <= 1 for p in probes)
-    assert record["rows"]["focus"]["lines"] == round(0.4 * 2 * 4)
+    from ropestretch.pretrain import PretrainConfig, parse_mix
+
+    assert record["rows"]["focus"]["lines"] == round(parse_mix(PretrainConfig().focus_mix)["lines"] * 2 * 4)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.max_position_embeddings == 256 and len(tok) == model.config.vocab_size == 512
