@@ -15,6 +15,7 @@ import torch
 
 from ropestretch.data import tasks
 from ropestretch.eval import load_for_eval
+from ropestretch.eval.scoring import forced_hits
 
 
 def main():
@@ -28,14 +29,10 @@ def main():
     torch.set_num_threads(args.threads)
     model, tok = load_for_eval(args.model)
     rng = np.random.default_rng(args.seed)
-    right = []
-    with torch.no_grad():
-        for _ in range(args.samples):
-            s = tasks.lines(tok, args.length, rng)
-            ids = torch.tensor([s.prompt_ids + s.answer_ids])
-            pred = model(input_ids=ids).logits[0, len(s.prompt_ids) - 1:-1].argmax(-1).tolist()
-            right.append([p == a for p, a in zip(pred, s.answer_ids)])
-    right = np.array(right)
+    samples = [tasks.lines(tok, args.length, rng) for _ in range(args.samples)]
+    pad = tok.pad_token_id or 0
+    right = np.array([hits for start in range(0, len(samples), 10)
+                      for hits in forced_hits(model, samples[start:start + 10], pad)])
     print(f"{args.model}: LongChat-Lines at {args.length}, {args.samples} samples")
     print(f"value right: {right.all(axis=1).mean():.1%}")
     print("per answer token (the first is the space): " + ", ".join(f"{a:.0%}" for a in right.mean(axis=0)))

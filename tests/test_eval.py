@@ -49,7 +49,6 @@ def test_tasks_exact_lengths_and_answers(lm, haystack):
     assert tasks.score_text("kv", "ab-cd", 'x "ab-cd"')
 
 
-
 def test_lines_with_several_questions_answers_each_from_the_records(lm):
     tok = lm[1]
     s = tasks.lines(tok, 400, np.random.default_rng(3), questions=3)
@@ -61,6 +60,7 @@ def test_lines_with_several_questions_answers_each_from_the_records(lm):
     assert len(s.prompt_ids) + len(s.answer_ids) <= 400
     with pytest.raises(UsageError, match="questions"):
         tasks.lines(tok, 400, np.random.default_rng(3), questions=0)
+
 
 def test_haystack_repeats_with_a_warning(lm):
     small = tasks.Haystack(lm[1], ["A tiny text. It has two sentences."])

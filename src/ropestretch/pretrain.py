@@ -75,6 +75,10 @@ class PretrainConfig:
     progress: bool = True
     cache: str = ""  # a folder to save each phase's model in, reused by a rerun that agrees on that phase
 
+    def recipe(self) -> dict[str, Any]:
+        """Every setting the checkpoint depends on (not where it goes, the cache, or the progress bar)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "cache", "progress")}
+
 
 # what each phase depends on (with every earlier phase's): a --cache phase is reused only when all agree
 PHASE_FIELDS = {
@@ -260,9 +264,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     shutil.rmtree(out / ".tmp", ignore_errors=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("out", "cache", "progress")}
     train_seconds = sum(r["train_runtime"] for r in log if "train_runtime" in r)  # cached phases included
-    record: dict[str, Any] = {"recipe": recipe, "parameters": params, "train_seconds": round(train_seconds, 1),
+    record: dict[str, Any] = {"recipe": cfg.recipe(), "parameters": params, "train_seconds": round(train_seconds, 1),
                               "seconds_this_run": round(time.time() - started, 1), "rows": counts, "log": log}
     (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
     return out

@@ -247,7 +247,8 @@ def training_sample(kind: str, tokenizer, haystack: Haystack, length: int, rng: 
     lines of a LongChat-Lines sample.
     """
     length = check_length(length)
-    # room for the answer after the prompt: digits are split one per token, a UUID is at most 36 tokens
+    # room for the answer after the prompt: the longest pass key and needle number in this tokenizer,
+    # and a UUID is at most 36 tokens
     answer_room = {"passkey": len(_ids(tokenizer, " 99999")), "needle": len(_ids(tokenizer, " 9999999")),
                    "kv": 36, "lines": 0}
     if kind not in answer_room:

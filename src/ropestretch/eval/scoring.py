@@ -23,8 +23,8 @@ def _pad(rows: Sequence[Sequence[int]], pad: int, left: bool) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def forced_correct(model, samples: Sequence[TaskSample], pad: int = 0) -> list[bool]:
-    """Per sample: does the argmax at every answer position equal the answer token? One pass."""
+def forced_hits(model, samples: Sequence[TaskSample], pad: int = 0) -> list[list[bool]]:
+    """Per sample, per answer token: does the argmax at that position equal it? One pass."""
     rows = [s.prompt_ids + s.answer_ids for s in samples]
     ids, mask = _pad(rows, pad, left=False)
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
@@ -32,8 +32,13 @@ def forced_correct(model, samples: Sequence[TaskSample], pad: int = 0) -> list[b
     for i, s in enumerate(samples):
         start = len(s.prompt_ids)
         pred = logits[i, start - 1: start - 1 + len(s.answer_ids)].argmax(-1)
-        out.append(bool(torch.equal(pred, torch.tensor(s.answer_ids))))
+        out.append((pred == torch.tensor(s.answer_ids)).tolist())
     return out
+
+
+def forced_correct(model, samples: Sequence[TaskSample], pad: int = 0) -> list[bool]:
+    """Per sample: does the argmax at every answer position equal the answer token? One pass."""
+    return [all(hits) for hits in forced_hits(model, samples, pad)]
 
 
 @torch.no_grad()
