@@ -39,7 +39,7 @@ class DemoPlan:
     lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     tail: list[int] = field(default_factory=lambda: [4096])  # beyond L: passkey and perplexity only
     depths: list[float] = field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0])
-    samples: dict[str, int] = field(default_factory=lambda: {"passkey": 10, "needle": 10, "lines": 20, "kv": 4,
+    samples: dict[str, int] = field(default_factory=lambda: {"passkey": 20, "needle": 20, "lines": 20, "kv": 4,
                                                              "ppl": 4})
     kv_positions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     steps: int = 250  # at the window; the token budget is steps x batch x window
