@@ -15,7 +15,7 @@ import torch
 
 from ropestretch.data.tasks import Haystack
 from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle
-from ropestretch.eval.retrieval import _cut, cell_rng, needle_prompts
+from ropestretch.eval.retrieval import cell_rng, needle_prompts
 
 
 def main():
@@ -50,14 +50,17 @@ def main():
             start = time.perf_counter()
             results = run_needle(ev, store, [args.length], depths, args.samples, seed=0, reuse_prefix=reuse)
             timings[reuse] = (time.perf_counter() - start, [r["accuracy"] for r in results])
-    # the floor: one bare forward pass per prompt, same prompts, same batching
-    context, bounds, question, items = needle_prompts(ev, args.length, args.samples, cell_rng(0, "needle", args.length))
+    # the floor: one bare forward pass per prompt, same prompts, batched by length as the evaluator does
+    draws = needle_prompts(ev, args.length, args.samples, cell_rng(0, "needle", args.length))
     start = time.perf_counter()
     with torch.no_grad():
         for d in depths:
-            cut = _cut(bounds, len(context), d)
-            ids = torch.tensor([context[:cut] + nd + context[cut:] + question + a for nd, _, a in items])
-            model(input_ids=ids, use_cache=False)
+            rows: dict[int, list[list[int]]] = {}
+            for draw in draws:
+                row = draw.prompt(d) + draw.answer
+                rows.setdefault(len(row), []).append(row)
+            for same in rows.values():
+                model(input_ids=torch.tensor(same), use_cache=False)
     bare = time.perf_counter() - start
     assert timings[True][1] == timings[False][1], "prefix reuse changed the results"
     what = f"random Llama, hidden {args.hidden}, 4 layers" if args.hidden else args.model

@@ -99,35 +99,55 @@ def run_kv(ev, store, lengths, positions, samples, seed):
     return sweep(ev, store, cells, lambda c, rng: tasks.kv(ev.tokenizer, c["length"], c["gold"], rng), samples, seed)
 
 
-def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Generator):
-    """For one length: a shared haystack, one keyed city, and ``samples`` needles (7-digit numbers).
-    Returns the context, its sentence boundaries, the question, and per sample (needle ids, answer
-    text, answer ids)."""
+@dataclass
+class NeedleDraw:
+    """One needle sample at one length: its own haystack, keyed city and 7-digit number; the
+    sweep inserts the needle into the same haystack at every depth."""
+
+    context: list[int]
+    bounds: list[int]  # sentence boundaries in ``context``, where the needle may go
+    needle: list[int]
+    question: list[int]
+    answer: list[int]
+    number: str
+
+    def cut(self, depth: float) -> int:
+        room = len(self.context)
+        return min(self.bounds, key=lambda b: abs(b - depth / 100 * room))
+
+    def prompt(self, depth: float) -> list[int]:
+        cut = self.cut(depth)
+        return self.context[:cut] + self.needle + self.context[cut:] + self.question
+
+
+def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Generator) -> list[NeedleDraw]:
+    """For one length, ``samples`` independent draws, so that an accuracy over them is not one
+    haystack's or one key's."""
     tok = ev.tokenizer
-    city = tasks.CITIES[int(rng.integers(len(tasks.CITIES)))]
-    numbers = [str(int(rng.integers(10**6, 10**7))) for _ in range(samples)]
-    needles = [tok(tasks.NEEDLE.format(city=city, number=n), add_special_tokens=False)["input_ids"] for n in numbers]
-    question = tok(tasks.NEEDLE_QUESTION.format(city=city), add_special_tokens=False)["input_ids"]
-    answers = [tok(" " + n, add_special_tokens=False)["input_ids"] for n in numbers]
-    longest = max(len(n) for n in needles)
-    room = length - longest - len(question)
-    if room < 1:
-        from ropestretch.errors import UsageError
 
-        raise UsageError(f"length {length} is too short for the needle and its question")
-    context, bounds = ev.haystack.fill(room, rng)
-    return context, bounds, question, list(zip(needles, numbers, answers))
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
 
+    draws = []
+    for _ in range(samples):
+        city = tasks.CITIES[int(rng.integers(len(tasks.CITIES)))]
+        number = str(int(rng.integers(10**6, 10**7)))
+        needle, question = ids(tasks.NEEDLE.format(city=city, number=number)), ids(tasks.NEEDLE_QUESTION.format(city=city))
+        room = length - len(needle) - len(question)
+        if room < 1:
+            from ropestretch.errors import UsageError
 
-def _cut(bounds: list[int], room: int, depth: float) -> int:
-    return min(bounds, key=lambda b: abs(b - depth / 100 * room))
+            raise UsageError(f"length {length} is too short for the needle and its question")
+        context, bounds = ev.haystack.fill(room, rng)
+        draws.append(NeedleDraw(context, bounds, needle, question, ids(" " + number), number))
+    return draws
 
 
 @torch.no_grad()
 def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, reuse_prefix: bool = True):
-    """The needle grid. Per length, one haystack is shared by every depth and sample, so the keys
-    and values of the haystack before the needle are computed once (batched over the samples) and
-    each depth only runs what follows its needle (``reuse_prefix``)."""
+    """The needle grid. Each sample has its own haystack, shared by every depth: with
+    ``reuse_prefix`` the keys and values of the haystack before its deepest needle are computed
+    once and cropped for each shallower depth, so each depth only runs what follows its needle."""
     out = []
     for length in lengths:
         cells = [{"length": length, "depth": d} for d in depths]
@@ -135,16 +155,18 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
         ev.tick(len(cells) - len(todo))
         if not todo:
             continue
-        context, bounds, question, items = needle_prompts(ev, length, samples, cell_rng(seed, "needle", length))
-        groups: dict[int, list[int]] = {}
-        for i, (needle_ids, _, answer_ids) in enumerate(items):
-            groups.setdefault(len(needle_ids) * 1000 + len(answer_ids), []).append(i)
-        results: dict[str, list[bool]] = {str(c["depth"]): [False] * samples for c in todo}
+        draws = needle_prompts(ev, length, samples, cell_rng(seed, "needle", length))
+        results = {str(c["depth"]): [False] * samples for c in todo}
         timings = {str(c["depth"]): 0.0 for c in todo}
-        for members in groups.values():
-            for start in range(0, len(members), ev.batch_size):
-                chunk = members[start:start + ev.batch_size]
-                _needle_chunk(ev, context, bounds, question, items, chunk, todo, reuse_prefix, results, timings)
+        if reuse_prefix:
+            for i, draw in enumerate(draws):
+                _needle_reuse(ev, draw, i, todo, results, timings)
+        else:
+            for cell in todo:
+                started = time.time()
+                prompts = [TaskSample("needle", d.prompt(cell["depth"]), d.number, d.answer) for d in draws]
+                results[str(cell["depth"])] = ev.score(prompts)
+                timings[str(cell["depth"])] += time.time() - started
         for cell in todo:
             key = str(cell["depth"])
             record = store.add(cell, accuracy=float(np.mean(results[key])), correct=int(sum(results[key])),
@@ -154,42 +176,25 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
     return out
 
 
-def _needle_chunk(ev, context, bounds, question, all_items, chunk, cells, reuse_prefix, results, timings):
-    """Score samples ``chunk`` (indices into ``all_items``) at every depth of ``cells``, writing
-    correctness into ``results[depth][index]`` and adding time to ``timings[depth]``."""
+def _needle_reuse(ev, draw: NeedleDraw, index: int, cells, results, timings) -> None:
+    """Score one sample at every depth of ``cells`` over one cache of its haystack's prefix."""
     from transformers import DynamicCache
 
-    items = [all_items[i] for i in chunk]
-    room = len(context)
-    b = len(items)
-    order = sorted(cells, key=lambda c: -_cut(bounds, room, c["depth"]))  # deepest cut first: crop, never copy
-    cache = None
-    if reuse_prefix:
-        started = time.time()
-        deepest = _cut(bounds, room, order[0]["depth"])
-        cache = DynamicCache(config=ev.model.config)
-        if deepest > 0:  # the prefix is the same for every sample: compute it once, then repeat it
-            ev.model(input_ids=torch.tensor([context[:deepest]]), past_key_values=cache, use_cache=True)
-            if b > 1:
-                cache.batch_repeat_interleave(b)
-        share = (time.time() - started) / len(order)
-        for c in order:
-            timings[str(c["depth"])] += share
+    order = sorted(cells, key=lambda c: -draw.cut(c["depth"]))  # deepest cut first: crop, never copy
+    started = time.time()
+    deepest = draw.cut(order[0]["depth"])
+    cache = DynamicCache(config=ev.model.config)
+    if deepest > 0:
+        ev.model(input_ids=torch.tensor([draw.context[:deepest]]), past_key_values=cache, use_cache=True)
+    share = (time.time() - started) / len(order)
     for cell in order:
         started = time.time()
-        cut = _cut(bounds, room, cell["depth"])
-        rows = [needle + context[cut:] + question for needle, _, _ in items]
-        answers = [answer for _, _, answer in items]
-        if reuse_prefix:
-            crop_to(cache, cut)
-            ok = _score_continuation(ev, cache, context[:cut], rows, answers, [n for _, n, _ in items])
-        else:
-            full = [context[:cut] + r for r in rows]
-            samples = [TaskSample("needle", f, n, a) for f, (_, n, a) in zip(full, items)]
-            ok = ev.score(samples)
-        for i, good in zip(chunk, ok):
-            results[str(cell["depth"])][i] = good
-        timings[str(cell["depth"])] += time.time() - started
+        cut = draw.cut(cell["depth"])
+        crop_to(cache, cut)
+        rest = draw.needle + draw.context[cut:] + draw.question
+        ok = _score_continuation(ev, cache, draw.context[:cut], [rest], [draw.answer], [draw.number])
+        results[str(cell["depth"])][index] = ok[0]
+        timings[str(cell["depth"])] += share + time.time() - started
 
 
 def crop_to(cache, length: int) -> None:

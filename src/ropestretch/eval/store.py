@@ -27,6 +27,8 @@ def run_arguments(test: str, model: str, lengths: list[int], samples: int, seed:
                             "samples": samples, "seed": seed, "text": text}
     if test in ("passkey", "needle"):
         args["depths"] = depths
+    if test == "needle":
+        args["haystack"] = "one per sample"  # older runs drew one per length: their results are not reused
     if test == "kv":
         args["positions"] = positions
     if test == "ppl":
