@@ -46,7 +46,9 @@ class DemoPlan:
     batch: int = 16
     lr: float = 5e-4
     seed: int = 0
-    mix: dict[str, float] = field(default_factory=lambda: {"text": 0.3, "passkey": 0.3, "needle": 0.25,
+    # needle-heavier than passkey, which carries to 8x more easily: over eight 250-step trainings,
+    # mixes with needle >= 0.4 gave 71-77% needle at 2048 under cream-yarn, this one's 0.25 gave 70-74%
+    mix: dict[str, float] = field(default_factory=lambda: {"text": 0.2, "passkey": 0.25, "needle": 0.4,
                                                            "lines": 0.15})
 
     @classmethod
