@@ -99,6 +99,21 @@ def test_needle_prefix_reuse_matches_from_scratch(lm, haystack, tmp_path):
     assert [r["correct"] for r in a] == [r["correct"] for r in b]
 
 
+def test_needle_samples_draw_their_own_haystack_and_key(lm, haystack):
+    from ropestretch.eval.retrieval import needle_prompts
+
+    model, tok = lm
+    draws = needle_prompts(Evaluator(model, tok, haystack=haystack), 200, 8, np.random.default_rng(0))
+    assert len({tuple(d.context) for d in draws}) == 8 and len({d.number for d in draws}) == 8
+    cities = set()
+    for d in draws:
+        text = tok.decode(d.prompt(50))
+        city = re.search(r"What is the magic number of (.+)\? The magic number of \1 is$", text).group(1)
+        assert f"The magic number of {city} is {d.number}." in text and len(d.prompt(50)) == 200
+        cities.add(city)
+    assert len(cities) > 1
+
+
 def test_perplexity_counts_only_scored_tokens(lm, tmp_path):
     model, tok = lm
     ids = torch.randint(3, 300, (1, 50))
