@@ -57,7 +57,7 @@ def main():
         for d in depths:
             rows: dict[int, list[list[int]]] = {}
             for draw in draws:
-                row = draw.prompt(d) + draw.answer
+                row = draw.at(d).prompt_ids + draw.answer_ids
                 rows.setdefault(len(row), []).append(row)
             for same in rows.values():
                 model(input_ids=torch.tensor(same), use_cache=False)

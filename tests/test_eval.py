@@ -104,12 +104,13 @@ def test_needle_samples_draw_their_own_haystack_and_key(lm, haystack):
 
     model, tok = lm
     draws = needle_prompts(Evaluator(model, tok, haystack=haystack), 200, 8, np.random.default_rng(0))
-    assert len({tuple(d.context) for d in draws}) == 8 and len({d.number for d in draws}) == 8
+    assert len({tuple(d.context) for d in draws}) == 8 and len({d.answer for d in draws}) == 8
     cities = set()
     for d in draws:
-        text = tok.decode(d.prompt(50))
+        prompt = d.at(50).prompt_ids
+        text = tok.decode(prompt)
         city = re.search(r"What is the magic number of (.+)\? The magic number of \1 is$", text).group(1)
-        assert f"The magic number of {city} is {d.number}." in text and len(d.prompt(50)) == 200
+        assert f"The magic number of {city} is {d.answer}." in text and len(prompt) == 200
         cities.add(city)
     assert len(cities) > 1
 

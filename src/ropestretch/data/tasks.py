@@ -109,40 +109,65 @@ def check_length(length: int) -> int:
     return int(length)
 
 
-def _insert_at_depth(tokenizer, haystack: Haystack, length: int, depth: float, needle: str, question: str,
-                     rng: np.random.Generator) -> tuple[list[int], dict[str, Any]]:
+@dataclass
+class DepthSample:
+    """A passkey or needle sample before it is placed: a haystack with room for the needle and the
+    question that ends the prompt, and the answer. ``at(depth)`` inserts the needle at ``depth``
+    percent of the haystack, snapped to a sentence boundary; the needle sweep places one draw at
+    every depth."""
+
+    task: str
+    context: list[int]
+    bounds: list[int]  # sentence boundaries in ``context``, where the needle may go
+    needle: list[int]
+    question: list[int]
+    answer: str
+    answer_ids: list[int]
+
+    def cut(self, depth: float) -> int:
+        return min(self.bounds, key=lambda b: abs(b - depth / 100 * len(self.context)))
+
+    def at(self, depth: float) -> TaskSample:
+        cut = self.cut(depth)
+        prompt = self.context[:cut] + self.needle + self.context[cut:] + self.question
+        return TaskSample(self.task, prompt, self.answer, self.answer_ids,
+                          {"length": len(prompt), "depth": depth, "needle_at": cut / max(1, len(self.context))})
+
+
+def _depth_sample(task: str, tokenizer, haystack: Haystack, length: int, needle: str, question: str, answer: str,
+                  rng: np.random.Generator) -> DepthSample:
     needle_ids, question_ids = _ids(tokenizer, needle), _ids(tokenizer, question)
     room = length - len(needle_ids) - len(question_ids)
     if room < 0:
         raise UsageError(f"length {length} is too short for this task's needle and question")
     context, bounds = haystack.fill(room, rng)
-    want = depth / 100 * room
-    cut = min(bounds, key=lambda b: abs(b - want))  # snapped to a sentence boundary
-    prompt = context[:cut] + needle_ids + context[cut:] + question_ids
-    return prompt, {"length": len(prompt), "depth": depth, "needle_at": cut / max(1, room)}
+    return DepthSample(task, context, bounds, needle_ids, question_ids, answer, _ids(tokenizer, " " + answer))
 
 
 def passkey(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator) -> TaskSample:
     """Filler prose with "The pass key is NNNNN. Remember it." at ``depth`` percent."""
     length, depth = check_length(length), check_depth(depth)
     key = _digits(rng, 5)
-    prompt, info = _insert_at_depth(tokenizer, haystack, length, depth,
-                                    f" The pass key is {key}. Remember it. {key} is the pass key.",
-                                    " What is the pass key? The pass key is", rng)
-    return TaskSample("passkey", prompt, key, _ids(tokenizer, " " + key), info)
+    return _depth_sample("passkey", tokenizer, haystack, length,
+                         f" The pass key is {key}. Remember it. {key} is the pass key.",
+                         " What is the pass key? The pass key is", key, rng).at(depth)
 
 
 NEEDLE = " The magic number of {city} is {number}."
 NEEDLE_QUESTION = " What is the magic number of {city}? The magic number of {city} is"
 
 
-def needle(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator) -> TaskSample:
-    """A keyed needle, "The magic number of <city> is NNNNNNN.", at ``depth`` percent of a haystack."""
-    length, depth = check_length(length), check_depth(depth)
+def needle_draw(tokenizer, haystack: Haystack, length: int, rng: np.random.Generator) -> DepthSample:
+    """A keyed needle, "The magic number of <city> is NNNNNNN.", and its haystack, not yet placed."""
+    length = check_length(length)
     city, number = CITIES[int(rng.integers(len(CITIES)))], _digits(rng, 7)
-    prompt, info = _insert_at_depth(tokenizer, haystack, length, depth, NEEDLE.format(city=city, number=number),
-                                    NEEDLE_QUESTION.format(city=city), rng)
-    return TaskSample("needle", prompt, number, _ids(tokenizer, " " + number), info)
+    return _depth_sample("needle", tokenizer, haystack, length, NEEDLE.format(city=city, number=number),
+                         NEEDLE_QUESTION.format(city=city), number, rng)
+
+
+def needle(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator) -> TaskSample:
+    """A keyed needle at ``depth`` percent of a haystack."""
+    return needle_draw(tokenizer, haystack, length, rng).at(check_depth(depth))
 
 
 def lines(tokenizer, length: int, rng: np.random.Generator, position: float | None = None,

@@ -14,6 +14,7 @@ import torch
 
 from ropestretch.data import tasks
 from ropestretch.data.tasks import TaskSample
+from ropestretch.errors import UsageError
 from ropestretch.eval.scoring import forced_correct, generated_correct
 from ropestretch.eval.store import RunStore
 
@@ -99,47 +100,12 @@ def run_kv(ev, store, lengths, positions, samples, seed):
     return sweep(ev, store, cells, lambda c, rng: tasks.kv(ev.tokenizer, c["length"], c["gold"], rng), samples, seed)
 
 
-@dataclass
-class NeedleDraw:
-    """One needle sample at one length: its own haystack, keyed city and 7-digit number; the
-    sweep inserts the needle into the same haystack at every depth."""
-
-    context: list[int]
-    bounds: list[int]  # sentence boundaries in ``context``, where the needle may go
-    needle: list[int]
-    question: list[int]
-    answer: list[int]
-    number: str
-
-    def cut(self, depth: float) -> int:
-        room = len(self.context)
-        return min(self.bounds, key=lambda b: abs(b - depth / 100 * room))
-
-    def prompt(self, depth: float) -> list[int]:
-        cut = self.cut(depth)
-        return self.context[:cut] + self.needle + self.context[cut:] + self.question
-
-
-def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Generator) -> list[NeedleDraw]:
-    """For one length, ``samples`` independent draws, so that an accuracy over them is not one
-    haystack's or one key's."""
-    tok = ev.tokenizer
-
-    def ids(text: str) -> list[int]:
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    draws = []
-    for _ in range(samples):
-        city = tasks.CITIES[int(rng.integers(len(tasks.CITIES)))]
-        number = str(int(rng.integers(10**6, 10**7)))
-        needle, question = ids(tasks.NEEDLE.format(city=city, number=number)), ids(tasks.NEEDLE_QUESTION.format(city=city))
-        room = length - len(needle) - len(question)
-        if room < 1:
-            from ropestretch.errors import UsageError
-
-            raise UsageError(f"length {length} is too short for the needle and its question")
-        context, bounds = ev.haystack.fill(room, rng)
-        draws.append(NeedleDraw(context, bounds, needle, question, ids(" " + number), number))
+def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Generator) -> list[tasks.DepthSample]:
+    """For one length, ``samples`` independent needle draws (each its own haystack, city and number,
+    so that an accuracy over them is not one haystack's or one key's), to be placed at every depth."""
+    draws = [tasks.needle_draw(ev.tokenizer, ev.haystack, length, rng) for _ in range(samples)]
+    if any(not d.context for d in draws):
+        raise UsageError(f"length {length} is too short for the needle and its question")
     return draws
 
 
@@ -164,8 +130,7 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
         else:
             for cell in todo:
                 started = time.time()
-                prompts = [TaskSample("needle", d.prompt(cell["depth"]), d.number, d.answer) for d in draws]
-                results[str(cell["depth"])] = ev.score(prompts)
+                results[str(cell["depth"])] = ev.score([d.at(cell["depth"]) for d in draws])
                 timings[str(cell["depth"])] += time.time() - started
         for cell in todo:
             key = str(cell["depth"])
@@ -176,7 +141,7 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
     return out
 
 
-def _needle_reuse(ev, draw: NeedleDraw, index: int, cells, results, timings) -> None:
+def _needle_reuse(ev, draw: tasks.DepthSample, index: int, cells, results, timings) -> None:
     """Score one sample at every depth of ``cells`` over one cache of its haystack's prefix."""
     from transformers import DynamicCache
 
@@ -192,8 +157,7 @@ def _needle_reuse(ev, draw: NeedleDraw, index: int, cells, results, timings) -> 
         cut = draw.cut(cell["depth"])
         crop_to(cache, cut)
         rest = draw.needle + draw.context[cut:] + draw.question
-        ok = _score_continuation(ev, cache, draw.context[:cut], [rest], [draw.answer], [draw.number])
-        results[str(cell["depth"])][index] = ok[0]
+        results[str(cell["depth"])][index] = _score_continuation(ev, cache, draw.context[:cut], rest, draw)
         timings[str(cell["depth"])] += share + time.time() - started
 
 
@@ -211,21 +175,18 @@ def crop_to(cache, length: int) -> None:
         cache.crop(length)
 
 
-def _score_continuation(ev, cache, prefix, rows, answers, answer_texts):
-    """Score prompts that continue a cached ``prefix`` (all rows of equal length)."""
-    if ev.scoring == "forced":
-        cut = len(prefix)
-        ids = torch.tensor([r + a for r, a in zip(rows, answers)])
-        logits = ev.model(input_ids=ids, past_key_values=cache, use_cache=True).logits
-        crop_to(cache, cut)
-        start = len(rows[0])
-        pred = logits[:, start - 1: start - 1 + len(answers[0])].argmax(-1)
-        return [bool(torch.equal(p, torch.tensor(a))) for p, a in zip(pred, answers)]
+def _score_continuation(ev, cache, prefix: list[int], rest: list[int], draw: tasks.DepthSample) -> bool:
+    """Score the prompt ``prefix + rest``, whose ``prefix`` is in ``cache``; the cache is left at the prefix."""
     cut = len(prefix)
-    full = torch.tensor([prefix + r for r in rows])
+    if ev.scoring == "forced":
+        logits = ev.model(input_ids=torch.tensor([rest + draw.answer_ids]), past_key_values=cache, use_cache=True).logits
+        crop_to(cache, cut)
+        pred = logits[0, len(rest) - 1: len(rest) - 1 + len(draw.answer_ids)].argmax(-1)
+        return bool(torch.equal(pred, torch.tensor(draw.answer_ids)))
+    full = torch.tensor([prefix + rest])
     out = ev.model.generate(input_ids=full, attention_mask=torch.ones_like(full), past_key_values=cache,
-                            max_new_tokens=len(answers[0]) + 4, do_sample=False, pad_token_id=ev.pad,
+                            max_new_tokens=len(draw.answer_ids) + 4, do_sample=False, pad_token_id=ev.pad,
                             eos_token_id=ev.tokenizer.eos_token_id)
     crop_to(cache, cut)
-    texts = ev.tokenizer.batch_decode(out[:, full.shape[1]:], skip_special_tokens=True)
-    return [tasks.score_text("needle", a, t) for a, t in zip(answer_texts, texts)]
+    text = ev.tokenizer.decode(out[0, full.shape[1]:], skip_special_tokens=True)
+    return tasks.score_text("needle", draw.answer, text)
