@@ -51,3 +51,22 @@ def test_base_model_card_states_its_recipe():
 
     assert record["recipe"] == PretrainConfig().recipe()
     assert os.path.getsize(os.path.join(BASE, "model.safetensors")) <= 20 * 1024 * 1024
+
+
+def test_demo_training_rows_mix_copy_blocks_and_retrieval():
+    """A copy row repeats one random block (the base's copy curriculum); a retrieval row ends with its
+    answer and end-of-text; every row is exactly the window long; an unknown kind is one clear error."""
+    from transformers import AutoTokenizer
+
+    from ropestretch.demo import training_rows
+    from ropestretch.errors import UsageError
+
+    tok = AutoTokenizer.from_pretrained(BASE)
+    rows = training_rows(tok, 256, 40, {"copy": 0.5, "needle": 0.5}, seed=0)
+    assert all(len(r) == 256 for r in rows)
+    periods = [next((p for p in range(16, 49) if r[p:] == r[:-p]), None) for r in rows]
+    ends = [r[-1] == tok.eos_token_id for r in rows]
+    assert all(p is not None or e for p, e in zip(periods, ends))
+    assert 10 <= sum(p is not None for p in periods) <= 30 and 10 <= sum(ends) <= 30
+    with pytest.raises(UsageError, match="unknown training task"):
+        training_rows(tok, 256, 4, {"video": 1.0}, seed=0)

@@ -74,6 +74,10 @@ def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], see
     from ropestretch.data import tasks
     from ropestretch.data.corpus import builtin_documents
 
+    kinds = ("text", "copy", *tasks.TRAINING_TASKS)
+    if set(mix) - set(kinds):
+        raise UsageError(f"unknown training task {sorted(set(mix) - set(kinds))[0]!r} in the mix "
+                         f"(one of {', '.join(kinds)})")
     rng = np.random.default_rng(seed)
     docs = builtin_documents()
     haystack = tasks.Haystack(tokenizer, docs)
@@ -82,6 +86,9 @@ def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], see
     for kind in kinds:
         if kind == "text":
             rows.append(haystack.fill(length, rng)[0])
+            continue
+        if kind == "copy":  # repeated random blocks, as in the base's copy curriculum
+            rows.append(tasks.copy_sequence(length, len(tokenizer.all_special_ids), len(tokenizer), rng, 16, 48))
             continue
         body = tasks.training_sample(kind, tokenizer, haystack, length, rng)
         filler = haystack.fill(max(0, length - len(body)), rng)[0] if len(body) < length else []
