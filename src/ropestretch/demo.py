@@ -88,7 +88,7 @@ def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], see
             rows.append(haystack.fill(length, rng)[0])
             continue
         if kind == "copy":  # repeated random blocks, as in the base's copy curriculum
-            rows.append(tasks.copy_sequence(length, len(tokenizer.all_special_ids), len(tokenizer), rng, 16, 48))
+            rows.append(tasks.copy_row(tokenizer, length, rng))
             continue
         body = tasks.training_sample(kind, tokenizer, haystack, length, rng)
         filler = haystack.fill(max(0, length - len(body)), rng)[0] if len(body) < length else []

@@ -144,14 +144,13 @@ def training_rows(kind: str, count: int, tokenizer, haystack, text_stream: list[
     from ropestretch.data import tasks
 
     rows = []
-    special = len(tokenizer.all_special_ids)
     for _ in range(count):
         if kind == "text":
             start = int(rng.integers(0, len(text_stream) - window))
             rows.append(text_stream[start:start + window])
             continue
-        if kind == "copy":  # varied lengths: fixed ones teach a positional shortcut, not content matching
-            rows.append(tasks.copy_sequence(window, special, len(tokenizer), rng, 16, 48))
+        if kind == "copy":
+            rows.append(tasks.copy_row(tokenizer, window, rng))
             continue
         length = window - 1 if rng.random() < 0.5 else int(rng.integers(window // 2, window - 1))
         questions = int(rng.integers(1, 5)) if kind == "lines" else 1

@@ -261,6 +261,12 @@ def copy_sequence(length: int, low: int, high: int, rng: np.random.Generator, mi
     return (block * (length // len(block) + 1))[:length]
 
 
+def copy_row(tokenizer, length: int, rng: np.random.Generator) -> list[int]:
+    """A training row of the copy curriculum: a block of 16 to 48 ordinary tokens, repeated. Varied
+    lengths teach content matching; a fixed one, a positional shortcut (``ropestretch.pretrain``)."""
+    return copy_sequence(length, len(tokenizer.all_special_ids), len(tokenizer), rng, 16, 48)
+
+
 TRAINING_TASKS = ("passkey", "needle", "lines", "kv")
 
 
