@@ -62,6 +62,16 @@ def test_lines_with_several_questions_answers_each_from_the_records(lm):
         tasks.lines(tok, 400, np.random.default_rng(3), questions=0)
 
 
+def test_needle_needs_room_for_a_haystack(lm, haystack):
+    tok = lm[1]
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    exact = len(ids(" The pass key is 12345. Remember it. 12345 is the pass key.")) + len(
+        ids(" What is the pass key? The pass key is"))
+    assert len(tasks.passkey(tok, haystack, exact + 1, 50, np.random.default_rng(0)).prompt_ids) == exact + 1
+    with pytest.raises(UsageError, match="too short"):
+        tasks.passkey(tok, haystack, exact, 50, np.random.default_rng(0))
+
+
 def test_haystack_repeats_with_a_warning(lm):
     small = tasks.Haystack(lm[1], ["A tiny text. It has two sentences."])
     with pytest.warns(UserWarning, match="repeated"):

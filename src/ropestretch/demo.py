@@ -75,9 +75,9 @@ def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], see
     from ropestretch.data.corpus import builtin_documents
 
     kinds = ("text", "copy", *tasks.TRAINING_TASKS)
-    if set(mix) - set(kinds):
-        raise UsageError(f"unknown training task {sorted(set(mix) - set(kinds))[0]!r} in the mix "
-                         f"(one of {', '.join(kinds)})")
+    unknown = sorted(set(mix) - set(kinds))
+    if unknown:
+        raise UsageError(f"unknown training task {unknown[0]!r} in the mix (one of {', '.join(kinds)})")
     rng = np.random.default_rng(seed)
     docs = builtin_documents()
     haystack = tasks.Haystack(tokenizer, docs)

@@ -138,8 +138,8 @@ def _depth_sample(task: str, tokenizer, haystack: Haystack, length: int, needle:
                   rng: np.random.Generator) -> DepthSample:
     needle_ids, question_ids = _ids(tokenizer, needle), _ids(tokenizer, question)
     room = length - len(needle_ids) - len(question_ids)
-    if room < 0:
-        raise UsageError(f"length {length} is too short for this task's needle and question")
+    if room < 1:  # at least one token of haystack, or there is no depth to place the needle at
+        raise UsageError(f"length {length} is too short for this task's needle, question and haystack")
     context, bounds = haystack.fill(room, rng)
     return DepthSample(task, context, bounds, needle_ids, question_ids, answer, _ids(tokenizer, " " + answer))
 
