@@ -6,7 +6,8 @@ own (teacher-forced), over many samples.
 
 LongChat-Lines: a wrong first value token means the model found the wrong line; a wrong later one,
 a copying slip among the other lines' digits. Needle: each sample its own haystack, city and
-7-digit number, placed at a depth drawn uniformly; a wrong later digit is a copying slip.
+7-digit number, placed at a depth drawn uniformly; a wrong later digit is a copying slip, and
+the whole number's accuracy is split by whether the number repeats a digit.
 ``--model`` may be a `ropestretch pretrain --cache` phase folder (each holds its tokenizer), to
 follow the recipe phase by phase, or a demo's ``models/<variant>`` (any length).
 """
@@ -47,6 +48,15 @@ def main():
     print(f"{args.model}: {args.task} at {args.length}, {args.samples} samples")
     print(f"value right: {right.all(axis=1).mean():.1%}")
     print("per answer token (the first is the space): " + ", ".join(f"{a:.0%}" for a in right.mean(axis=0)))
+    if args.task == "needle":  # copying a digit that the number holds twice: which occurrence comes next?
+        whole = right.all(axis=1)
+        numbers = [tok.decode(s.answer_ids).strip() for s in samples]
+        twice = np.array([any(a == b for a, b in zip(n, n[1:])) for n in numbers])
+        repeat = np.array([len(set(n)) < len(n) for n in numbers])
+        for name, mask in (("a digit twice in a row", twice), ("some digit twice", repeat),
+                           ("all digits distinct", ~repeat)):
+            value = f"{whole[mask].mean():.1%}" if mask.any() else "-"
+            print(f"numbers with {name}: {value} right ({mask.sum()} samples)")
 
 
 if __name__ == "__main__":

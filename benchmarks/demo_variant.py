@@ -3,7 +3,9 @@ needle accuracy at the window and at the target over several evaluation seeds, a
 the target.
 
     python benchmarks/demo_variant.py --out /tmp/try-mix [--variant cream-yarn]
-        [--mix '{"text": 0.2, "passkey": 0.25, "needle": 0.4, "lines": 0.15}'] [--steps 250] [--lr 5e-4]
+        [--mix '{"text": 0.2, "passkey": 0.25, "needle": 0.4, "lines": 0.15}']
+        [--steps 250] [--batch 16] [--lr 5e-4] [--warmup 10] [--schedule cosine]
+        [--train-options '{"lora": true, "lora_rank": 16}']
         [--train-seed 0] [--eval-seeds 0,1,2]
 
 One training's needle accuracy at 2048 moves by several points with the training seed, so compare
@@ -33,6 +35,11 @@ def main():
     parser.add_argument("--mix", type=json.loads, help="fine-tuning mix, JSON (default: the demo's)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--batch", type=int, help="rows per step at the window")
+    parser.add_argument("--warmup", type=int, help="linear warm-up steps")
+    parser.add_argument("--train-options", type=json.loads,
+                        help="more training settings: JSON of ropestretch train's fields (not those above)")
+    parser.add_argument("--schedule", help="learning-rate schedule, transformers' names (cosine, linear, ...)")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--eval-seeds", default="0,1,2")
     parser.add_argument("--samples", type=int, default=20, help="per depth and evaluation seed")
@@ -44,7 +51,8 @@ def main():
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    changes = {k: v for k, v in (("mix", args.mix), ("steps", args.steps), ("lr", args.lr)) if v is not None}
+    plan_fields = ("mix", "steps", "batch", "lr", "warmup", "schedule", "train_options")
+    changes = {k: getattr(args, k) for k in plan_fields if getattr(args, k) is not None}
     plan = replace(DemoPlan(), seed=args.train_seed, **changes)
     path = args.model
     if path is None:

@@ -35,6 +35,11 @@ def test_quick_demo_writes_report_only_under_out_and_reuses_steps(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "home"]  # nothing beside the output folder
     assert not any(home.rglob("*"))                                        # nor in the home folder
     results = {p: p.read_text() for p in (out / "evals").rglob("results.jsonl")}
+    rows = [json.loads(line) for line in results[out / "evals" / "cream-yarn" / "results.jsonl"].splitlines()]
+    beyond = {(r["test"], r.get("n")) for r in rows if r["cell"]["length"] > 2048}
+    assert beyond == {("passkey", 1), ("ppl", None)}  # beyond L: the tail's tests, at the tail's sample count
+    assert {r["n"] for r in rows if r["test"] == "passkey" and r["cell"]["length"] <= 2048} == {2}
+    assert "Beyond L (4096): 1 passkey samples per cell instead of 2." in report
     started = time.time()
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

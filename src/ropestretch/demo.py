@@ -37,14 +37,19 @@ class DemoPlan:
     window: int = 256
     target: int = 2048
     lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
-    tail: list[int] = field(default_factory=lambda: [4096])  # beyond L: passkey and perplexity only
+    tail: list[int] = field(default_factory=lambda: [4096])  # beyond L: the tests of tail_samples only
     depths: list[float] = field(default_factory=lambda: [0.0, 25.0, 50.0, 75.0, 100.0])
     samples: dict[str, int] = field(default_factory=lambda: {"passkey": 20, "needle": 20, "lines": 20, "kv": 4,
                                                              "ppl": 4})
+    # samples per cell beyond L: fewer passkeys, as one 4096-token passkey costs the attention of four at 2048
+    tail_samples: dict[str, int] = field(default_factory=lambda: {"passkey": 8, "ppl": 4})
     kv_positions: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     steps: int = 250  # at the window; the token budget is steps x batch x window
     batch: int = 16
     lr: float = 5e-4
+    schedule: str = "constant_with_warmup"  # transformers' scheduler names
+    warmup: int = 10  # linear warm-up steps, at most the run's steps
+    train_options: dict[str, Any] = field(default_factory=dict)  # more TrainConfig fields (lora, weight_decay, ...)
     seed: int = 0
     # weighted towards the needle, which carries to 8x less well than the passkey
     # (benchmarks/demo_variant.py trains one variant under another mix, steps or rate, and measures it)
@@ -53,8 +58,9 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(lengths=[256, 2048], tail=[], depths=[0.0, 50.0],
+        return cls(lengths=[256, 2048], tail=[4096], depths=[0.0, 50.0],
                    samples={"passkey": 2, "needle": 2, "lines": 2, "kv": 1, "ppl": 1},
+                   tail_samples={"passkey": 1, "ppl": 1},
                    kv_positions=[0.0, 1.0], steps=4, batch=8)
 
     @property
@@ -63,7 +69,6 @@ class DemoPlan:
 
 
 TRAINING_FREE = ["linear", "yarn", "dprope"]
-TAIL_TESTS = ("passkey", "ppl")
 FINE_TUNED = [("pose", "linear"), ("pose", "yarn"), ("cream", "linear"), ("cream", "yarn"), ("cream", "dprope"),
               ("full", "linear")]
 
@@ -173,9 +178,10 @@ class Demo:
         started = time.time()
         train(make_config(model=str(self.base), data=str(data), out=str(out), target=self.plan.target,
                           positions=positions, scaling=scaling, steps=steps, batch_size=batch, lr=self.plan.lr,
-                          warmup_steps=min(10, steps), schedule="constant_with_warmup", seed=self.plan.seed,
+                          warmup_steps=min(self.plan.warmup, steps), schedule=self.plan.schedule, seed=self.plan.seed,
                           save_steps=max(1, steps // 2), save_total_limit=1, logging_steps=max(1, steps // 20),
-                          progress=self.progress, resume=out.exists() and any(out.iterdir())))
+                          progress=self.progress, resume=out.exists() and any(out.iterdir()),
+                          **self.plan.train_options))
         self.timings[name] = round(time.time() - started, 1)
         self._save()
         return out
@@ -190,14 +196,15 @@ class Demo:
 
         run = self.out / "evals" / name
         p = self.plan
-        lengths = {test: p.lengths + (p.tail if test in TAIL_TESTS else []) for test in p.samples}
-        plan = {"passkey": len(lengths["passkey"]) * len(p.depths), "needle": len(lengths["needle"]) * len(p.depths),
-                "lines": len(lengths["lines"]), "kv": len(lengths["kv"]) * len(p.kv_positions),
-                "ppl": len(lengths["ppl"])}
+        tail = {test: p.tail if test in p.tail_samples else [] for test in p.samples}
+        plan = {"passkey": len(p.depths), "needle": len(p.depths), "lines": 1, "kv": len(p.kv_positions), "ppl": 1}
+        plan = {test: cells * (len(p.lengths) + len(tail[test])) for test, cells in plan.items()}
         stores = {}
         for test in plan:
-            args = run_arguments(test, str(model), lengths[test], p.samples[test], p.seed, depths=p.depths,
+            args = run_arguments(test, str(model), p.lengths, p.samples[test], p.seed, depths=p.depths,
                                  positions=p.kv_positions)
+            if tail[test]:
+                args["tail"] = {"lengths": tail[test], "samples": p.tail_samples[test]}
             stores[test] = RunStore(run, test, args)
         if all(len(stores[t].done) == n for t, n in plan.items()):
             return run
@@ -210,11 +217,17 @@ class Demo:
             self._shared = {"haystack": Haystack(tok, docs), "stream": token_stream(tok, docs)}
         bar = tqdm(total=sum(plan.values()), desc=f"eval {name}", unit="cell", disable=not self.progress)
         ev = Evaluator(model_, tok, "forced", batch_size=10, haystack=self._shared["haystack"], progress=bar)
-        run_passkey(ev, stores["passkey"], lengths["passkey"], p.depths, p.samples["passkey"], p.seed)
-        run_needle(ev, stores["needle"], lengths["needle"], p.depths, p.samples["needle"], p.seed)
-        run_lines(ev, stores["lines"], lengths["lines"], p.samples["lines"], p.seed)
-        run_kv(ev, stores["kv"], lengths["kv"], p.kv_positions, p.samples["kv"], p.seed)
-        run_ppl(ev, stores["ppl"], self._shared["stream"], lengths["ppl"], p.samples["ppl"], p.seed)
+        runners = {
+            "passkey": lambda lengths, n: run_passkey(ev, stores["passkey"], lengths, p.depths, n, p.seed),
+            "needle": lambda lengths, n: run_needle(ev, stores["needle"], lengths, p.depths, n, p.seed),
+            "lines": lambda lengths, n: run_lines(ev, stores["lines"], lengths, n, p.seed),
+            "kv": lambda lengths, n: run_kv(ev, stores["kv"], lengths, p.kv_positions, n, p.seed),
+            "ppl": lambda lengths, n: run_ppl(ev, stores["ppl"], self._shared["stream"], lengths, n, p.seed)}
+        for test, run_test in runners.items():
+            run_test(p.lengths, p.samples[test])
+        for test, run_test in runners.items():
+            if tail[test]:
+                run_test(tail[test], p.tail_samples[test])
         bar.close()
         self.timings[f"eval {name}"] = round(time.time() - started, 1)
         self._save()
@@ -250,12 +263,15 @@ def summary_table(out: Path, plan: DemoPlan, names: list[str]) -> str:
 
     n, target = plan.window, plan.target
     tail = plan.tail
+    counts = [f"{plan.tail_samples[t]} {t} samples per cell instead of {plan.samples[t]}" for t in plan.tail_samples
+              if plan.tail_samples[t] != plan.samples[t]]
+    beyond = f" Beyond L ({', '.join(map(str, tail))}): {', '.join(counts)}." if tail and counts else ""
     header = ["variant", f"passkey @{target}", f"needle @{target}", f"needle 25-75% @{target}",
               f"lines @{target}", f"kv @{target}", f"passkey @{n}", f"ppl @{n}", f"ppl @{target}",
               *[f"ppl @{t}" for t in tail], "train time"]
     lines = ["## Comparison", "", f"Base window N = {n}, target L = {target} (8x); every fine-tuned variant saw "
              f"{plan.budget:,} training tokens. Accuracy is the mean over depths (needle, passkey) or gold "
-             "positions (kv).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             "positions (kv)." + beyond, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
         rows = list(read_results(out / "evals" / name))
 
