@@ -7,9 +7,9 @@ From the small base model (window N = 256) to L = 2048 (8x):
   ``cream`` under ``dprope``; and the ``full``-length baseline at L, for cost. Every fine-tuned
   variant gets the same token budget;
 - every variant (and the base, unextended) evaluated at 256 .. 2048: passkey, needle grid,
-  LongChat-Lines, key-value retrieval by position, perplexity; and at 4096, beyond L, passkey and
-  perplexity only (one 4096-token sample holds more tokens than one at each of 256 .. 2048
-  together, so two tests show the tail);
+  LongChat-Lines, key-value retrieval by position, perplexity; and at 4096, beyond L, passkey (8
+  samples per depth, not 20) and perplexity only (one 4096-token sample holds more tokens than one
+  at each of 256 .. 2048 together, so two tests, and fewer passkeys, show the tail);
 - ``report.md`` with the comparison table, the figures and each variant's training cost.
 
 Every step writes under ``--out`` only, and a rerun reuses every finished step.
