@@ -46,10 +46,10 @@ def main():
     right = np.array([hits for start in range(0, len(samples), 10)
                       for hits in forced_hits(model, samples[start:start + 10], pad)])
     print(f"{args.model}: {args.task} at {args.length}, {args.samples} samples")
-    print(f"value right: {right.all(axis=1).mean():.1%}")
+    whole = right.all(axis=1)
+    print(f"value right: {whole.mean():.1%}")
     print("per answer token (the first is the space): " + ", ".join(f"{a:.0%}" for a in right.mean(axis=0)))
     if args.task == "needle":  # copying a digit that the number holds twice: which occurrence comes next?
-        whole = right.all(axis=1)
         numbers = [tok.decode(s.answer_ids).strip() for s in samples]
         twice = np.array([any(a == b for a, b in zip(n, n[1:])) for n in numbers])
         repeat = np.array([len(set(n)) < len(n) for n in numbers])

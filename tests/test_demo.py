@@ -75,3 +75,15 @@ def test_demo_training_rows_mix_copy_blocks_and_retrieval():
     assert 10 <= sum(p is not None for p in periods) <= 30 and 10 <= sum(ends) <= 30
     with pytest.raises(UsageError, match="unknown training task"):
         training_rows(tok, 256, 4, {"video": 1.0}, seed=0)
+
+
+def test_demo_train_options_cannot_override_the_plan(tmp_path):
+    from dataclasses import replace
+
+    from ropestretch.demo import Demo, DemoPlan
+    from ropestretch.errors import UsageError
+
+    demo = Demo(tmp_path / "demo", replace(DemoPlan.quick(), train_options={"lr": 1.0}), progress=False)
+    with pytest.raises(UsageError, match="train_options cannot set 'lr'"):
+        demo.train("cream", "yarn")
+    assert not (tmp_path / "demo" / "models").exists()

@@ -211,3 +211,11 @@ def test_bad_input(tiny_lm_dir, text_dir, tmp_path):
     assert_one_line_error(train_cli(tiny_lm_dir, text_dir, other, "--steps", 2), "not empty")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert (other / "mine.txt").read_text() == "keep me"
+
+
+def test_library_config_refuses_unknown_options():
+    from ropestretch.errors import UsageError
+    from ropestretch.train import make_config
+
+    with pytest.raises(UsageError, match="unknown training option 'lora_rnak'"):
+        make_config(model="m", data="d", out="o", target=512, lora_rnak=4)

@@ -174,14 +174,17 @@ class Demo:
         data = self.data(length)
         batch = self.plan.batch if positions != "full" else max(1, self.plan.batch // 8)
         steps = max(1, self.plan.budget // (batch * length))
+        settings = dict(model=str(self.base), data=str(data), out=str(out), target=self.plan.target,
+                        positions=positions, scaling=scaling, steps=steps, batch_size=batch, lr=self.plan.lr,
+                        warmup_steps=min(self.plan.warmup, steps), schedule=self.plan.schedule, seed=self.plan.seed,
+                        save_steps=max(1, steps // 2), save_total_limit=1, logging_steps=max(1, steps // 20),
+                        progress=self.progress, resume=out.exists() and any(out.iterdir()))
+        clash = sorted(set(self.plan.train_options) & set(settings))
+        if clash:
+            raise UsageError(f"train_options cannot set {clash[0]!r}: the demo plan sets it")
         self.say(f"{name}: fine-tuning {steps} steps of {batch} x {length} tokens")
         started = time.time()
-        train(make_config(model=str(self.base), data=str(data), out=str(out), target=self.plan.target,
-                          positions=positions, scaling=scaling, steps=steps, batch_size=batch, lr=self.plan.lr,
-                          warmup_steps=min(self.plan.warmup, steps), schedule=self.plan.schedule, seed=self.plan.seed,
-                          save_steps=max(1, steps // 2), save_total_limit=1, logging_steps=max(1, steps // 20),
-                          progress=self.progress, resume=out.exists() and any(out.iterdir()),
-                          **self.plan.train_options))
+        train(make_config(**settings, **self.plan.train_options))
         self.timings[name] = round(time.time() - started, 1)
         self._save()
         return out

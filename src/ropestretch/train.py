@@ -118,6 +118,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def make_config(**values: Any) -> TrainConfig:
     """A validated :class:`TrainConfig` (types coerced, values checked)."""
     types = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise UsageError(f"unknown training option {unknown[0]!r}")
     clean = {}
     for name, value in values.items():
         if value is None:
