@@ -7,10 +7,21 @@ the target.
         [--steps 250] [--batch 16] [--lr 5e-4] [--warmup 10] [--schedule cosine]
         [--train-options '{"lora": true, "lora_rank": 16}']
         [--train-seed 0] [--eval-seeds 0,1,2]
+        [--experiment answer-loss|whole-numbers|train-only:self_attn]
 
 One training's needle accuracy at 2048 moves by several points with the training seed, so compare
 settings over more than one ``--train-seed``. ``--model`` skips training and measures a model
 folder (a demo's ``models/<variant>``).
+
+``--experiment`` tests a hypothesis about the needle that no training setting expresses, by
+wrapping the training run (this script only; the library has no such options):
+
+- ``answer-loss``: retrieval rows (those that end in a number and end-of-text) count only their
+  answer in the loss; prose rows keep their full loss;
+- ``whole-numbers``: a row's position ids are drawn again (up to 100 times) while a jump between
+  segments falls inside a run of digit tokens, so no pass key, needle number or line value is cut;
+- ``train-only:NAME[,NAME]``: only parameters whose names contain one of the NAMEs train
+  (``self_attn``; ``q_proj,k_proj``), the rest stay frozen.
 """
 
 import argparse
@@ -25,6 +36,56 @@ from ropestretch.data.corpus import builtin_documents
 from ropestretch.data.tasks import Haystack
 from ropestretch.demo import Demo, DemoPlan
 from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle, run_passkey
+
+
+def install_experiment(name: str, digit_ids: list[int], eos_id: int) -> None:
+    """Wrap the position collator or the trainer for ``--experiment`` (see the module's docstring)."""
+    import transformers
+
+    from ropestretch import positions
+
+    digits = torch.tensor(digit_ids)
+    collate = positions.PositionCollator.__call__
+
+    def answer_loss(self, features):
+        out = collate(self, features)
+        for row, n in enumerate(out["attention_mask"].sum(1).tolist()):
+            ids = out["input_ids"][row]
+            if ids[n - 1] != eos_id or not torch.isin(ids[n - 2], digits):
+                continue  # prose
+            start = n - 2
+            while start > 0 and torch.isin(ids[start - 1], digits):
+                start -= 1
+            out["labels"][row, :start] = -100
+        return out
+
+    def whole_numbers(self, features):
+        out = collate(self, features)
+        gen = torch.Generator().manual_seed(int(out["position_ids"].sum()))  # a new stream per batch
+        for row in range(out["input_ids"].shape[0]):
+            ids, pos = out["input_ids"][row], out["position_ids"][row]
+            in_number = torch.isin(ids[1:], digits) & torch.isin(ids[:-1], digits)
+            for _ in range(100):
+                if not ((pos[1:] - pos[:-1] > 1) & in_number).any():
+                    break
+                pos = positions.SAMPLERS[self.method](1, self.window, self.target, gen, **self.options)[0, :len(ids)]
+            out["position_ids"][row] = pos
+        return out
+
+    if name in ("answer-loss", "whole-numbers"):
+        positions.PositionCollator.__call__ = answer_loss if name == "answer-loss" else whole_numbers
+    elif name.startswith("train-only:"):
+        keep = name.split(":", 1)[1].split(",")
+        init = transformers.Trainer.__init__
+
+        def frozen_init(self, model=None, *args, **kwargs):
+            for param_name, param in model.named_parameters():
+                param.requires_grad = any(k in param_name for k in keep)
+            init(self, model, *args, **kwargs)
+
+        transformers.Trainer.__init__ = frozen_init
+    else:
+        raise SystemExit(f"unknown --experiment {name!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
 
 
 def main():
@@ -44,9 +105,12 @@ def main():
     parser.add_argument("--eval-seeds", default="0,1,2")
     parser.add_argument("--samples", type=int, default=20, help="per depth and evaluation seed")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--experiment", help="answer-loss, whole-numbers or train-only:NAME[,NAME] (see above)")
     args = parser.parse_args()
     if not args.out and not args.model:
         parser.error("give --out (train) or --model (measure)")
+    if args.experiment and args.model:
+        parser.error("--experiment changes the training; it does not apply to --model")
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
@@ -55,13 +119,21 @@ def main():
     changes = {k: getattr(args, k) for k in plan_fields if getattr(args, k) is not None}
     plan = replace(DemoPlan(), seed=args.train_seed, **changes)
     path = args.model
+    if args.experiment and path is None:
+        from transformers import AutoTokenizer
+
+        from ropestretch.demo import BASE_MODEL
+
+        base_tok = AutoTokenizer.from_pretrained(BASE_MODEL)
+        install_experiment(args.experiment, base_tok.convert_tokens_to_ids(list("0123456789")), base_tok.eos_token_id)
     if path is None:
         positions, scaling = args.variant.split("-")
         path = Demo(args.out, plan, progress=False).train(positions, scaling)
     model, tok = load_for_eval(str(path))
     ev = Evaluator(model, tok, "forced", batch_size=10, haystack=Haystack(tok, builtin_documents()))
     depths, seeds = plan.depths, [int(s) for s in args.eval_seeds.split(",")]
-    print(f"{path}: {json.dumps(changes) if args.model is None else ''} train seed {args.train_seed}")
+    print(f"{path}: {json.dumps(changes) if args.model is None else ''} {args.experiment or ''} "
+          f"train seed {args.train_seed}")
     for length in (plan.window, plan.target):
         every, middle, per_seed = [], [], []
         for seed in seeds:
