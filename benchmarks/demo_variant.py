@@ -3,7 +3,7 @@ needle accuracy at the window and at the target over several evaluation seeds, a
 the target.
 
     python benchmarks/demo_variant.py --out /tmp/try-mix [--variant cream-yarn]
-        [--mix '{"text": 0.2, "passkey": 0.25, "needle": 0.4, "lines": 0.15}']
+        [--mix '{"text": 0.1, "passkey": 0.15, "needle": 0.6, "lines": 0.15}']
         [--steps 250] [--batch 16] [--lr 5e-4] [--warmup 10] [--schedule cosine]
         [--train-options '{"lora": true, "lora_rank": 16}']
         [--train-seed 0] [--eval-seeds 0,1,2]
