@@ -85,7 +85,7 @@ def install_experiment(name: str, digit_ids: list[int], eos_id: int) -> None:
 
         transformers.Trainer.__init__ = frozen_init
     else:
-        raise SystemExit(f"unknown --experiment {name!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
+        raise ValueError(f"unknown experiment {name!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
 
 
 def main():
@@ -111,6 +111,9 @@ def main():
         parser.error("give --out (train) or --model (measure)")
     if args.experiment and args.model:
         parser.error("--experiment changes the training; it does not apply to --model")
+    if args.experiment and not (args.experiment in ("answer-loss", "whole-numbers")
+                                or args.experiment.startswith("train-only:")):
+        parser.error(f"unknown --experiment {args.experiment!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
