@@ -38,13 +38,17 @@ from ropestretch.demo import Demo, DemoPlan
 from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle, run_passkey
 
 
-def install_experiment(name: str, digit_ids: list[int], eos_id: int) -> None:
+def install_experiment(name: str) -> None:
     """Wrap the position collator or the trainer for ``--experiment`` (see the module's docstring)."""
     import transformers
 
     from ropestretch import positions
+    from ropestretch.demo import BASE_MODEL
 
-    digits = torch.tensor(digit_ids)
+    if name not in ("answer-loss", "whole-numbers") and not name.startswith("train-only:"):
+        raise ValueError(f"unknown --experiment {name!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
+    tok = transformers.AutoTokenizer.from_pretrained(BASE_MODEL)
+    digits, eos_id = torch.tensor(tok.convert_tokens_to_ids(list("0123456789"))), tok.eos_token_id
     collate = positions.PositionCollator.__call__
 
     def answer_loss(self, features):
@@ -74,7 +78,7 @@ def install_experiment(name: str, digit_ids: list[int], eos_id: int) -> None:
 
     if name in ("answer-loss", "whole-numbers"):
         positions.PositionCollator.__call__ = answer_loss if name == "answer-loss" else whole_numbers
-    elif name.startswith("train-only:"):
+    else:  # train-only:NAME[,NAME]
         keep = name.split(":", 1)[1].split(",")
         init = transformers.Trainer.__init__
 
@@ -84,8 +88,6 @@ def install_experiment(name: str, digit_ids: list[int], eos_id: int) -> None:
             init(self, model, *args, **kwargs)
 
         transformers.Trainer.__init__ = frozen_init
-    else:
-        raise ValueError(f"unknown experiment {name!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
 
 
 def main():
@@ -111,9 +113,11 @@ def main():
         parser.error("give --out (train) or --model (measure)")
     if args.experiment and args.model:
         parser.error("--experiment changes the training; it does not apply to --model")
-    if args.experiment and not (args.experiment in ("answer-loss", "whole-numbers")
-                                or args.experiment.startswith("train-only:")):
-        parser.error(f"unknown --experiment {args.experiment!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
+    if args.experiment:
+        try:
+            install_experiment(args.experiment)
+        except ValueError as err:
+            parser.error(str(err))
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
@@ -122,13 +126,6 @@ def main():
     changes = {k: getattr(args, k) for k in plan_fields if getattr(args, k) is not None}
     plan = replace(DemoPlan(), seed=args.train_seed, **changes)
     path = args.model
-    if args.experiment and path is None:
-        from transformers import AutoTokenizer
-
-        from ropestretch.demo import BASE_MODEL
-
-        base_tok = AutoTokenizer.from_pretrained(BASE_MODEL)
-        install_experiment(args.experiment, base_tok.convert_tokens_to_ids(list("0123456789")), base_tok.eos_token_id)
     if path is None:
         positions, scaling = args.variant.split("-")
         path = Demo(args.out, plan, progress=False).train(positions, scaling)
