@@ -104,3 +104,18 @@ def test_apply_writes_loadable_copy_and_never_overwrites(tiny_llama_dir, tmp_pat
     assert not (tmp_path / "y").exists()
     assert_one_line_error(run_cli("apply", "--model", tiny_llama_dir, "--scaling", "yarn", "--target", 256,
                                   "--n-hat", 4, "--out", tmp_path / "z"), "dprope only")
+
+
+def test_apply_yarn_betas(tiny_llama_dir, tmp_path):
+    out = tmp_path / "yarn8"
+    code, _, err = run_cli("apply", "--model", tiny_llama_dir, "--scaling", "yarn", "--target", 512,
+                           "--beta-fast", 8, "--out", out)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    for key in ("rope_parameters", "rope_scaling"):
+        assert (config[key]["beta_fast"], config[key]["beta_slow"]) == (8.0, 1.0)
+    assert_one_line_error(run_cli("apply", "--model", tiny_llama_dir, "--scaling", "linear", "--target", 512,
+                                  "--beta-fast", 8, "--out", tmp_path / "a"), "yarn only")
+    assert_one_line_error(run_cli("apply", "--model", tiny_llama_dir, "--scaling", "yarn", "--target", 512,
+                                  "--beta-fast", 1, "--beta-slow", 2, "--out", tmp_path / "b"), "larger than beta_slow")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

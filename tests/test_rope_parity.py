@@ -117,3 +117,35 @@ def test_partial_rotary_factor_matches_transformers(scaling):
     assert inv_freq.shape == (16,)
     torch.testing.assert_close(scaled.inv_freq, inv_freq, rtol=2e-7, atol=0)
     assert scaled.attention_factor == pytest.approx(attention)
+
+
+@pytest.mark.parametrize("betas", [(8.0, 1.0), (4.0, 0.5), (64.0, 2.0), (2.5, 1.5)])
+@pytest.mark.parametrize("overrides,target", [CASES[2], CASES[3]])
+def test_yarn_betas_match_transformers(betas, overrides, target):
+    """Non-default beta_fast / beta_slow: exported, and computed as transformers computes them."""
+    config = tiny_llama_config(**overrides)
+    rope = rope_config_from_dict(config)
+    scaled = scale(rope, "yarn", target, beta_fast=betas[0], beta_slow=betas[1])
+    assert (scaled.rope_parameters["beta_fast"], scaled.rope_parameters["beta_slow"]) == betas
+    inv_freq, attention = hf_rope(exported_config(config, scaled), seq_len=target)
+    torch.testing.assert_close(scaled.inv_freq, inv_freq, rtol=2e-7, atol=0)
+    assert scaled.attention_factor == pytest.approx(attention, rel=1e-12)
+    # a lower beta_fast keeps more of the fast pairs unscaled
+    default = scale(rope, "yarn", target)
+    keep = [f == pytest.approx(1.0) for f in scaled.factors]
+    keep_default = [f == pytest.approx(1.0) for f in default.factors]
+    assert sum(keep) >= sum(keep_default) if betas[0] < 32 else sum(keep) <= sum(keep_default)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"beta_fast": 1.0, "beta_slow": 1.0}, "must be larger than beta_slow"),
+    ({"beta_fast": 0.5}, "must be larger than beta_slow"),
+    ({"beta_slow": 0.0}, "beta_slow must be a positive number"),
+    ({"beta_fast": float("nan")}, "beta_fast must be a positive number"),
+    ({"beta_fast": "8"}, "beta_fast must be a positive number"),
+])
+def test_bad_yarn_betas(kwargs, message):
+    from ropestretch.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        scale(rope_config_from_dict(tiny_llama_config()), "yarn", 256, **kwargs)

@@ -27,13 +27,14 @@ def test_checkpoint_is_standard_and_matches_in_process_model(tiny_lm_dir, text_d
     out = tmp_path / "run"
     result = train(make_config(model=str(tiny_lm_dir), data=str(text_dir), out=str(out), target=256,
                                positions="cream", scaling="yarn", steps=4, batch_size=2, lr=1e-3, cream_k=4,
-                               save_steps=2, progress=False))
+                               yarn_beta_fast=8, save_steps=2, progress=False))
     names = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "ropestretch.json", "log.jsonl"} <= names
     assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
     config = json.loads((out / "config.json").read_text())
     assert config["max_position_embeddings"] == 256
     assert config["rope_parameters"]["rope_type"] == config["rope_scaling"]["rope_type"] == "yarn"
+    assert config["rope_parameters"]["beta_fast"] == config["rope_scaling"]["beta_fast"] == 8.0
     meta = json.loads((out / "ropestretch.json").read_text())
     assert (meta["positions"], meta["scaling"], meta["window"], meta["target"], meta["steps"]) == \
         ("cream", "yarn", 64, 256, 4)

@@ -71,6 +71,8 @@ class TrainConfig:
     dprope_bins: int = _f(360, "DPRoPE histogram bins")
     dprope_threshold: float = _f(None, "DPRoPE threshold t")
     dprope_n_hat: int = _f(None, "DPRoPE: interpolate exactly this many dimensions")
+    yarn_beta_fast: float = _f(32.0, "YaRN: pairs turning more than this many times over the window extrapolate")
+    yarn_beta_slow: float = _f(1.0, "YaRN: pairs turning fewer than this many times over the window interpolate")
     lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights")
     lora_rank: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")
@@ -173,6 +175,8 @@ def scaled_rope(cfg: TrainConfig):
     options = {}
     if cfg.scaling == "dprope":
         options = dict(bins=cfg.dprope_bins, threshold=cfg.dprope_threshold, n_hat=cfg.dprope_n_hat)
+    elif cfg.scaling == "yarn":
+        options = dict(beta_fast=cfg.yarn_beta_fast, beta_slow=cfg.yarn_beta_slow)
     return raw, rope, scale(rope, cfg.scaling, cfg.target, **options)
 
 

@@ -23,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=finite_float, metavar="T", help="dprope: selection threshold (default 0)")
     group.add_argument("--n-hat", type=nonnegative_int, metavar="K", help="dprope: interpolate exactly K dimensions")
+    p.add_argument("--beta-fast", type=finite_float, metavar="B", help="yarn: pairs turning more than B times over "
+                   "the window extrapolate (default 32)")
+    p.add_argument("--beta-slow", type=finite_float, metavar="B", help="yarn: pairs turning fewer than B times over "
+                   "the window interpolate (default 1)")
     p.set_defaults(run=run)
 
 
@@ -41,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
         options = dict(bins=args.bins, threshold=args.threshold, n_hat=args.n_hat)
     elif args.threshold is not None or args.n_hat is not None:
         raise UsageError("--threshold and --n-hat apply to --scaling dprope only")
+    if args.scaling == "yarn":
+        options = {k: v for k, v in (("beta_fast", args.beta_fast), ("beta_slow", args.beta_slow)) if v is not None}
+    elif args.beta_fast is not None or args.beta_slow is not None:
+        raise UsageError("--beta-fast and --beta-slow apply to --scaling yarn only")
     scaled = scale(rope, args.scaling, args.target, **options)
     out = apply_to_checkpoint(args.model, args.out, scaled, command="apply")
     print(f"wrote {out}: {args.scaling} scaling, window {rope.window} -> {args.target}")

@@ -191,15 +191,25 @@ def yarn_ramp(rope: RopeConfig, beta_fast: float = 32, beta_slow: float = 1) -> 
 
 
 @register("yarn")
-def scale_yarn(rope: RopeConfig, target: int) -> Scaled:
-    """YaRN (Peng et al. 2023, arXiv 2309.00071) as transformers computes it: beta_fast 32, beta_slow 1."""
+def scale_yarn(rope: RopeConfig, target: int, beta_fast: float = 32.0, beta_slow: float = 1.0) -> Scaled:
+    """YaRN (Peng et al. 2023, arXiv 2309.00071) as transformers computes it.
+
+    ``beta_fast`` and ``beta_slow`` bound the ramp in turns over the window (see :func:`yarn_ramp`).
+    The paper found 32 and 1 good for Llama's 4096-token window and says to tune them per model;
+    both are exported in ``rope_parameters``, which transformers and vLLM read.
+    """
+    for name, value in (("beta_fast", beta_fast), ("beta_slow", beta_slow)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UsageError(f"yarn {name} must be a positive number, got {value!r}")
+    if not beta_fast > beta_slow:
+        raise UsageError(f"yarn beta_fast ({beta_fast:g}) must be larger than beta_slow ({beta_slow:g})")
     s = target / rope.window
     pos_freqs = rope.base ** _exponents(rope)
     extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (s * pos_freqs)
-    keep = 1 - yarn_ramp(rope)  # weight of extrapolation per pair
+    keep = 1 - yarn_ramp(rope, beta_fast, beta_slow)  # weight of extrapolation per pair
     inv_freq = interpolation * (1 - keep) + extrapolation * keep
     params = _params(rope, "yarn", factor=s, original_max_position_embeddings=rope.window,
-                     beta_fast=32.0, beta_slow=1.0)
+                     beta_fast=float(beta_fast), beta_slow=float(beta_slow))
     return Scaled("yarn", rope, target, inv_freq, yarn_attention_factor(s), params, target)
 
 
