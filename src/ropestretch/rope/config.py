@@ -54,6 +54,11 @@ class RopeConfig:
         return self.rotary_dim // 2
 
 
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite: what every numeric RoPE setting must be."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
         raise UsageError(f"config field {what} must be a positive integer, got {value!r}")
@@ -97,7 +102,7 @@ def rope_config_from_dict(config: Mapping[str, Any]) -> RopeConfig:
             "ropestretch extends a model from its unscaled RoPE: give the original model's config"
         )
     base = params.get("rope_theta", config.get("rope_theta", _DEFAULT_THETA))
-    if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 1:
+    if not is_finite_number(base) or base <= 1:
         raise UsageError(f"config field rope_theta must be a number > 1, got {base!r}")
     if "max_position_embeddings" not in config:
         raise UsageError("config has no max_position_embeddings: cannot tell the pre-trained window")

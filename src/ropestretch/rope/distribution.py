@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ropestretch.errors import UsageError
-from ropestretch.rope.config import RopeConfig
+from ropestretch.rope.config import RopeConfig, is_finite_number
 
 FLOOR = 2.0**-14  # float16's smallest normal: the released code's starting count per bin
 _CHUNK = 1 << 22  # angles per block, to bound memory at long targets
@@ -96,7 +96,7 @@ def select(extrapolation: torch.Tensor, interpolation: torch.Tensor, threshold: 
     margin = extrapolation - interpolation
     if n_hat is None:
         t = 0.0 if threshold is None else threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        if not is_finite_number(t):
             raise UsageError(f"threshold must be a finite number, got {threshold!r}")
         return margin > t, float(t)
     if isinstance(n_hat, bool) or not isinstance(n_hat, int) or not 0 <= n_hat <= 2 * pairs:

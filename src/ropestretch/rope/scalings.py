@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from ropestretch.errors import UsageError
-from ropestretch.rope.config import RopeConfig
+from ropestretch.rope.config import RopeConfig, is_finite_number
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def scale_yarn(rope: RopeConfig, target: int, beta_fast: float = 32.0, beta_slow
     both are exported in ``rope_parameters``, which transformers and vLLM read.
     """
     for name, value in (("beta_fast", beta_fast), ("beta_slow", beta_slow)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not is_finite_number(value) or value <= 0:
             raise UsageError(f"yarn {name} must be a positive number, got {value!r}")
     if not beta_fast > beta_slow:
         raise UsageError(f"yarn beta_fast ({beta_fast:g}) must be larger than beta_slow ({beta_slow:g})")
