@@ -186,6 +186,9 @@ def test_eval_cli_resume_report_and_bad_input(tiny_lm_dir, tmp_path):
     assert_one_line_error(run_cli("eval", "needle", *common, "--depths", "0,120"), "[0, 100]")
     assert_one_line_error(run_cli("eval", "ppl", "--model", tmp_path / "nope", "--out", tmp_path / "r2",
                                   "--lengths", "64"), "no such config file or model folder")
+    # without --lengths too: the missing folder is named, not taken for a hub id that needs --lengths
+    assert_one_line_error(run_cli("eval", "ppl", "--model", tmp_path / "nope", "--out", tmp_path / "r2"),
+                          "no such config file or model folder")
     assert not (tmp_path / "r2").exists()
     weightless = tmp_path / "weightless"
     weightless.mkdir()

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle, run_passkey,
                                   run_ppl, token_stream)
 
+    load_config_dict(args.model)  # a missing folder or an unreachable hub: one line, before anything is written
     lengths = args.lengths or (default_lengths(args.model) if Path(args.model).is_dir() else None)
     if not lengths:
         raise UsageError("give --lengths for a model that is not a local folder")
@@ -123,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
                              getattr(args, "mode", "truncate"), getattr(args, "stride", None))
     if args.text and not Path(args.text).exists():
         raise UsageError(f"no such text file or folder: {args.text}")
-    load_config_dict(args.model)  # a missing folder or an unreachable hub: one line, before anything is written
     store = RunStore(args.out, args.test, settings)  # refuses a folder of other arguments before loading
     model, tokenizer = load_for_eval(args.model, args.trust_remote_code)
     documents = None
