@@ -6,7 +6,9 @@ the target.
         [--mix '{"text": 0.1, "passkey": 0.15, "needle": 0.6, "lines": 0.15}']
         [--steps 250] [--batch 16] [--lr 5e-4] [--warmup 10] [--schedule cosine]
         [--train-options '{"lora": true, "lora_rank": 16}']
+        [--scaling-options '{"yarn": {}}']   # METHODS.md's YaRN defaults (the demo's: beta_fast 16)
         [--train-seed 0] [--eval-seeds 0,1,2]
+        [--distill 0]   # the demo's: 1
         [--experiment answer-loss|whole-numbers|train-only:self_attn]
 
 One training's needle accuracy at 2048 moves by several points with the training seed, so compare
@@ -102,6 +104,9 @@ def main():
     parser.add_argument("--warmup", type=int, help="linear warm-up steps")
     parser.add_argument("--train-options", type=json.loads,
                         help="more training settings: JSON of ropestretch train's fields (not those above)")
+    parser.add_argument("--distill", type=float, help="short-to-long distillation weight (default: the demo's, 1)")
+    parser.add_argument("--scaling-options", type=json.loads,
+                        help="options per scaling, JSON (default: the demo's, {\"yarn\": {\"beta_fast\": 16}})")
     parser.add_argument("--schedule", help="learning-rate schedule, transformers' names (cosine, linear, ...)")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--eval-seeds", default="0,1,2")
@@ -122,7 +127,7 @@ def main():
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    plan_fields = ("mix", "steps", "batch", "lr", "warmup", "schedule", "train_options")
+    plan_fields = ("mix", "steps", "batch", "lr", "warmup", "schedule", "train_options", "scaling_options", "distill")
     changes = {k: getattr(args, k) for k in plan_fields if getattr(args, k) is not None}
     plan = replace(DemoPlan(), seed=args.train_seed, **changes)
     path = args.model

@@ -40,6 +40,11 @@ def test_quick_demo_writes_report_only_under_out_and_reuses_steps(tmp_path):
     assert beyond == {("passkey", 1), ("ppl", None)}  # beyond L: the tail's tests, at the tail's sample count
     assert {r["n"] for r in rows if r["test"] == "passkey" and r["cell"]["length"] <= 2048} == {2}
     assert "Beyond L (4096): 1 passkey samples per cell instead of 2." in report
+    # the plan's YaRN options reach the training-free and the fine-tuned checkpoints alike
+    for variant in ("yarn", "cream-yarn", "pose-yarn"):
+        rope = json.loads((out / "models" / variant / "config.json").read_text())["rope_parameters"]
+        assert (rope["rope_type"], rope["beta_fast"], rope["beta_slow"]) == ("yarn", 16.0, 1.0), variant
+    assert "Scaling options, for every variant of that scaling: yarn with beta_fast 16." in report
     started = time.time()
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -86,4 +91,19 @@ def test_demo_train_options_cannot_override_the_plan(tmp_path):
     demo = Demo(tmp_path / "demo", replace(DemoPlan.quick(), train_options={"lr": 1.0}), progress=False)
     with pytest.raises(UsageError, match="train_options cannot set 'lr'"):
         demo.train("cream", "yarn")
-    assert not (tmp_path / "demo" / "models").exists()
+    demo = Demo(tmp_path / "demo2", replace(DemoPlan.quick(), train_options={"yarn_beta_fast": 8.0}), progress=False)
+    with pytest.raises(UsageError, match="train_options cannot set 'yarn_beta_fast'"):  # scaling_options sets it
+        demo.train("cream", "yarn")
+    assert not (tmp_path / "demo" / "models").exists() and not (tmp_path / "demo2" / "models").exists()
+
+
+def test_demo_distils_only_the_variants_inside_the_window(tmp_path):
+    """The base cannot read the full-length baseline's rows, so a plan's distillation skips it."""
+    from dataclasses import replace
+
+    from ropestretch.demo import Demo, DemoPlan
+
+    demo = Demo(tmp_path / "demo", replace(DemoPlan.quick(), distill=1.0, steps=2), progress=False)
+    weights = {v: json.loads((demo.train(*v.split("-")) / "ropestretch.json").read_text())["training"]["distill"]
+               for v in ("cream-yarn", "full-linear")}
+    assert weights == {"cream-yarn": 1.0, "full-linear": 0.0}

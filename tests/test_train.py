@@ -198,7 +198,10 @@ def test_bad_input(tiny_lm_dir, text_dir, tmp_path):
     nochat.write_text(json.dumps({"text": "hello"}) + "\n")
     assert_one_line_error(train_cli(tiny_lm_dir, nochat, tmp_path / "o8", "--chat"), "messages")
     assert_one_line_error(train_cli(tiny_lm_dir, text_dir, tmp_path / "o9", "--steps", "many"), "steps")
-    for n in range(1, 10):
+    assert_one_line_error(train_cli(tiny_lm_dir, text_dir, tmp_path / "o10", "--distill", -1), "distill must be >= 0")
+    assert_one_line_error(train_cli(tiny_lm_dir, text_dir, tmp_path / "o11", "--distill", 1, "--positions", "full"),
+                          "inside the original window")
+    for n in range(1, 12):
         assert not (tmp_path / f"o{n}").exists()  # nothing written for a refused run
     # an output folder holding a different run is never touched
     out = tmp_path / "done"
@@ -220,3 +223,52 @@ def test_library_config_refuses_unknown_options():
 
     with pytest.raises(UsageError, match="unknown training option 'lora_rnak'"):
         make_config(model="m", data="d", out="o", target=512, lora_rnak=4)
+
+
+def test_distillation_adds_kl_to_the_teacher_at_its_own_positions(tiny_lm_dir, tmp_path):
+    """The loss is cross-entropy plus weight x KL(teacher || model), averaged over counted tokens,
+    checked against a token-by-token sum; the teacher reads positions 0..n-1 whatever the model reads."""
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from ropestretch.train import distill_trainer_class
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_lm_dir).eval()
+    student = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(3, 300, (2, 24))
+    positions = torch.cat([torch.arange(8), torch.arange(100, 108), torch.arange(200, 208)]).repeat(2, 1)
+    labels = ids.clone()
+    labels[1, :10] = -100  # a row with a prompt that does not count
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": positions, "labels": labels}
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to=[])
+    trainer = distill_trainer_class(teacher, 0.7)(model=student, args=args)
+    with torch.no_grad():
+        loss = trainer.compute_loss(student, dict(inputs))
+        ce = student(**inputs).loss
+        s_logits = student(input_ids=ids, position_ids=positions).logits
+        t_logits = teacher(input_ids=ids).logits
+    kls = []
+    for row in range(2):
+        for t in range(23):
+            if labels[row, t + 1] == -100:
+                continue
+            p, q = t_logits[row, t].softmax(-1).double(), s_logits[row, t].softmax(-1).double()
+            kls.append(float((p * (p.log() - q.log())).sum()))
+    assert len(kls) == 23 + 14  # labels 10 .. 23 of the second row
+    assert float(loss) == pytest.approx(float(ce) + 0.7 * sum(kls) / len(kls), rel=1e-4)
+    assert sum(kls) / len(kls) > 1e-3  # the perturbed model does differ from its teacher
+    # the same weights at the teacher's own positions: nothing to distil
+    same = distill_trainer_class(teacher, 0.7)(model=teacher, args=args)
+    plain = {k: v for k, v in inputs.items() if k != "position_ids"}
+    with torch.no_grad():
+        assert float(same.compute_loss(teacher, dict(plain))) == pytest.approx(float(teacher(**plain).loss), rel=1e-5)
+
+
+def test_cli_training_with_distillation_runs_and_records_it(tiny_lm_dir, text_dir, tmp_path):
+    out = tmp_path / "run"
+    assert train_cli(tiny_lm_dir, text_dir, out, "--steps", 2, "--scaling", "yarn", "--distill", 0.5)[0] == 0
+    meta = json.loads((out / "ropestretch.json").read_text())
+    assert meta["training"]["distill"] == 0.5 and meta["final_loss"] is not None

@@ -56,6 +56,8 @@ class TrainConfig:
     warmup_steps: int = _f(10, "linear warm-up steps")
     schedule: str = _f("constant_with_warmup", "learning-rate schedule (transformers' names: linear, cosine, ...)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
+    distill: float = _f(0.0, "weight of a KL term towards the original model's next-token distributions, read on "
+                        "the same rows at its own positions 0..N-1 (short-to-long distillation; 0: off)")
     precision: str = _f("auto", "auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory")
     seed: int = _f(42, "seed for data order, positions and initialisation of LoRA")
@@ -158,6 +160,8 @@ def make_config(**values: Any) -> TrainConfig:
             raise UsageError(f"{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if not cfg.lr > 0:
         raise UsageError(f"lr must be > 0, got {cfg.lr}")
+    if cfg.distill < 0:
+        raise UsageError(f"distill must be >= 0, got {cfg.distill:g}")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UsageError(f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}")
     return cfg
@@ -259,6 +263,48 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
     if cfg.lora:
         model = wrap_lora(cfg, model)
     return model
+
+
+def load_teacher(cfg: TrainConfig, dtype):
+    """The original model as it was pre-trained (its own RoPE, no scaling), frozen: the teacher of ``distill``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, use_safetensors=True, dtype=dtype,
+                                                 trust_remote_code=cfg.trust_remote_code)
+    return model.eval().requires_grad_(False)
+
+
+def distill_trainer_class(teacher, weight: float):
+    """A ``Trainer`` whose loss adds ``weight`` x KL(teacher || model) per predicted token.
+
+    Short-to-long distillation (as in LongReD, Dong et al., ACL 2025, arXiv 2502.07365): the
+    teacher reads each row at its own positions ``0 .. N-1`` and frequencies, where it is at home;
+    the model being extended reads the same tokens at the manipulated positions (CREAM, PoSE, ...)
+    and its scaled frequencies, and is pulled towards the teacher's whole distribution at every
+    token whose label counts, not only towards the label. The KL is summed over those tokens and
+    divided as the cross-entropy is (by ``num_items_in_batch`` under gradient accumulation).
+    """
+    import torch
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            device = outputs.logits.device
+            if next(teacher.parameters()).device != device:
+                teacher.to(device)
+            with torch.no_grad():
+                target = teacher(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).logits
+            counted = inputs["labels"][:, 1:] != -100  # logits at t predict the label at t + 1
+            student = outputs.logits[:, :-1][counted].float().log_softmax(-1)
+            teacher_lp = target[:, :-1][counted].float().log_softmax(-1)
+            kl = torch.nn.functional.kl_div(student, teacher_lp, log_target=True, reduction="sum")
+            total = num_items_in_batch if num_items_in_batch is not None else counted.sum().clamp(min=1)
+            loss = loss + weight * kl / total
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillTrainer
 
 
 def wrap_lora(cfg: TrainConfig, model):
@@ -376,6 +422,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         check_out_dir(cfg)
     raw_config, rope, scaled = scaled_rope(cfg)
     length = sample_length(cfg.positions, rope.window, cfg.target)
+    if cfg.distill and length > rope.window:
+        raise UsageError(f"--distill needs rows inside the original window ({rope.window} tokens), which the "
+                         f"original model can read; positions {cfg.positions} trains on {length}-token rows")
     tokenizer = load_tokenizer(cfg)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     collator = PositionCollator(cfg.positions, rope.window, cfg.target, seed=cfg.seed, pad_token_id=pad,
@@ -410,8 +459,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     from datasets import Dataset
 
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
-                      callbacks=_callbacks(cfg, out, tokens_per_step))
+    trainer_class = Trainer
+    if cfg.distill:
+        teacher = load_teacher(cfg, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32))
+        trainer_class = distill_trainer_class(teacher, cfg.distill)
+    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
+                            callbacks=_callbacks(cfg, out, tokens_per_step))
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     resume_from = None
