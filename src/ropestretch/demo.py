@@ -55,8 +55,8 @@ class DemoPlan:
     # fastest of the 16 pairs unscaled. 16 reads 85.3% needle at 2048 against 82.3% (training seed 0,
     # 60 draws; README), at no cost in time
     # short-to-long distillation from the base, for the variants fine-tuned inside the window only
-    # (the base cannot read the full-length rows). Off: weight 1 read 83.4% needle at 2048 over three
-    # training seeds against 83.6% without, for 2 points of passkey and 45% more fine-tuning time (README)
+    # (the base cannot read the full-length rows). Off: weight 1 read 83.6% needle at 2048 over three
+    # training seeds, as without it, for 2 points of passkey and 30% more fine-tuning time (README)
     distill: float = 0.0
     scaling_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {"yarn": {"beta_fast": 16.0}})
     seed: int = 0
