@@ -8,7 +8,7 @@ the target.
         [--train-options '{"lora": true, "lora_rank": 16}']
         [--scaling-options '{"yarn": {}}']   # METHODS.md's YaRN defaults (the demo's: beta_fast 16)
         [--train-seed 0] [--eval-seeds 0,1,2]
-        [--distill 0]   # the demo's: 1
+        [--distill 1]   # the demo's: 0 (off)
         [--experiment answer-loss|whole-numbers|train-only:self_attn]
 
 One training's needle accuracy at 2048 moves by several points with the training seed, so compare
@@ -104,7 +104,7 @@ def main():
     parser.add_argument("--warmup", type=int, help="linear warm-up steps")
     parser.add_argument("--train-options", type=json.loads,
                         help="more training settings: JSON of ropestretch train's fields (not those above)")
-    parser.add_argument("--distill", type=float, help="short-to-long distillation weight (default: the demo's, 1)")
+    parser.add_argument("--distill", type=float, help="short-to-long distillation weight (default: the demo's, 0: off)")
     parser.add_argument("--scaling-options", type=json.loads,
                         help="options per scaling, JSON (default: the demo's, {\"yarn\": {\"beta_fast\": 16}})")
     parser.add_argument("--schedule", help="learning-rate schedule, transformers' names (cosine, linear, ...)")
