@@ -191,7 +191,7 @@ class Demo:
                         save_steps=max(1, steps // 2), save_total_limit=1, logging_steps=max(1, steps // 20),
                         progress=self.progress, resume=out.exists() and any(out.iterdir()),
                         distill=self.plan.distill if length <= self.plan.window else 0.0)
-        # the scaling's options under ropestretch train's names: yarn_beta_fast, dprope_n_hat, ...
+        # the scaling's options under ropestretch train's names (see train.scaling_options)
         settings.update({f"{scaling}_{k}": v for k, v in self.plan.scaling_options.get(scaling, {}).items()})
         clash = sorted(set(self.plan.train_options) & set(settings))
         if clash:

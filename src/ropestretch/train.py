@@ -176,12 +176,14 @@ def scaled_rope(cfg: TrainConfig):
 
     raw = load_config_dict(cfg.model)
     rope = rope_config_from_dict(raw)
-    options = {}
-    if cfg.scaling == "dprope":
-        options = dict(bins=cfg.dprope_bins, threshold=cfg.dprope_threshold, n_hat=cfg.dprope_n_hat)
-    elif cfg.scaling == "yarn":
-        options = dict(beta_fast=cfg.yarn_beta_fast, beta_slow=cfg.yarn_beta_slow)
-    return raw, rope, scale(rope, cfg.scaling, cfg.target, **options)
+    return raw, rope, scale(rope, cfg.scaling, cfg.target, **scaling_options(cfg))
+
+
+def scaling_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The options of ``cfg.scaling`` for :func:`ropestretch.rope.scale`: the fields named
+    ``<scaling>_<option>`` (``yarn_beta_fast`` -> ``beta_fast``, ``dprope_n_hat`` -> ``n_hat``)."""
+    prefix = f"{cfg.scaling}_"
+    return {f.name[len(prefix):]: getattr(cfg, f.name) for f in fields(cfg) if f.name.startswith(prefix)}
 
 
 def position_options(cfg: TrainConfig) -> dict[str, Any]:
