@@ -9,7 +9,8 @@ the target.
         [--scaling-options '{"yarn": {}}']   # METHODS.md's YaRN defaults (the demo's: beta_fast 16)
         [--train-seed 0] [--eval-seeds 0,1,2]
         [--distill 1]   # the demo's: 0 (off)
-        [--experiment answer-loss|whole-numbers|train-only:self_attn|multi-needle:3]
+        [--needles 1]   # needles per needle row, at most (the demo's: 3)
+        [--experiment answer-loss|whole-numbers|train-only:self_attn]
 
 One training's needle accuracy at 2048 moves by several points with the training seed, so compare
 settings over more than one ``--train-seed``. ``--model`` skips training and measures a model
@@ -23,10 +24,7 @@ wrapping the training run (this script only; the library has no such options):
 - ``whole-numbers``: a row's position ids are drawn again (up to 100 times) while a jump between
   segments falls inside a run of digit tokens, so no pass key, needle number or line value is cut;
 - ``train-only:NAME[,NAME]``: only parameters whose names contain one of the NAMEs train
-  (``self_attn``; ``q_proj,k_proj``), the rest stay frozen;
-- ``multi-needle:K``: each needle row holds 1 to K needles (distinct cities, uniformly many, each
-  at a random sentence boundary) and asks for every one in turn at its end, each question followed
-  by its answer; the evaluation's needle rows keep one needle.
+  (``self_attn``; ``q_proj,k_proj``), the rest stay frozen.
 """
 
 import argparse
@@ -43,32 +41,6 @@ from ropestretch.demo import Demo, DemoPlan
 from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle, run_passkey
 
 
-def install_multi_needle(most: str) -> None:
-    """``multi-needle:K``: needle training rows with 1 to K needles, all asked at the end."""
-    from ropestretch.data import tasks
-
-    if not most.isdigit() or int(most) < 1:
-        raise ValueError(f"multi-needle:K takes a positive number of needles, got {most!r}")
-    most, single = int(most), tasks.training_sample
-
-    def several(kind, tokenizer, haystack, length, rng, questions=1):
-        if kind != "needle":
-            return single(kind, tokenizer, haystack, length, rng, questions)
-        count = int(rng.integers(1, most + 1))
-        items = []  # (needle, question, answer) token ids per city
-        for j in rng.choice(len(tasks.CITIES), size=count, replace=False):
-            city, number = tasks.CITIES[int(j)], tasks._digits(rng, 7)
-            items.append([tasks._ids(tokenizer, text) for text in (
-                tasks.NEEDLE.format(city=city, number=number), tasks.NEEDLE_QUESTION.format(city=city), " " + number)])
-        context, bounds = haystack.fill(length - sum(len(t) for item in items for t in item) - 1, rng)
-        for (needle, _, _), cut in zip(items, sorted(rng.choice(bounds, size=count).tolist(), reverse=True)):
-            context = context[:cut] + needle + context[cut:]
-        asked = [t for i in rng.permutation(count) for t in items[i][1] + items[i][2]]
-        return context + asked + [tokenizer.eos_token_id]
-
-    tasks.training_sample = several
-
-
 def install_experiment(name: str) -> None:
     """Wrap the position collator or the trainer for ``--experiment`` (see the module's docstring)."""
     import transformers
@@ -76,12 +48,8 @@ def install_experiment(name: str) -> None:
     from ropestretch import positions
     from ropestretch.demo import BASE_MODEL
 
-    if name not in ("answer-loss", "whole-numbers") and not name.startswith(("train-only:", "multi-needle:")):
-        raise ValueError(f"unknown --experiment {name!r}: answer-loss, whole-numbers, train-only:NAME[,NAME] "
-                         "or multi-needle:K")
-    if name.startswith("multi-needle:"):
-        install_multi_needle(name.split(":", 1)[1])
-        return
+    if name not in ("answer-loss", "whole-numbers") and not name.startswith("train-only:"):
+        raise ValueError(f"unknown --experiment {name!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
     tok = transformers.AutoTokenizer.from_pretrained(BASE_MODEL)
     digits, eos_id = torch.tensor(tok.convert_tokens_to_ids(list("0123456789"))), tok.eos_token_id
     collate = positions.PositionCollator.__call__
@@ -140,12 +108,14 @@ def main():
     parser.add_argument("--distill", type=float, help="short-to-long distillation weight (default: the demo's, 0: off)")
     parser.add_argument("--scaling-options", type=json.loads,
                         help="options per scaling, JSON (default: the demo's, {\"yarn\": {\"beta_fast\": 16}})")
+    parser.add_argument("--needles", type=int,
+                        help="needle rows hold 1 to this many needles, each asked (default: the demo's, 3)")
     parser.add_argument("--schedule", help="learning-rate schedule, transformers' names (cosine, linear, ...)")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--eval-seeds", default="0,1,2")
     parser.add_argument("--samples", type=int, default=20, help="per depth and evaluation seed")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--experiment", help="answer-loss, whole-numbers, train-only:NAME[,NAME] or multi-needle:K (see above)")
+    parser.add_argument("--experiment", help="answer-loss, whole-numbers or train-only:NAME[,NAME] (see above)")
     args = parser.parse_args()
     if not args.out and not args.model:
         parser.error("give --out (train) or --model (measure)")
@@ -160,7 +130,8 @@ def main():
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    plan_fields = ("mix", "steps", "batch", "lr", "warmup", "schedule", "train_options", "scaling_options", "distill")
+    plan_fields = ("mix", "steps", "batch", "lr", "warmup", "schedule", "train_options", "scaling_options", "distill",
+                   "needles")
     changes = {k: getattr(args, k) for k in plan_fields if getattr(args, k) is not None}
     plan = replace(DemoPlan(), seed=args.train_seed, **changes)
     path = args.model

@@ -82,6 +82,55 @@ def test_demo_training_rows_mix_copy_blocks_and_retrieval():
         training_rows(tok, 256, 4, {"video": 1.0}, seed=0)
 
 
+def test_needles_row_asks_every_needle_with_its_own_number():
+    """Each needle row holds 1 to K needles of distinct cities in its haystack and asks every one at
+    its end, each answer the number its needle holds; the counts are uniform over 1..K; bad K and a
+    too short row are one clear error."""
+    import re
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from ropestretch.data import tasks
+    from ropestretch.data.corpus import builtin_documents
+    from ropestretch.errors import UsageError
+
+    tok = AutoTokenizer.from_pretrained(BASE)
+    haystack, rng = tasks.Haystack(tok, builtin_documents()), np.random.default_rng(0)
+    counts = []
+    for _ in range(150):
+        row = tasks.needles_row(tok, haystack, 256, rng, 3)
+        assert len(row) == 256 and row[-1] == tok.eos_token_id
+        text = tok.decode(row[:-1])
+        asked = re.findall(r"What is the magic number of (\w+)\? The magic number of \1 is (\d{7})", text)
+        first_question = text.index(" What is the magic number of")
+        held = re.findall(r"The magic number of (\w+) is (\d{7})\.", text[:first_question])
+        assert sorted(asked) == sorted(held) and len({c for c, _ in held}) == len(held)
+        assert text[first_question:].count("What is") == len(asked)  # nothing but the questions after the haystack
+        counts.append(len(asked))
+    assert set(counts) == {1, 2, 3} and all(35 <= counts.count(k) <= 65 for k in (1, 2, 3))
+    assert {len(re.findall("What is", tok.decode(tasks.needles_row(tok, haystack, 256, rng, 1))))
+            for _ in range(10)} == {1}
+    for bad in (0, True, 2.5):
+        with pytest.raises(UsageError, match="needles per row"):
+            tasks.needles_row(tok, haystack, 256, rng, bad)
+    with pytest.raises(UsageError, match="too short"):
+        tasks.needles_row(tok, haystack, 40, np.random.default_rng(1), 3)
+
+
+def test_demo_training_rows_hold_several_needles_only_when_asked():
+    from transformers import AutoTokenizer
+
+    from ropestretch.demo import DemoPlan, training_rows
+
+    tok = AutoTokenizer.from_pretrained(BASE)
+    assert DemoPlan().needles == 3
+    for needles, most in ((1, 1), (3, 3)):
+        rows = training_rows(tok, 256, 30, {"needle": 1.0}, seed=0, needles=needles)
+        asked = [tok.decode(r).count("What is the magic number") for r in rows]
+        assert max(asked) == most and min(asked) == 1
+
+
 def test_demo_train_options_cannot_override_the_plan(tmp_path):
     from dataclasses import replace
 

@@ -65,6 +65,10 @@ class DemoPlan:
     # (benchmarks/demo_variant.py trains one variant under another mix, steps or rate, and measures it)
     mix: dict[str, float] = field(default_factory=lambda: {"text": 0.1, "passkey": 0.15, "needle": 0.6,
                                                            "lines": 0.15})
+    # needle rows hold 1 to this many needles, each asked at the row's end: 3 reads 90.7% needle at 256
+    # and 84.7% at 2048, passkey 95.3% at 2048, over three training seeds, against 84.4%, 83.6% and
+    # 91.0% with one needle per row (README)
+    needles: int = 3
 
     @classmethod
     def quick(cls) -> "DemoPlan":
@@ -83,9 +87,11 @@ FINE_TUNED = [("pose", "linear"), ("pose", "yarn"), ("cream", "linear"), ("cream
               ("full", "linear")]
 
 
-def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], seed: int) -> list[list[int]]:
+def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], seed: int,
+                  needles: int = 1) -> list[list[int]]:
     """``count`` rows of exactly ``length`` tokens: prose, and retrieval samples whose question and
-    answer end the row (so under CREAM they sit in the tail segment, the needle anywhere before)."""
+    answer end the row (so under CREAM they sit in the tail segment, the needle anywhere before).
+    ``needles > 1``: needle rows hold 1 to ``needles`` needles, all asked (:func:`tasks.needles_row`)."""
     from ropestretch.data import tasks
     from ropestretch.data.corpus import builtin_documents
 
@@ -104,6 +110,9 @@ def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], see
             continue
         if kind == "copy":  # repeated random blocks, as in the base's copy curriculum
             rows.append(tasks.copy_row(tokenizer, length, rng))
+            continue
+        if kind == "needle" and needles > 1:
+            rows.append(tasks.needles_row(tokenizer, haystack, length, rng, needles))
             continue
         body = tasks.training_sample(kind, tokenizer, haystack, length, rng)
         filler = haystack.fill(max(0, length - len(body)), rng)[0] if len(body) < length else []
@@ -154,7 +163,7 @@ class Demo:
         tok = AutoTokenizer.from_pretrained(self.base)
         count = self.plan.budget // length
         self.say(f"building {count} training rows of {length} tokens")
-        rows = training_rows(tok, length, count, self.plan.mix, self.plan.seed)
+        rows = training_rows(tok, length, count, self.plan.mix, self.plan.seed, self.plan.needles)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".partial")
         tmp.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))

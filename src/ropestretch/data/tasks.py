@@ -270,6 +270,33 @@ def copy_row(tokenizer, length: int, rng: np.random.Generator) -> list[int]:
 TRAINING_TASKS = ("passkey", "needle", "lines", "kv")
 
 
+def needles_row(tokenizer, haystack: Haystack, length: int, rng: np.random.Generator, most: int) -> list[int]:
+    """A needle training row of exactly ``length`` tokens: 1 to ``most`` keyed needles (uniformly
+    many, distinct cities), each at a random sentence boundary of the haystack, then every one asked
+    in turn, each question followed by its answer, and end-of-text.
+
+    Every question ends in a copy of seven digits, so the row teaches copying that many times over
+    (the evaluation's needle rows keep one needle).
+    """
+    length = check_length(length)
+    if isinstance(most, bool) or not isinstance(most, (int, np.integer)) or not 1 <= most <= len(CITIES):
+        raise UsageError(f"needles per row must be an integer from 1 to {len(CITIES)}, got {most!r}")
+    count = int(rng.integers(1, most + 1))
+    items = []  # (needle, question, answer) token ids per city
+    for j in rng.choice(len(CITIES), size=count, replace=False):
+        city, number = CITIES[int(j)], _digits(rng, 7)
+        items.append([_ids(tokenizer, text) for text in (
+            NEEDLE.format(city=city, number=number), NEEDLE_QUESTION.format(city=city), " " + number)])
+    room = length - sum(len(t) for item in items for t in item) - 1
+    if room < 1:
+        raise UsageError(f"length {length} is too short for {count} needles, their questions and a haystack")
+    context, bounds = haystack.fill(room, rng)
+    for (needle_ids, _, _), cut in zip(items, sorted(rng.choice(bounds, size=count).tolist(), reverse=True)):
+        context = context[:cut] + needle_ids + context[cut:]
+    asked = [t for i in rng.permutation(count) for t in items[i][1] + items[i][2]]
+    return context + asked + [tokenizer.eos_token_id]
+
+
 def training_sample(kind: str, tokenizer, haystack: Haystack, length: int, rng: np.random.Generator,
                     questions: int = 1) -> list[int]:
     """One retrieval sample for a training row: prompt, answer and end-of-text, at most ``length`` tokens.
