@@ -57,7 +57,7 @@ class DemoPlan:
     # options of a scaling (``scale(..., **options)``), for every variant under it, trained or not.
     # YaRN's beta_fast 32 was found for Llama's 4096-token window; at N = 256 it leaves only the
     # fastest of the 16 pairs unscaled. 16 reads 83.6% needle at 2048 against 80.9% (three training
-    # seeds, 60 draws each; README), at no cost in time
+    # seeds, 60 draws each, one needle per row; README), at no cost in time
     scaling_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {"yarn": {"beta_fast": 16.0}})
     seed: int = 0
     # weighted towards the needle, which carries to 8x less well than the passkey: 60% needle rows
