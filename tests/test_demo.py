@@ -122,6 +122,7 @@ def test_demo_training_rows_hold_several_needles_only_when_asked():
     from transformers import AutoTokenizer
 
     from ropestretch.demo import DemoPlan, training_rows
+    from ropestretch.errors import UsageError
 
     tok = AutoTokenizer.from_pretrained(BASE)
     assert DemoPlan().needles == 3
@@ -129,6 +130,9 @@ def test_demo_training_rows_hold_several_needles_only_when_asked():
         rows = training_rows(tok, 256, 30, {"needle": 1.0}, seed=0, needles=needles)
         asked = [tok.decode(r).count("What is the magic number") for r in rows]
         assert max(asked) == most and min(asked) == 1
+    for bad in (0, -2, 1.5):
+        with pytest.raises(UsageError, match="needles per needle row"):
+            training_rows(tok, 256, 3, {"needle": 1.0}, seed=0, needles=bad)
 
 
 def test_demo_train_options_cannot_override_the_plan(tmp_path):
