@@ -131,7 +131,7 @@ def test_demo_training_rows_hold_several_needles_only_when_asked():
         asked = [tok.decode(r).count("What is the magic number") for r in rows]
         assert max(asked) == most and min(asked) == 1
     for bad in (0, -2, 1.5):
-        with pytest.raises(UsageError, match="needles per needle row"):
+        with pytest.raises(UsageError, match="needles per row must be an integer from 1"):
             training_rows(tok, 256, 3, {"needle": 1.0}, seed=0, needles=bad)
 
 

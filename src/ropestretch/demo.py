@@ -95,8 +95,7 @@ def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], see
     from ropestretch.data import tasks
     from ropestretch.data.corpus import builtin_documents
 
-    if isinstance(needles, bool) or not isinstance(needles, (int, np.integer)) or needles < 1:
-        raise UsageError(f"needles per needle row must be a positive integer, got {needles!r}")
+    needles = tasks.check_needles(needles)
     kinds = ("text", "copy", *tasks.TRAINING_TASKS)
     unknown = sorted(set(mix) - set(kinds))
     if unknown:

@@ -270,6 +270,13 @@ def copy_row(tokenizer, length: int, rng: np.random.Generator) -> list[int]:
 TRAINING_TASKS = ("passkey", "needle", "lines", "kv")
 
 
+def check_needles(most: int) -> int:
+    """How many needles a training row may hold: an integer from 1 to one per city."""
+    if isinstance(most, bool) or not isinstance(most, (int, np.integer)) or not 1 <= most <= len(CITIES):
+        raise UsageError(f"needles per row must be an integer from 1 to {len(CITIES)}, got {most!r}")
+    return int(most)
+
+
 def needles_row(tokenizer, haystack: Haystack, length: int, rng: np.random.Generator, most: int) -> list[int]:
     """A needle training row of exactly ``length`` tokens: 1 to ``most`` keyed needles (uniformly
     many, distinct cities), each at a random sentence boundary of the haystack, then every one asked
@@ -278,9 +285,7 @@ def needles_row(tokenizer, haystack: Haystack, length: int, rng: np.random.Gener
     Every question ends in a copy of seven digits, so the row teaches copying that many times over
     (the evaluation's needle rows keep one needle).
     """
-    length = check_length(length)
-    if isinstance(most, bool) or not isinstance(most, (int, np.integer)) or not 1 <= most <= len(CITIES):
-        raise UsageError(f"needles per row must be an integer from 1 to {len(CITIES)}, got {most!r}")
+    length, most = check_length(length), check_needles(most)
     count = int(rng.integers(1, most + 1))
     items = []  # (needle, question, answer) token ids per city
     for j in rng.choice(len(CITIES), size=count, replace=False):
