@@ -38,6 +38,7 @@ import torch
 from ropestretch.data.corpus import builtin_documents
 from ropestretch.data.tasks import Haystack
 from ropestretch.demo import Demo, DemoPlan
+from ropestretch.errors import UsageError
 from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle, run_passkey
 
 
@@ -135,10 +136,13 @@ def main():
     changes = {k: getattr(args, k) for k in plan_fields if getattr(args, k) is not None}
     plan = replace(DemoPlan(), seed=args.train_seed, **changes)
     path = args.model
-    if path is None:
-        positions, scaling = args.variant.split("-")
-        path = Demo(args.out, plan, progress=False).train(positions, scaling)
-    model, tok = load_for_eval(str(path))
+    try:
+        if path is None:
+            positions, scaling = args.variant.split("-")
+            path = Demo(args.out, plan, progress=False).train(positions, scaling)
+        model, tok = load_for_eval(str(path))
+    except UsageError as err:  # a bad plan value, --out or --model: one line, exit 2
+        parser.error(str(err))
     ev = Evaluator(model, tok, "forced", batch_size=10, haystack=Haystack(tok, builtin_documents()))
     depths, seeds = plan.depths, [int(s) for s in args.eval_seeds.split(",")]
     print(f"{path}: {json.dumps(changes) if args.model is None else ''} {args.experiment or ''} "
