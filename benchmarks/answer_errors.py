@@ -7,7 +7,8 @@ own (teacher-forced), over many samples.
 LongChat-Lines: a wrong first value token means the model found the wrong line; a wrong later one,
 a copying slip among the other lines' digits. Needle: each sample its own haystack, city and
 7-digit number, placed at a depth drawn uniformly; a wrong later digit is a copying slip, and
-the whole number's accuracy is split by whether the number repeats a digit.
+the whole number's accuracy is split by whether the number repeats a digit, and by how many other
+digits the haystack holds.
 ``--model`` may be a `ropestretch pretrain --cache` phase folder (each holds its tokenizer), to
 follow the recipe phase by phase, or a demo's ``models/<variant>`` (any length).
 """
@@ -57,6 +58,14 @@ def main():
                            ("all digits distinct", ~repeat)):
             value = f"{whole[mask].mean():.1%}" if mask.any() else "-"
             print(f"numbers with {name}: {value} right ({mask.sum()} samples)")
+        # other digits in the haystack (the prose's own numbers): do they lure the copy away?
+        digit_ids = set(tok.convert_tokens_to_ids(list("0123456789")))
+        others = np.array([sum(t in digit_ids for t in s.prompt_ids) - len(n) for s, n in zip(samples, numbers)])
+        for low, high in ((0, 1), (1, 6), (6, 15), (15, 30), (30, None)):
+            mask = (others >= low) & (others < (high or np.inf))
+            value = f"{whole[mask].mean():.1%}" if mask.any() else "-"
+            span = f"{low} or more" if high is None else str(low) if high == low + 1 else f"{low}-{high - 1}"
+            print(f"haystack holding {span} other digits: {value} right ({mask.sum()} samples)")
 
 
 if __name__ == "__main__":

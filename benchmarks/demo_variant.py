@@ -10,7 +10,7 @@ the target.
         [--train-seed 0] [--eval-seeds 0,1,2]
         [--distill 1]   # the demo's: 0 (off)
         [--needles 1]   # needles per needle row, at most (the demo's: 3)
-        [--experiment answer-loss|whole-numbers|train-only:self_attn]
+        [--experiment answer-loss|whole-numbers|train-only:self_attn|repeat-digits:0.5]
 
 One training's needle accuracy at 2048 moves by several points with the training seed, so compare
 settings over more than one ``--train-seed``. ``--model`` skips training and measures a model
@@ -24,7 +24,10 @@ wrapping the training run (this script only; the library has no such options):
 - ``whole-numbers``: a row's position ids are drawn again (up to 100 times) while a jump between
   segments falls inside a run of digit tokens, so no pass key, needle number or line value is cut;
 - ``train-only:NAME[,NAME]``: only parameters whose names contain one of the NAMEs train
-  (``self_attn``; ``q_proj,k_proj``), the rest stay frozen.
+  (``self_attn``; ``q_proj,k_proj``), the rest stay frozen;
+- ``repeat-digits:P``: in the training rows (not the evaluation's), a share ``P`` of the numbers
+  (needle numbers, pass keys, line values) draw their digits from 2 to 4 distinct digits, so
+  nearly all repeat one: the slip the needle loses most to (``answer_errors.py``).
 """
 
 import argparse
@@ -49,8 +52,39 @@ def install_experiment(name: str) -> None:
     from ropestretch import positions
     from ropestretch.demo import BASE_MODEL
 
+    if name.startswith("repeat-digits:"):
+        from ropestretch import demo
+        from ropestretch.data import tasks
+
+        try:
+            share = float(name.split(":", 1)[1])
+        except ValueError:
+            share = -1.0
+        if not 0 <= share <= 1:
+            raise ValueError(f"--experiment {name!r}: repeat-digits takes a share from 0 to 1, as repeat-digits:0.5")
+        uniform, rows = tasks._digits, demo.training_rows
+
+        def digits(rng, n):  # n digits from a small alphabet, the first not 0
+            if rng.random() >= share:
+                return uniform(rng, n)
+            alphabet = rng.choice(10, size=int(rng.integers(2, 5)), replace=False)
+            out = rng.choice(alphabet, size=n)
+            while out[0] == 0:
+                out[0] = rng.choice(alphabet)
+            return "".join(map(str, out))
+
+        def training_rows(*args, **kwargs):
+            tasks._digits = digits
+            try:
+                return rows(*args, **kwargs)
+            finally:
+                tasks._digits = uniform
+
+        demo.training_rows = training_rows
+        return
     if name not in ("answer-loss", "whole-numbers") and not name.startswith("train-only:"):
-        raise ValueError(f"unknown --experiment {name!r}: answer-loss, whole-numbers or train-only:NAME[,NAME]")
+        raise ValueError(f"unknown --experiment {name!r}: answer-loss, whole-numbers, train-only:NAME[,NAME] "
+                         "or repeat-digits:P")
     tok = transformers.AutoTokenizer.from_pretrained(BASE_MODEL)
     digits, eos_id = torch.tensor(tok.convert_tokens_to_ids(list("0123456789"))), tok.eos_token_id
     collate = positions.PositionCollator.__call__
@@ -116,7 +150,7 @@ def main():
     parser.add_argument("--eval-seeds", default="0,1,2")
     parser.add_argument("--samples", type=int, default=20, help="per depth and evaluation seed")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--experiment", help="answer-loss, whole-numbers or train-only:NAME[,NAME] (see above)")
+    parser.add_argument("--experiment", help="answer-loss, whole-numbers, train-only:NAME[,NAME] or repeat-digits:P (see above)")
     args = parser.parse_args()
     if not args.out and not args.model:
         parser.error("give --out (train) or --model (measure)")
