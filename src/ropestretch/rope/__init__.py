@@ -1,4 +1,5 @@
-"""RoPE frequency math and export: scalings, DPRoPE's angle distributions, Hugging Face configs."""
+"""RoPE frequency math and export: reading a model's RoPE, scalings, DPRoPE's angle distributions,
+Hugging Face configs."""
 
 from ropestretch.rope.config import RopeConfig, load_config_dict, load_rope_config, rope_config_from_dict
 from ropestretch.rope.distribution import (
@@ -9,10 +10,13 @@ from ropestretch.rope.distribution import (
     method_disturbance,
     select,
 )
-from ropestretch.rope.scalings import SCALINGS, Scaled, base_inv_freq, register, scale
+from ropestretch.rope.families import FAMILIES, Family, family
+from ropestretch.rope.frequencies import ROPE_TYPES, base_inv_freq, rope_frequencies
+from ropestretch.rope.scalings import SCALINGS, Composition, Scaled, register, scale
 
 __all__ = [
     "RopeConfig", "load_config_dict", "load_rope_config", "rope_config_from_dict",
     "DPRopeChoice", "angle_distribution", "disturbance", "dprope_choice", "method_disturbance", "select",
-    "SCALINGS", "Scaled", "base_inv_freq", "register", "scale",
+    "FAMILIES", "Family", "family", "ROPE_TYPES", "base_inv_freq", "rope_frequencies",
+    "SCALINGS", "Composition", "Scaled", "register", "scale",
 ]

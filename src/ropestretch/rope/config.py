@@ -1,40 +1,54 @@
-"""The RoPE geometry of a model, read from its Hugging Face ``config.json``.
+"""The RoPE a model has, read from its Hugging Face ``config.json``.
 
-Reads both layouts: transformers 5.x (``rope_parameters`` holding ``rope_theta``) and
-transformers 4.x (top-level ``rope_theta`` and an optional ``rope_scaling``).
+Reads both layouts: transformers 5.x (``rope_parameters``, flat or keyed by layer type) and
+transformers 4.x (top-level ``rope_theta`` and an optional ``rope_scaling``), every rope type
+transformers knows (default, linear, dynamic, yarn, longrope, llama3), and each family's
+spelling of the rotary width and base (see :mod:`ropestretch.rope.families`). Where both layouts
+are present, ``rope_scaling`` wins, as in transformers 5 and vLLM.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from ropestretch.errors import UsageError
+from ropestretch.rope.families import ROPE_MODEL_TYPES, Family, family
 
-# Families that use RoPE even when an old config.json does not spell out rope_theta.
-_ROPE_MODEL_TYPES = {
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
-    "phi3", "phi", "stablelm", "starcoder2", "internlm2", "deepseek", "olmo", "olmo2", "cohere",
-    "granite", "gpt_neox", "gptj", "persimmon", "falcon", "baichuan", "yi", "chatglm",
+FULL_ATTENTION = "full_attention"
+# What each rope type needs besides rope_theta, and the numbers among its options.
+_REQUIRED = {
+    "default": (), "linear": ("factor",), "dynamic": ("factor",), "yarn": (),
+    "longrope": ("short_factor", "long_factor"), "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
 }
-_DEFAULT_THETA = 10000.0
+_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+            "attention_factor", "short_mscale", "long_mscale")
+_ALIASES = {"su": "longrope"}  # Phi-3's first name for LongRoPE
 
 
 @dataclass(frozen=True)
 class RopeConfig:
-    """What RoPE looks like in a pre-trained model.
+    """One RoPE as a model runs it: the unscaled base frequencies and how they are already scaled.
 
     Attributes:
-        window: the pre-trained context window ``N`` (``max_position_embeddings``).
-        base: the RoPE base ``b0`` (``rope_theta``).
-        head_dim: the attention head dimension.
-        partial_rotary_factor: the fraction of ``head_dim`` that is rotated.
-        model_type: the config's ``model_type``, for messages.
+        window: the context window ``N`` (``max_position_embeddings``) the model runs at.
+        base: the RoPE base ``b`` (``rope_theta``).
+        head_dim: the width whose share ``partial_rotary_factor`` is rotated.
+        partial_rotary_factor: the rotated share of ``head_dim``.
+        model_type: the config's ``model_type``.
+        rope_type: how the base frequencies are already scaled (``default``: not at all; ``llama3``
+            for Llama 3.1, ``longrope`` for Phi-3-128k, ``linear`` for Gemma 3, ``yarn`` for DeepSeek).
+        scaling: that rope type's other parameters (``factor``, ``short_factor``, ...), as transformers
+            names them; ``original_max_position_embeddings`` is always filled in for yarn, longrope
+            and llama3.
+        layer_type: the layer type this RoPE belongs to when each has its own (``full_attention``).
+        other_layers: the RoPE parameters of the other layer types, which extension leaves as they are.
     """
 
     window: int
@@ -42,6 +56,10 @@ class RopeConfig:
     head_dim: int
     partial_rotary_factor: float = 1.0
     model_type: str = ""
+    rope_type: str = "default"
+    scaling: Mapping[str, Any] = field(default_factory=dict)
+    layer_type: str | None = None
+    other_layers: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def rotary_dim(self) -> int:
@@ -53,6 +71,42 @@ class RopeConfig:
         """Number of rotary pairs ``d/2``, one frequency each."""
         return self.rotary_dim // 2
 
+    @property
+    def plain(self) -> bool:
+        """True when the model runs the unscaled base frequencies over its whole window (``default``,
+        or ``dynamic``, which rescales only past the window)."""
+        return self.rope_type in ("default", "dynamic")
+
+    @property
+    def original_window(self) -> int:
+        """The window before the RoPE was scaled (``original_max_position_embeddings``), else ``window``."""
+        return int(self.scaling.get("original_max_position_embeddings") or self.window)
+
+    @property
+    def family(self) -> Family:
+        return family(self.model_type)
+
+    def parameters(self) -> dict[str, Any]:
+        """This RoPE as a transformers 5.x ``rope_parameters`` dict (one layer type's)."""
+        params: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": float(self.base)}
+        if self.partial_rotary_factor != 1.0:
+            params["partial_rotary_factor"] = self.partial_rotary_factor
+        params.update({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.scaling.items()})
+        return params
+
+    def replace(self, **changes: Any) -> "RopeConfig":
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line for people: the type, base, rotary width and window, and the scaling's main numbers."""
+        shown = {k: v for k, v in self.scaling.items() if not isinstance(v, (list, tuple))}
+        extra = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}" for k, v in shown.items())
+        lists = [k for k, v in self.scaling.items() if isinstance(v, (list, tuple))]
+        extra += "".join(f", {k} ({len(self.scaling[k])} values)" for k in lists)
+        where = f" [{self.layer_type}]" if self.layer_type else ""
+        return (f"{self.rope_type}{where}: rope_theta {self.base:g}, rotary dim {self.rotary_dim} of head dim "
+                f"{self.head_dim}, window {self.window}{extra}")
+
 
 def is_finite_number(value: Any) -> bool:
     """An int or float (not a bool) that is finite: what every numeric RoPE setting must be."""
@@ -60,66 +114,146 @@ def is_finite_number(value: Any) -> bool:
 
 
 def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value) or value <= 0:
         raise UsageError(f"config field {what} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def rope_config_from_dict(config: Mapping[str, Any]) -> RopeConfig:
-    """Build a :class:`RopeConfig` from a config dict in the transformers 4.x or 5.x layout.
+def text_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The part of a config that holds the language model: ``text_config`` for a multimodal
+    checkpoint (Gemma 3 4B and up) whose top level has no RoPE of its own, else the config itself."""
+    text = config.get("text_config")
+    own = any(k in config for k in ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings"))
+    return text if isinstance(text, Mapping) and not own else config
 
-    Raises :class:`UsageError` for a config with no RoPE (learned or ALiBi positions), a RoPE that
-    is already scaled, or missing sizes.
+
+def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return None
+
+
+def _layer_params(params: Any, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``rope_parameters`` keyed by layer type (transformers 5), or None when it is one flat dict."""
+    if not isinstance(params, Mapping) or not params:
+        return None
+    layer_types = set(config.get("layer_types") or ()) | {FULL_ATTENTION, "sliding_attention"}
+    if all(k in layer_types and (v is None or isinstance(v, Mapping)) for k, v in params.items()):
+        return {k: (dict(v) if v is not None else None) for k, v in params.items()}
+    return None
+
+
+def _check_scaling(rope_type: str, scaling: dict[str, Any], pairs: int, where: str) -> None:
+    for name in _REQUIRED[rope_type]:
+        if scaling.get(name) is None:
+            raise UsageError(f"{where}: rope type {rope_type!r} needs {name}")
+    for name in _NUMBERS:
+        value = scaling.get(name)
+        if value is not None and (not is_finite_number(value) or value <= 0):
+            raise UsageError(f"{where}: {name} must be a positive number, got {value!r}")
+    for name in ("short_factor", "long_factor"):
+        if name in scaling:
+            values = scaling[name]
+            if not isinstance(values, (list, tuple)) or not all(is_finite_number(v) and v > 0 for v in values):
+                raise UsageError(f"{where}: {name} must be a list of positive numbers")
+            if len(values) != pairs:
+                raise UsageError(f"{where}: {name} has {len(values)} values for {pairs} rotary pairs")
+            scaling[name] = tuple(float(v) for v in values)
+
+
+def _one_rope(params: Mapping[str, Any], config: Mapping[str, Any], fam: Family, window: int, head_dim: int,
+              model_type: str, theta_default: float, layer_type: str | None, where: str) -> RopeConfig:
+    params = dict(params)
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    rope_type = _ALIASES.get(rope_type, rope_type)
+    if rope_type not in _REQUIRED:
+        raise UsageError(f"{where}: rope type {rope_type!r} is not one ropestretch reads "
+                         f"(it reads {', '.join(_REQUIRED)})")
+    base = params.pop("rope_theta", None)
+    if base is None:
+        base = _first(config, fam.theta_keys) if layer_type in (None, FULL_ATTENTION) else None
+    base = theta_default if base is None else base
+    if not is_finite_number(base) or base <= 1:
+        raise UsageError(f"{where}: rope_theta must be a finite number > 1, got {base!r}")
+    prf = params.pop("partial_rotary_factor", None)
+    prf = _first(config, fam.partial_keys) if prf is None else prf
+    prf = fam.default_partial if prf is None else prf
+    if not is_finite_number(prf) or not 0 < prf <= 1:
+        raise UsageError(f"{where}: partial_rotary_factor must be in (0, 1], got {prf!r}")
+    rotary_dim = int(head_dim * prf)
+    if rope_type in ("yarn", "longrope", "llama3"):
+        original = config.get("original_max_position_embeddings") if fam.top_level_original_window else None
+        original = original or params.get("original_max_position_embeddings") or window
+        params["original_max_position_embeddings"] = _positive_int(original, "original_max_position_embeddings")
+    _check_scaling(rope_type, params, rotary_dim // 2, where)
+    return RopeConfig(window=window, base=float(base), head_dim=head_dim, partial_rotary_factor=float(prf),
+                      model_type=model_type, rope_type=rope_type, scaling=params, layer_type=layer_type)
+
+
+def rope_config_from_dict(config: Mapping[str, Any]) -> RopeConfig:
+    """The RoPE of a config dict in the transformers 4.x or 5.x layout: for a model with one RoPE
+    per layer type, the full-attention layers' RoPE (the one extension changes), with the others in
+    ``other_layers``.
+
+    Raises :class:`UsageError` for a config with no RoPE (learned or ALiBi positions), a rope type
+    ropestretch does not read, or missing or impossible sizes.
     """
     if not isinstance(config, Mapping):
         raise UsageError("a model config must be a JSON object")
+    config = text_section(config)
     model_type = str(config.get("model_type", ""))
-    params = config.get("rope_parameters")
-    scaling = config.get("rope_scaling")
-    has_rope = (
-        params is not None or "rope_theta" in config or scaling is not None
-        or model_type in _ROPE_MODEL_TYPES or config.get("position_embedding_type") == "rope"
-    )
+    fam = family(model_type)
+    params, scaling = config.get("rope_parameters"), config.get("rope_scaling")
+    has_rope = (params is not None or scaling is not None or _first(config, fam.theta_keys) is not None
+                or model_type in ROPE_MODEL_TYPES or config.get("position_embedding_type") == "rope")
     if not has_rope:
         kind = f"model_type {model_type!r}" if model_type else "this config"
-        raise UsageError(
-            f"{kind} has no rotary position embedding (no rope_theta or rope_parameters): "
-            "ropestretch extends RoPE models only"
-        )
-    if params is not None and not isinstance(params, Mapping):
-        raise UsageError(f"config field rope_parameters must be an object, got {params!r}")
-    if params and any(isinstance(v, Mapping) for v in params.values()):
-        raise UsageError("per-layer rope_parameters (one RoPE per layer type) are not supported")
-    params = dict(params or {})
-    if scaling is not None:
-        if not isinstance(scaling, Mapping):
-            raise UsageError(f"config field rope_scaling must be an object or null, got {scaling!r}")
-        params = {**params, **scaling}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise UsageError(
-            f"this config's RoPE is already scaled (rope_type {rope_type!r}); "
-            "ropestretch extends a model from its unscaled RoPE: give the original model's config"
-        )
-    base = params.get("rope_theta", config.get("rope_theta", _DEFAULT_THETA))
-    if not is_finite_number(base) or base <= 1:
-        raise UsageError(f"config field rope_theta must be a number > 1, got {base!r}")
+        raise UsageError(f"{kind} has no rotary position embedding (no rope_theta or rope_parameters): "
+                         "ropestretch extends RoPE models only")
+    for name, value in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if value is not None and not isinstance(value, Mapping):
+            raise UsageError(f"config field {name} must be an object or null, got {value!r}")
     if "max_position_embeddings" not in config:
-        raise UsageError("config has no max_position_embeddings: cannot tell the pre-trained window")
+        raise UsageError("config has no max_position_embeddings: cannot tell the window")
     window = _positive_int(config["max_position_embeddings"], "max_position_embeddings")
-    if config.get("head_dim") is not None:
-        head_dim = _positive_int(config["head_dim"], "head_dim")
+    head_key = fam.rope_head_dim_key if fam.rope_head_dim_key in config else "head_dim"
+    if config.get(head_key) is not None:
+        head_dim = _positive_int(config[head_key], head_key)
     else:
         if "hidden_size" not in config or "num_attention_heads" not in config:
             raise UsageError("config has neither head_dim nor hidden_size and num_attention_heads")
         head_dim = _positive_int(config["hidden_size"], "hidden_size") // _positive_int(
-            config["num_attention_heads"], "num_attention_heads"
-        )
-    prf = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
-    if isinstance(prf, bool) or not isinstance(prf, (int, float)) or not 0 < prf <= 1:
-        raise UsageError(f"partial_rotary_factor must be in (0, 1], got {prf!r}")
-    return RopeConfig(window=window, base=float(base), head_dim=head_dim,
-                      partial_rotary_factor=float(prf), model_type=model_type)
+            config["num_attention_heads"], "num_attention_heads")
+        if head_dim == 0:
+            raise UsageError("config's hidden_size is smaller than num_attention_heads")
+
+    layers = _layer_params(params, config)
+    if layers is None and fam.layer_rope:  # the transformers 4.x spelling of one RoPE per layer type
+        local = config.get(fam.local_theta_key)
+        layers = {FULL_ATTENTION: dict(scaling or params or {}),
+                  "sliding_attention": {"rope_type": "default",
+                                        "rope_theta": fam.default_local_theta if local is None else local}}
+        scaling = None
+    if layers is None:
+        flat = dict(scaling or params or {})
+        if "rope_theta" not in flat and isinstance(params, Mapping) and "rope_theta" in params:
+            flat["rope_theta"] = params["rope_theta"]
+        return _one_rope(flat, config, fam, window, head_dim, model_type, fam.default_theta, None, "config")
+    if layers.get(FULL_ATTENTION) is None:
+        raise UsageError(f"rope_parameters is keyed by layer type ({', '.join(layers)}) but has no "
+                         f"{FULL_ATTENTION!r} entry: cannot tell which layers to extend")
+    full = {**layers[FULL_ATTENTION], **(scaling or {})}  # transformers 5 applies rope_scaling to full attention
+    rope = _one_rope(full, config, fam, window, head_dim, model_type, fam.default_theta, FULL_ATTENTION,
+                     f"rope_parameters[{FULL_ATTENTION!r}]")
+    others = {k: v for k, v in layers.items() if k != FULL_ATTENTION}
+    for name, value in others.items():  # validated, kept as written
+        if value is not None:
+            _one_rope(value, config, fam, window, head_dim, model_type, fam.default_local_theta, name,
+                      f"rope_parameters[{name!r}]")
+    return rope.replace(other_layers=others)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -15,6 +15,7 @@ import torch
 
 from ropestretch.errors import UsageError
 from ropestretch.rope.config import RopeConfig, is_finite_number
+from ropestretch.rope.frequencies import rope_frequencies
 
 FLOOR = 2.0**-14  # float16's smallest normal: the released code's starting count per bin
 _CHUNK = 1 << 22  # angles per block, to bound memory at long targets
@@ -83,12 +84,14 @@ class DPRopeChoice:
 
 
 def select(extrapolation: torch.Tensor, interpolation: torch.Tensor, threshold: float | None = None,
-           n_hat: int | None = None) -> tuple[torch.Tensor, float]:
+           n_hat: int | None = None, prefer_interpolation: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """Interpolate pair ``i`` iff ``D_i(E) > D_i(I) + t``.
 
     With ``n_hat`` (interpolated dimensions, two per pair), ``t`` is chosen so that exactly
     ``n_hat / 2`` pairs interpolate: those where extrapolation disturbs most beyond interpolation.
-    Returns the mask and the threshold used.
+    ``prefer_interpolation`` marks pairs that interpolate when the two candidates tie (equal
+    disturbance to 1e-9, with threshold 0): see :func:`dprope_choice`. Returns the mask and the
+    threshold used.
     """
     pairs = extrapolation.shape[0]
     if threshold is not None and n_hat is not None:
@@ -98,7 +101,11 @@ def select(extrapolation: torch.Tensor, interpolation: torch.Tensor, threshold: 
         t = 0.0 if threshold is None else threshold
         if not is_finite_number(t):
             raise UsageError(f"threshold must be a finite number, got {threshold!r}")
-        return margin > t, float(t)
+        mask = margin > t
+        if prefer_interpolation is not None and t == 0:
+            tie = torch.isclose(extrapolation, interpolation, rtol=1e-9, atol=1e-12)
+            mask = mask | (tie & prefer_interpolation)
+        return mask, float(t)
     if isinstance(n_hat, bool) or not isinstance(n_hat, int) or not 0 <= n_hat <= 2 * pairs:
         raise UsageError(f"n_hat counts interpolated dimensions: an integer in 0..{2 * pairs}, got {n_hat!r}")
     if n_hat % 2:
@@ -118,21 +125,33 @@ def select(extrapolation: torch.Tensor, interpolation: torch.Tensor, threshold: 
 
 def dprope_choice(rope: RopeConfig, target: int, bins: int = 360, threshold: float | None = None,
                   n_hat: int | None = None, reverse: bool = False) -> DPRopeChoice:
-    """DPRoPE's per-pair choice between extrapolation and interpolation for ``rope`` at ``target``."""
-    from ropestretch.rope.scalings import base_inv_freq
+    """DPRoPE's per-pair choice between extrapolation and interpolation for ``rope`` at ``target``.
 
+    The reference is the distribution the model saw: its effective frequencies ``f_i`` (already
+    scaled, for Llama 3.1 or Phi-3) over its window ``[0, N)``; the candidates are ``f_i`` and
+    ``f_i / s`` over ``[0, L)``.
+
+    Ties: when both candidates disturb the distribution equally (a pair so slow that all its angles
+    over ``[0, L)`` fall in the first bin either way: with 360 bins, Cohere's five slowest pairs at
+    ``rope_theta`` 8e6), a pair whose wavelength exceeds ``N`` is interpolated. It never completed a
+    turn in pre-training, and extrapolating it would carry its angles ``s`` times past anything the
+    model saw; interpolation keeps them within that range. A pair that does turn within ``N`` keeps
+    extrapolation on a tie, as the released code does.
+    """
     bins = check_bins(bins)
-    theta = base_inv_freq(rope)
+    theta, _ = rope_frequencies(rope)
     pretrained = angle_distribution(theta, rope.window, bins)
     d_e = disturbance(pretrained, angle_distribution(theta, target, bins), reverse)
     d_i = disturbance(pretrained, angle_distribution(theta / (target / rope.window), target, bins), reverse)
-    mask, t = select(d_e, d_i, threshold, n_hat)
+    slow = 2 * math.pi / theta.double() > rope.window
+    mask, t = select(d_e, d_i, threshold, n_hat, prefer_interpolation=slow)
     return DPRopeChoice(d_e, d_i, mask, t)
 
 
 def method_disturbance(scaled, bins: int = 360, reverse: bool = False,
                        pretrained: torch.Tensor | None = None) -> float:
-    """Mean over pairs of a scaled RoPE's disturbance over ``[0, L)`` (the paper's Table 3 entry).
+    """Mean over pairs of a scaled RoPE's disturbance over ``[0, L)`` against the model's own
+    distribution over ``[0, N)`` (the paper's Table 3 entry).
 
     For DPRoPE, the mean of the chosen candidates' disturbances (the quantity it minimises).
     """
@@ -141,8 +160,6 @@ def method_disturbance(scaled, bins: int = 360, reverse: bool = False,
         return float(choice.chosen.mean())
     rope = scaled.rope
     if pretrained is None:
-        from ropestretch.rope.scalings import base_inv_freq
-
-        pretrained = angle_distribution(base_inv_freq(rope), rope.window, bins)
+        pretrained = angle_distribution(rope_frequencies(rope)[0], rope.window, bins)
     candidate = angle_distribution(scaled.inv_freq, scaled.target, bins)
     return float(disturbance(pretrained, candidate, reverse).mean())

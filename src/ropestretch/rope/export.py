@@ -1,8 +1,12 @@
 """Export a scaled RoPE to standard Hugging Face configs and checkpoints.
 
-The config gets the transformers 5.x ``rope_parameters`` and, for transformers 4.x and vLLM,
-the same scaling as ``rope_scaling`` with a top-level ``rope_theta``. transformers 5 reads
-``rope_scaling`` first when both are present; both say the same thing.
+The config gets the transformers 5.x ``rope_parameters`` (flat, or keyed by layer type where the
+model has one RoPE per layer type) and, for transformers 4.x and vLLM, the same RoPE as
+``rope_scaling`` with a top-level ``rope_theta``: transformers 5 and vLLM read ``rope_scaling``
+first when both are present, and both say the same thing. Every key an engine may read the
+rotary width or base from is written with the same value (``partial_rotary_factor`` at the top
+level, ``head_dim``, a family's own spelling such as GPT-NeoX's ``rotary_emb_base``), so no
+engine falls back to a default of its own.
 """
 
 from __future__ import annotations
@@ -15,31 +19,59 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ropestretch.errors import UsageError
+from ropestretch.rope.config import text_section
 from ropestretch.rope.scalings import Scaled
 
 METADATA_FILE = "ropestretch.json"
 
 
+def legacy_rope_scaling(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The transformers 4.x ``rope_scaling`` of one RoPE's parameters (``None`` for an unscaled one)."""
+    out = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    return None if out["rope_type"] == "default" else out
+
+
 def rope_scaling(scaled: Scaled) -> dict[str, Any] | None:
-    """The transformers 4.x ``rope_scaling`` dict (``None`` for an unscaled ``default`` RoPE)."""
-    params = {k: v for k, v in scaled.rope_parameters.items() if k not in ("rope_theta", "partial_rotary_factor")}
-    return None if params["rope_type"] == "default" else params
+    """The transformers 4.x ``rope_scaling`` dict of the extended layers (``None`` for ``default``)."""
+    return legacy_rope_scaling(scaled.rope_parameters)
 
 
 def exported_config(config: Mapping[str, Any], scaled: Scaled) -> dict[str, Any]:
-    """A copy of ``config`` with ``scaled`` written in: rope_parameters, rope_scaling, rope_theta and
-    ``max_position_embeddings`` (``L``; the pre-trained ``N`` for ``dynamic``, see its docstring)."""
+    """A copy of ``config`` with ``scaled`` written in: rope_parameters, rope_scaling, rope_theta, the
+    rotary width, and ``max_position_embeddings`` (see :func:`ropestretch.rope.scalings.scale`)."""
     out = copy.deepcopy(dict(config))
-    out["rope_parameters"] = copy.deepcopy(scaled.rope_parameters)
-    out["rope_scaling"] = rope_scaling(scaled)
-    out["rope_theta"] = scaled.rope_parameters["rope_theta"]
-    out["max_position_embeddings"] = scaled.max_position_embeddings
-    out.pop("original_max_position_embeddings", None)  # vLLM would cap its max length there
+    section = out["text_config"] if text_section(config) is not config else out
+    new, fam = scaled.exported, scaled.rope.family
+    params = new.parameters()
+    if new.layer_type:
+        nested = {**copy.deepcopy(dict(new.other_layers)), new.layer_type: params}
+        section["rope_parameters"] = nested
+        local = nested.get("sliding_attention")
+        if fam.local_theta_key and local:
+            section[fam.local_theta_key] = local["rope_theta"]
+    else:
+        section["rope_parameters"] = params
+    section["rope_scaling"] = legacy_rope_scaling(params)
+    for key in {"rope_theta", *[k for k in fam.theta_keys if k in section]}:
+        section[key] = new.base
+    if new.partial_rotary_factor != 1.0:
+        for key in {"partial_rotary_factor", *[k for k in fam.partial_keys if k in section]}:
+            section[key] = new.partial_rotary_factor
+    if fam.rope_head_dim_key is None:
+        section["head_dim"] = new.head_dim  # some config classes leave it None, which yarn/longrope can't read
+    section["max_position_embeddings"] = new.window
+    original = new.scaling.get("original_max_position_embeddings")
+    if fam.top_level_original_window:  # its config class reads it there, over rope_parameters
+        if original is not None:
+            section["original_max_position_embeddings"] = original
+    else:
+        section.pop("original_max_position_embeddings", None)  # vLLM would cap its max length there
     return out
 
 
 def metadata(scaled: Scaled, **extra: Any) -> dict[str, Any]:
-    """The ``ropestretch.json`` record: method, window, target and anything the caller adds."""
+    """The ``ropestretch.json`` record: method, window, target, the RoPE before and after, and
+    anything the caller adds."""
     record: dict[str, Any] = {
         "scaling": scaled.scaling,
         "window": scaled.rope.window,
@@ -47,6 +79,9 @@ def metadata(scaled: Scaled, **extra: Any) -> dict[str, Any]:
         "factor": scaled.factor,
         "rope_theta": scaled.rope.base,
         "rotary_dim": scaled.rope.rotary_dim,
+        "pretrained_rope_type": scaled.rope.rope_type,
+        "exported_rope_type": scaled.exported.rope_type,
+        "layer_type": scaled.rope.layer_type,
         "attention_factor": scaled.attention_factor,
         "factors": scaled.factors,
     }

@@ -1,22 +1,49 @@
 """RoPE frequency scalings: one small pure function per method, in one registry.
 
-Each function takes the pre-trained :class:`RopeConfig` and a target length ``L`` and returns a
-:class:`Scaled`: the per-pair inverse frequencies, the attention factor applied to cos and sin,
-and the transformers 5.x ``rope_parameters`` that make stock transformers compute exactly those.
-Arithmetic follows transformers' own order in float32, so what ropestretch trains is what
-transformers and vLLM run. A new scaling is one function decorated with :func:`register`.
+Every scaling starts from the RoPE the model already runs over its window ``N`` (its effective
+per-pair frequencies ``f_i`` and attention factor, :func:`~ropestretch.rope.frequencies.rope_frequencies`),
+not from the unscaled base, so it composes with a RoPE that is already scaled (Llama 3.1's
+``llama3``, Phi-3's ``longrope``, Gemma 3's ``linear``). A scaling function returns a
+:class:`Composition`: the new per-pair divisors of the base frequencies and attention factor, and,
+where one exists, the simplest stock rope type that gives exactly those (linear on linear is
+linear with the product factor). :func:`scale` exports that stock form, or else ``longrope`` with
+the divisors, and computes what stock transformers will run from the exported parameters
+themselves. A new scaling is one function decorated with :func:`register`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from ropestretch.errors import UsageError
 from ropestretch.rope.config import RopeConfig, is_finite_number
+from ropestretch.rope.distribution import dprope_choice
+from ropestretch.rope.frequencies import base_inv_freq, exponents, rope_frequencies, yarn_mscale, yarn_ramp
+
+
+@dataclass(frozen=True)
+class Composition:
+    """What a scaling asks for, before it is written as a config.
+
+    Attributes:
+        divisors: per pair, ``theta_i / new inv_freq_i`` (1 = the unscaled base frequency).
+        attention: the attention factor on cos and sin.
+        stock: a stock RoPE (rope type and parameters) that gives exactly these, or None.
+        length_dependent: the RoPE changes with the sequence length (dynamic NTK), so it has no
+            static ``longrope`` form.
+        details: method-specific extras (DPRoPE's per-pair disturbances).
+    """
+
+    divisors: Sequence[float]
+    attention: float
+    stock: RopeConfig | None = None
+    length_dependent: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -25,24 +52,32 @@ class Scaled:
 
     Attributes:
         scaling: registry name of the method.
-        rope: the pre-trained RoPE it started from.
+        rope: the RoPE the model had (for a model with one RoPE per layer type, the full-attention one).
         target: the target length ``L``.
-        inv_freq: per-pair inverse frequencies (float32, shape ``(pairs,)``); for ``dynamic``,
-            the ones transformers computes for a sequence of length ``L``.
-        attention_factor: the factor on cos and sin (transformers' ``attention_scaling``).
-        rope_parameters: the transformers 5.x ``rope_parameters`` dict.
-        max_position_embeddings: what the exported config's ``max_position_embeddings`` holds.
-        details: method-specific extras (DPRoPE's per-pair disturbances).
+        exported: the RoPE the exported config holds (its ``window`` is the exported
+            ``max_position_embeddings``).
+        inv_freq: the per-pair inverse frequencies stock transformers computes from ``exported`` on a
+            sequence of length ``L`` (float32, ``(pairs,)``).
+        attention_factor: the factor on cos and sin it computes.
+        details: method-specific extras (DPRoPE's choice).
     """
 
     scaling: str
     rope: RopeConfig
     target: int
+    exported: RopeConfig
     inv_freq: torch.Tensor
     attention_factor: float
-    rope_parameters: dict[str, Any]
-    max_position_embeddings: int
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rope_parameters(self) -> dict[str, Any]:
+        """The transformers 5.x ``rope_parameters`` of the extended layers."""
+        return self.exported.parameters()
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.exported.window
 
     @property
     def factor(self) -> float:
@@ -51,12 +86,17 @@ class Scaled:
 
     @property
     def factors(self) -> list[float]:
-        """Per-pair frequency divisor ``theta_i / inv_freq_i`` (1 = extrapolation, s = interpolation)."""
+        """Per-pair divisor of the unscaled base frequency, ``theta_i / inv_freq_i``."""
         ratio = base_inv_freq(self.rope).double() / self.inv_freq.double()
         return [round(float(x), 6) for x in ratio]
 
+    @property
+    def composed(self) -> bool:
+        """True when the model's RoPE was already scaled and the new scaling was composed with it."""
+        return not self.rope.plain
 
-ScalingFn = Callable[..., Scaled]
+
+ScalingFn = Callable[..., Composition]
 SCALINGS: dict[str, ScalingFn] = {}
 
 
@@ -72,7 +112,8 @@ def register(name: str) -> Callable[[ScalingFn], ScalingFn]:
 
 def check_target(rope: RopeConfig, target: Any) -> int:
     """The target length as an int, or a :class:`UsageError` saying why it is not usable."""
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or target != int(target):
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) \
+            or target != int(target):
         raise UsageError(f"target length must be a positive integer, got {target!r}")
     if target <= 0:
         raise UsageError(f"target length must be a positive integer, got {target}")
@@ -97,120 +138,200 @@ def scale(rope: RopeConfig, scaling: str, target: int, **options: Any) -> Scaled
         raise UsageError(f"unknown scaling {scaling!r}; choose one of: {', '.join(SCALINGS)}")
     target = check_target(rope, target)
     check_rotary_dim(rope, scaling)
+    fam = rope.family
+    if fam.softmax_reads_rope and not rope.plain and scaling != "none":
+        raise UsageError(
+            f"{fam.name} computes its attention scale from its {rope.rope_type} factor and mscale_all_dim, so a "
+            f"new scaling on top would change attention as well as positions; ropestretch does not compose "
+            f"{scaling!r} with it (only --scaling none)")
     try:
-        return SCALINGS[scaling](rope, target, **options)
+        plan = SCALINGS[scaling](rope, target, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
             raise UsageError(f"scaling {scaling!r} takes no option {str(err).split()[-1]}") from None
         raise
+    exported = plan.stock
+    if exported is None or (fam.export_types and exported.rope_type not in fam.export_types):
+        if plan.length_dependent or (fam.export_types and "longrope" not in fam.export_types):
+            allowed = ", ".join(fam.export_types or ())
+            raise UsageError(f"{scaling!r} has no form a {fam.name} config accepts (it takes {allowed}"
+                             f"{'' if rope.plain else ' on top of its ' + rope.rope_type}); use ntk, yarn or dprope")
+        exported = as_longrope(rope, plan.divisors, plan.attention, target)
+    inv_freq, attention = rope_frequencies(exported, target)
+    for value in (*inv_freq.tolist(), attention, exported.base):
+        if not math.isfinite(value) or value == 0:
+            raise UsageError(f"{scaling!r} to {target} gives a frequency or base that is not a finite "
+                             "non-zero float32 number; choose a smaller target")
+    return Scaled(scaling, rope, target, exported, inv_freq, attention, plan.details)
 
 
-def _exponents(rope: RopeConfig) -> torch.Tensor:
-    dim = rope.rotary_dim
-    return torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+# --- building blocks ---------------------------------------------------------------------------
 
 
-def base_inv_freq(rope: RopeConfig, base: float | None = None) -> torch.Tensor:
-    """``theta_i = b^(-2i/d)`` in float32, computed as transformers does."""
-    return 1.0 / ((rope.base if base is None else base) ** _exponents(rope))
+def pretrained_divisors(rope: RopeConfig) -> np.ndarray:
+    """Per pair, ``theta_i / f_i`` for the frequencies ``f_i`` the model runs at its window, in
+    float64 (exact for the types that store their divisors: linear, longrope)."""
+    if rope.plain:
+        return np.ones(rope.pairs)
+    if rope.rope_type == "linear":
+        return np.full(rope.pairs, float(rope.scaling["factor"]))
+    if rope.rope_type == "longrope":
+        p = rope.scaling
+        return np.array(p["long_factor"] if rope.window > p["original_max_position_embeddings"] else p["short_factor"])
+    inv_freq, _ = rope_frequencies(rope)
+    return (base_inv_freq(rope).double() / inv_freq.double()).numpy()
 
 
-def _params(rope: RopeConfig, rope_type: str, base: float | None = None, **extra: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {"rope_type": rope_type, "rope_theta": float(rope.base if base is None else base)}
-    if rope.partial_rotary_factor != 1.0:
-        params["partial_rotary_factor"] = rope.partial_rotary_factor
-    params.update(extra)
-    return params
+def as_longrope(rope: RopeConfig, divisors: Sequence[float], attention: float, target: int) -> RopeConfig:
+    """A ``longrope`` RoPE over ``[0, target)`` running ``theta_i / divisors_i`` with ``attention``.
 
-
-@register("none")
-def scale_none(rope: RopeConfig, target: int) -> Scaled:
-    """No scaling: positions past the window are extrapolated (the baseline that collapses)."""
-    return Scaled("none", rope, target, base_inv_freq(rope), 1.0, _params(rope, "default"), target)
-
-
-@register("linear")
-def scale_linear(rope: RopeConfig, target: int) -> Scaled:
-    """Position Interpolation (Chen et al. 2023, arXiv 2306.15595): every ``theta_i / s``."""
-    s = target / rope.window
-    inv_freq = base_inv_freq(rope) / s
-    return Scaled("linear", rope, target, inv_freq, 1.0, _params(rope, "linear", factor=s), target)
-
-
-def ntk_base(rope: RopeConfig, s: float) -> float:
-    """NTK-aware base: ``b0 * s^(d/(d-2))`` (bloc97, 2023)."""
-    d = rope.rotary_dim
-    return rope.base * s ** (d / (d - 2))
-
-
-@register("ntk")
-def scale_ntk(rope: RopeConfig, target: int) -> Scaled:
-    """Static NTK-aware scaling: a larger base, exported as a plain ``default`` RoPE with new rope_theta."""
-    check_rotary_dim(rope, "ntk", minimum=4)
-    base = ntk_base(rope, target / rope.window)
-    return Scaled("ntk", rope, target, base_inv_freq(rope, base), 1.0, _params(rope, "default", base=base), target)
-
-
-@register("dynamic")
-def scale_dynamic(rope: RopeConfig, target: int) -> Scaled:
-    """Dynamic NTK (emozilla, 2023), as transformers recomputes it from the sequence length.
-
-    ``inv_freq`` is the one for a sequence of length ``L``. transformers and vLLM measure the
-    sequence against ``max_position_embeddings``, so the export keeps the pre-trained ``N`` there
-    (writing ``L`` would switch the scaling off below ``L``).
+    For a model that is already ``longrope`` (Phi-3), its own short factors and original window
+    are kept, so sequences within that window run as before; otherwise short and long factors are
+    the same. The attention factor is written for transformers (``attention_factor``) and for vLLM
+    (``short_mscale``, ``long_mscale``), which reads only those.
     """
-    check_rotary_dim(rope, "dynamic", minimum=4)
-    s = target / rope.window
-    d = rope.rotary_dim
-    base = rope.base * ((s * target / rope.window) - (s - 1)) ** (d / (d - 2))
-    inv_freq = base_inv_freq(rope, base)
-    return Scaled("dynamic", rope, target, inv_freq, 1.0, _params(rope, "dynamic", factor=s), rope.window)
+    long = tuple(float(x) for x in divisors)
+    if rope.rope_type == "longrope":
+        original, short = rope.scaling["original_max_position_embeddings"], tuple(rope.scaling["short_factor"])
+    else:
+        original, short = rope.window, long
+    scaling = {"factor": target / original, "original_max_position_embeddings": original, "short_factor": short,
+               "long_factor": long, "attention_factor": float(attention), "short_mscale": float(attention),
+               "long_mscale": float(attention)}
+    return rope.replace(window=target, rope_type="longrope", scaling=scaling)
 
 
-def yarn_attention_factor(s: float) -> float:
-    """YaRN's temperature on cos and sin: ``0.1 ln s + 1`` (1 for ``s <= 1``)."""
-    return 1.0 if s <= 1 else 0.1 * math.log(s) + 1.0
+def _divisors_of(rope: RopeConfig, inv_freq: torch.Tensor) -> np.ndarray:
+    return (base_inv_freq(rope).double() / inv_freq.double()).numpy()
 
 
-def yarn_ramp(rope: RopeConfig, beta_fast: float = 32, beta_slow: float = 1) -> torch.Tensor:
-    """Per pair, the share of interpolation in YaRN's "NTK-by-parts" mix (0 = extrapolate, 1 = interpolate).
+def turns_ramp(inv_freq: torch.Tensor, window: int, beta_fast: float, beta_slow: float) -> torch.Tensor:
+    """YaRN's ramp for any per-pair frequencies: the pairs are placed by how many turns they make over
+    ``window`` (log-linear between pairs), so that for an unscaled RoPE the correction dimensions,
+    their truncation and the ramp are exactly :func:`~ropestretch.rope.frequencies.yarn_ramp`'s."""
+    log_turns = np.log(window * inv_freq.double().numpy() / (2 * math.pi))
+    n = len(log_turns)
 
-    Pairs that turn more than ``beta_fast`` times over the window extrapolate, fewer than
-    ``beta_slow`` times interpolate, with a linear ramp between the (truncated) correction dims.
-    """
-    d, n, b = rope.rotary_dim, rope.window, rope.base
+    def crossing(turns: float) -> float:  # continuous pair index where the pairs fall to `turns` turns
+        level = math.log(turns)
+        below = np.flatnonzero(log_turns <= level)
+        if len(below) and below[0] > 0:
+            i = int(below[0])
+            return i - 1 + (log_turns[i - 1] - level) / (log_turns[i - 1] - log_turns[i])
+        edge = 0 if len(below) else n - 1  # beyond the first or last pair: extend its neighbour's slope
+        slope = (log_turns[1] - log_turns[0]) if edge == 0 else (log_turns[-1] - log_turns[-2])
+        if n < 2 or slope >= 0:
+            return float(edge)
+        return edge + (level - log_turns[edge]) / slope
 
-    def correction_dim(turns: float) -> float:
-        return (d * math.log(n / (turns * 2 * math.pi))) / (2 * math.log(b))
-
-    low = max(math.floor(correction_dim(beta_fast)), 0)
-    high = min(math.ceil(correction_dim(beta_slow)), d - 1)
+    dim = 2 * n
+    low, high = max(math.floor(crossing(beta_fast)), 0), min(math.ceil(crossing(beta_slow)), dim - 1)
     if low == high:
         high += 0.001
-    return torch.clamp((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    return torch.clamp((torch.arange(n, dtype=torch.float32) - low) / (high - low), 0, 1)
 
 
-@register("yarn")
-def scale_yarn(rope: RopeConfig, target: int, beta_fast: float = 32.0, beta_slow: float = 1.0) -> Scaled:
-    """YaRN (Peng et al. 2023, arXiv 2309.00071) as transformers computes it.
-
-    ``beta_fast`` and ``beta_slow`` bound the ramp in turns over the window (see :func:`yarn_ramp`).
-    The paper found 32 and 1 good for Llama's 4096-token window and says to tune them per model;
-    both are exported in ``rope_parameters``, which transformers and vLLM read.
-    """
+def _check_betas(beta_fast: Any, beta_slow: Any) -> None:
     for name, value in (("beta_fast", beta_fast), ("beta_slow", beta_slow)):
         if not is_finite_number(value) or value <= 0:
             raise UsageError(f"yarn {name} must be a positive number, got {value!r}")
     if not beta_fast > beta_slow:
         raise UsageError(f"yarn beta_fast ({beta_fast:g}) must be larger than beta_slow ({beta_slow:g})")
+
+
+# --- the scalings ------------------------------------------------------------------------------
+
+
+@register("none")
+def scale_none(rope: RopeConfig, target: int) -> Composition:
+    """No scaling: positions past the window are extrapolated (the baseline that collapses).
+
+    The model's own RoPE is kept; where its parameters depend on ``max_position_embeddings``
+    (yarn or longrope without a ``factor``), the factor is written out so nothing changes.
+    """
+    _, attention = rope_frequencies(rope)
+    if rope.plain:  # dynamic would start rescaling past N: keep the base frequencies
+        return Composition(np.ones(rope.pairs), attention, rope.replace(window=target, rope_type="default", scaling={}))
+    scaling = dict(rope.scaling)
+    if rope.rope_type in ("yarn", "longrope") and scaling.get("factor") is None:
+        scaling["factor"] = rope.window / scaling["original_max_position_embeddings"]
+    if rope.rope_type == "longrope":
+        scaling.update(attention_factor=attention, short_mscale=attention, long_mscale=attention)
+    return Composition(pretrained_divisors(rope), attention, rope.replace(window=target, scaling=scaling))
+
+
+@register("linear")
+def scale_linear(rope: RopeConfig, target: int) -> Composition:
+    """Position Interpolation (Chen et al. 2023, arXiv 2306.15595): every frequency divided by ``s = L/N``."""
     s = target / rope.window
-    pos_freqs = rope.base ** _exponents(rope)
-    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (s * pos_freqs)
-    keep = 1 - yarn_ramp(rope, beta_fast, beta_slow)  # weight of extrapolation per pair
-    inv_freq = interpolation * (1 - keep) + extrapolation * keep
-    params = _params(rope, "yarn", factor=s, original_max_position_embeddings=rope.window,
-                     beta_fast=float(beta_fast), beta_slow=float(beta_slow))
-    return Scaled("yarn", rope, target, inv_freq, yarn_attention_factor(s), params, target)
+    _, attention = rope_frequencies(rope)
+    stock = None
+    if rope.plain:
+        stock = rope.replace(window=target, rope_type="linear", scaling={"factor": s})
+    elif rope.rope_type == "linear":
+        stock = rope.replace(window=target, scaling={"factor": rope.scaling["factor"] * s})
+    return Composition(pretrained_divisors(rope) * s, attention, stock)
+
+
+def ntk_base(rope: RopeConfig, s: float) -> float:
+    """NTK-aware base: ``b * s^(d/(d-2))`` (bloc97, 2023)."""
+    d = rope.rotary_dim
+    return rope.base * s ** (d / (d - 2))
+
+
+@register("ntk")
+def scale_ntk(rope: RopeConfig, target: int) -> Composition:
+    """Static NTK-aware scaling (bloc97 2023): the base grows to ``b * s^(d/(d-2))``, i.e. pair ``i``'s
+    frequency is divided by ``s^(2i/(d-2))``. On an unscaled or linear RoPE that is a new ``rope_theta``."""
+    check_rotary_dim(rope, "ntk", minimum=4)
+    s, d = target / rope.window, rope.rotary_dim
+    _, attention = rope_frequencies(rope)
+    stock = None
+    if rope.plain or rope.rope_type == "linear":
+        scaling = {} if rope.plain else dict(rope.scaling)
+        stock = rope.replace(window=target, base=ntk_base(rope, s), rope_type="default" if rope.plain else "linear",
+                             scaling=scaling)
+    stretch = s ** (2 * np.arange(rope.pairs) / (d - 2))
+    return Composition(pretrained_divisors(rope) * stretch, attention, stock)
+
+
+@register("dynamic")
+def scale_dynamic(rope: RopeConfig, target: int) -> Composition:
+    """Dynamic NTK (emozilla, 2023), as transformers recomputes it from the sequence length.
+
+    The frequencies reported are the ones for a sequence of length ``L``. transformers measures the
+    sequence against ``max_position_embeddings``, so the export keeps the model's ``N`` there.
+    Only an unscaled RoPE has a stock dynamic form.
+    """
+    check_rotary_dim(rope, "dynamic", minimum=4)
+    s = target / rope.window
+    stock = rope.replace(rope_type="dynamic", scaling={"factor": s}) if rope.plain else None
+    divisors = _divisors_of(rope, rope_frequencies(stock, target)[0]) if stock else np.ones(rope.pairs)
+    return Composition(divisors, 1.0, stock, length_dependent=True)
+
+
+@register("yarn")
+def scale_yarn(rope: RopeConfig, target: int, beta_fast: float = 32.0, beta_slow: float = 1.0) -> Composition:
+    """YaRN (Peng et al. 2023, arXiv 2309.00071): NTK-by-parts and a temperature ``0.1 ln s + 1``.
+
+    ``beta_fast`` and ``beta_slow`` bound the ramp in turns over the window: pairs turning more than
+    ``beta_fast`` times keep their frequency, fewer than ``beta_slow`` are divided by ``s``. The
+    paper found 32 and 1 good for Llama's 4096-token window and says to tune them per model. On an
+    unscaled RoPE this is transformers' ``yarn``; on a scaled one, the same ramp over the model's
+    effective frequencies (:func:`turns_ramp`), its attention factor times YaRN's.
+    """
+    _check_betas(beta_fast, beta_slow)
+    s = target / rope.window
+    f, attention = rope_frequencies(rope)
+    if rope.plain:
+        stock = rope.replace(window=target, rope_type="yarn", scaling={
+            "factor": s, "original_max_position_embeddings": rope.window,
+            "beta_fast": float(beta_fast), "beta_slow": float(beta_slow)})
+        inv_freq, attention = rope_frequencies(stock, target)
+        return Composition(_divisors_of(rope, inv_freq), attention, stock)
+    ramp = turns_ramp(f, rope.window, beta_fast, beta_slow).double().numpy()
+    divisors = pretrained_divisors(rope) / (ramp / s + (1 - ramp))  # theta / (f/s * ramp + f * (1 - ramp))
+    return Composition(divisors, attention * yarn_mscale(s))
 
 
 @register("dprope")
@@ -221,23 +342,19 @@ def scale_dprope(
     threshold: float | None = None,
     n_hat: int | None = None,
     reverse: bool = False,
-) -> Scaled:
+) -> Composition:
     """DPRoPE (Wu et al. 2024, arXiv 2410.01490): per pair, interpolate or extrapolate, whichever
-    keeps the rotary-angle distribution closer to the pre-trained one.
+    keeps the rotary-angle distribution closer to the one the model saw over its window.
 
-    Exported as ``longrope`` with ``short_factor == long_factor ==`` the per-pair factors (1 or s)
-    and attention factor 1 (``attention_factor`` for transformers, ``short/long_mscale`` for vLLM).
+    Exported as ``longrope`` (per-pair divisors 1 or ``s`` times the model's own) with the model's
+    attention factor (``attention_factor`` for transformers, ``short/long_mscale`` for vLLM).
     """
-    from ropestretch.rope.distribution import dprope_choice
-
     choice = dprope_choice(rope, target, bins=bins, threshold=threshold, n_hat=n_hat, reverse=reverse)
     s = target / rope.window
-    factors = [s if interp else 1.0 for interp in choice.interpolate.tolist()]
-    ext = torch.tensor(factors, dtype=torch.float32)
-    inv_freq = 1.0 / (ext * rope.base ** _exponents(rope))
-    params = _params(
-        rope, "longrope", factor=s, original_max_position_embeddings=rope.window,
-        short_factor=factors, long_factor=list(factors),
-        attention_factor=1.0, short_mscale=1.0, long_mscale=1.0,
-    )
-    return Scaled("dprope", rope, target, inv_freq, 1.0, params, target, details={"choice": choice})
+    _, attention = rope_frequencies(rope)
+    divisors = pretrained_divisors(rope) * np.where(choice.interpolate.numpy(), s, 1.0)
+    return Composition(divisors, attention, details={"choice": choice})
+
+
+__all__ = ["Composition", "SCALINGS", "Scaled", "as_longrope", "base_inv_freq", "check_rotary_dim", "check_target",
+           "exponents", "ntk_base", "pretrained_divisors", "register", "scale", "turns_ramp", "yarn_ramp"]
