@@ -71,7 +71,9 @@ def test_bad_configs(tmp_path):
     bad.write_text("{oops")
     assert_one_line_error(run_cli("rope", "--config", bad, "--target", 8192), "not valid JSON")
     partial = write_json(tmp_path / "p.json", tiny_llama_config(head_dim=16, partial_rotary_factor=0.125))
-    assert_one_line_error(run_cli("rope", "--config", partial, "--target", 256), "ntk", "rotary dimension")
+    code, out, _ = run_cli("rope", "--config", partial, "--target", 256)  # two rotary dims: no NTK, the rest shown
+    assert code == 0 and "ntk              refused  (scaling 'ntk' needs an even rotary dimension of at least 4" in out
+    assert_one_line_error(run_cli("rope", "--config", partial, "--target", 256, "--scaling", "ntk"), "rotary dimension")
     assert_one_line_error(run_cli("rope", "--config", "nobody/nothing", "--target", 256), "hub")
 
 

@@ -27,6 +27,11 @@ def test_old_llama_config_without_rope_theta_defaults_to_10000():
     assert rope_config_from_dict(config).base == 10000.0
 
 
+def test_sizes_a_config_leaves_out_come_from_its_transformers_class():
+    config = {k: v for k, v in tiny_llama_config().items() if k != "max_position_embeddings"}
+    assert rope_config_from_dict(config).window == 2048  # LlamaConfig's default, as transformers loads it
+
+
 def test_model_folder_and_file(tmp_path):
     import json
 
@@ -44,8 +49,9 @@ def test_model_folder_and_file(tmp_path):
     (tiny_llama_config(rope_scaling={"rope_type": "yarn", "factor": float("inf")}), "positive number"),
     (tiny_llama_config(rope_parameters={"sliding_attention": {"rope_type": "default"}},
                        layer_types=["sliding_attention"] * 2), "no 'full_attention' entry"),
-    ({k: v for k, v in tiny_llama_config().items() if k != "max_position_embeddings"}, "max_position_embeddings"),
-    ({k: v for k, v in tiny_llama_config().items() if k != "hidden_size"}, "head_dim"),
+    ({k: v for k, v in tiny_llama_config(model_type="my_rope_lm").items() if k != "max_position_embeddings"},
+     "max_position_embeddings"),  # a type transformers does not know: no class default to fall back on
+    ({k: v for k, v in tiny_llama_config(model_type="my_rope_lm").items() if k != "hidden_size"}, "head_dim"),
     (tiny_llama_config(partial_rotary_factor=1.5), "partial_rotary_factor"),
     (tiny_llama_config(rope_theta="big"), "rope_theta"),
     (tiny_llama_config(max_position_embeddings=-5), "max_position_embeddings"),

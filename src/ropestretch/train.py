@@ -49,6 +49,8 @@ class TrainConfig:
     target: int = _f(0, "target context length L")
     positions: str = _f("cream", "training position ids: cream, pose, randpos, full or none")
     scaling: str = _f("linear", "RoPE scaling: none, linear, ntk, dynamic, yarn or dprope")
+    row_length: int = _f(0, "tokens per training row R, at most the window N (0: N); positions still span [0, L) "
+                         "(the samplers treat R as their window; see docs/training.md)")
     steps: int = _f(1000, "optimizer steps")
     batch_size: int = _f(1, "samples per device per micro-batch")
     grad_accum: int = _f(1, "gradient accumulation steps")
@@ -155,7 +157,7 @@ def make_config(**values: Any) -> TrainConfig:
     for name in ("target", "steps", "batch_size", "grad_accum", "save_steps", "logging_steps", "lora_rank"):
         if getattr(cfg, name) <= 0:
             raise UsageError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
-    for name in ("warmup_steps", "max_samples", "save_total_limit"):
+    for name in ("warmup_steps", "max_samples", "save_total_limit", "row_length"):
         if getattr(cfg, name) < 0:
             raise UsageError(f"{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     if not cfg.lr > 0:
@@ -184,6 +186,18 @@ def scaling_options(cfg: TrainConfig) -> dict[str, Any]:
     ``<scaling>_<option>`` (``yarn_beta_fast`` -> ``beta_fast``, ``dprope_n_hat`` -> ``n_hat``)."""
     prefix = f"{cfg.scaling}_"
     return {f.name[len(prefix):]: getattr(cfg, f.name) for f in fields(cfg) if f.name.startswith(prefix)}
+
+
+def row_length(cfg: TrainConfig, window: int) -> int:
+    """Tokens per training row: ``--row-length`` (at most the window ``N``), or ``N``."""
+    if not cfg.row_length:
+        return window
+    if cfg.positions == "full":
+        raise UsageError("--row-length does not apply to positions full, which trains on rows of the target length")
+    if cfg.row_length > window:
+        raise UsageError(f"--row-length {cfg.row_length} is longer than the model's window {window}; "
+                         "rows longer than N are what positions full is for")
+    return cfg.row_length
 
 
 def position_options(cfg: TrainConfig) -> dict[str, Any]:
@@ -423,13 +437,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     if main_process:
         check_out_dir(cfg)
     raw_config, rope, scaled = scaled_rope(cfg)
-    length = sample_length(cfg.positions, rope.window, cfg.target)
+    rows = row_length(cfg, rope.window)
+    length = sample_length(cfg.positions, rows, cfg.target)
     if cfg.distill and length > rope.window:
         raise UsageError(f"--distill needs rows inside the original window ({rope.window} tokens), which the "
                          f"original model can read; positions {cfg.positions} trains on {length}-token rows")
     tokenizer = load_tokenizer(cfg)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    collator = PositionCollator(cfg.positions, rope.window, cfg.target, seed=cfg.seed, pad_token_id=pad,
+    collator = PositionCollator(cfg.positions, rows, cfg.target, seed=cfg.seed, pad_token_id=pad,
                                 **position_options(cfg))  # validates the sampler options too
     rows, data_line = build_samples(cfg, tokenizer, length)
     set_seed(cfg.seed)
@@ -441,7 +456,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         (out / RUN_FILE).write_text(json.dumps({"identity": cfg.identity(), "window": rope.window}, indent=2))
     if main_process:
         print(f"ropestretch train: {cfg.positions} positions x {cfg.scaling} scaling, window {rope.window} -> "
-              f"{cfg.target}; {data_line}", file=sys.stderr)
+              f"{cfg.target}, rows of {length} tokens; {data_line}", file=sys.stderr)
 
     # 2. Trainer
     cuda = torch.cuda.is_available()

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ropestretch.errors import UsageError
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
-    from ropestretch.rope.export import apply_to_checkpoint
+    from ropestretch.rope.export import apply_to_checkpoint, engine_notes
 
     if not Path(args.model).is_dir():
         raise UsageError(f"--model must be a local model folder, got {args.model}")
@@ -51,5 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--beta-fast and --beta-slow apply to --scaling yarn only")
     scaled = scale(rope, args.scaling, args.target, **options)
     out = apply_to_checkpoint(args.model, args.out, scaled, command="apply")
-    print(f"wrote {out}: {args.scaling} scaling, window {rope.window} -> {args.target}")
+    print(f"wrote {out}: {args.scaling} scaling, window {rope.window} -> {args.target}, exported as "
+          f"{scaled.exported.rope_type}" + (f" on top of the model's {rope.rope_type}" if scaled.composed else ""))
+    for note in engine_notes(scaled):
+        print(f"note: {note}")
     return 0

@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ropestretch.errors import UsageError
-    from ropestretch.rope import angle_distribution, base_inv_freq, load_rope_config, method_disturbance, scale
+    from ropestretch.rope import (angle_distribution, base_inv_freq, load_rope_config, method_disturbance,
+                                  rope_frequencies, scale)
     from ropestretch.rope.distribution import check_bins
     from ropestretch.rope.export import rope_scaling
 
@@ -48,10 +49,15 @@ def run(args: argparse.Namespace) -> int:
     dp_options = dict(bins=args.bins, threshold=args.threshold, n_hat=args.n_hat, reverse=args.reverse)
     dprope = scale(rope, "dprope", args.target, **dp_options)
     chosen = dprope if args.scaling == "dprope" else scale(rope, args.scaling, args.target)
-    pretrained = angle_distribution(base_inv_freq(rope), rope.window, args.bins)
-    disturbance = {}
+    effective, attention = rope_frequencies(rope)
+    pretrained = angle_distribution(effective, rope.window, args.bins)
+    disturbance, refused = {}, {}
     for name in TABLE_METHODS:
-        scaled = dprope if name == "dprope" else scale(rope, name, args.target)
+        try:
+            scaled = dprope if name == "dprope" else scale(rope, name, args.target)
+        except UsageError as err:  # no exportable form for this model (dynamic on llama3, ...)
+            disturbance[name], refused[name] = None, str(err)
+            continue
         disturbance[name] = method_disturbance(scaled, args.bins, args.reverse, pretrained)
     choice = dprope.details["choice"]
 
@@ -79,30 +85,46 @@ def run(args: argparse.Namespace) -> int:
                 "interpolation": [float(x) for x in choice.interpolation],
             },
             "rope": {"head_dim": rope.head_dim, "rotary_dim": rope.rotary_dim, "rope_theta": rope.base,
-                     "partial_rotary_factor": rope.partial_rotary_factor},
+                     "partial_rotary_factor": rope.partial_rotary_factor, "rope_type": rope.rope_type,
+                     "layer_type": rope.layer_type, "parameters": rope.parameters(),
+                     "factors": [round(float(x), 6) for x in base_inv_freq(rope).double() / effective.double()],
+                     "attention_factor": attention},
+            "exported_rope_type": chosen.exported.rope_type,
         }))
         return 0
 
     s = args.target / rope.window
     print(f"window N = {rope.window}, target L = {args.target} (s = {s:g}), rotary dim {rope.rotary_dim} "
           f"({rope.pairs} pairs), rope_theta {rope.base:g}, {args.bins} bins")
+    print(f"pre-trained RoPE: {rope.describe()}, attention factor {attention:g}")
+    for name, params in rope.other_layers.items():
+        if params:
+            print(f"  {name} layers: {params.get('rope_type', 'default')}, rope_theta "
+                  f"{params.get('rope_theta')}: left as they are")
+    if not rope.plain:
+        print("every scaling below starts from these frequencies, not from the unscaled base")
     direction = "KL(scaled || pre-trained)" if args.reverse else "KL(pre-trained || scaled)"
     print(f"\nDisturbance of the rotary-angle distribution, mean over pairs of {direction}:")
     print(f"  {'scaling':<10}{'disturbance':>14}{'vs linear':>12}")
     for name, value in disturbance.items():
+        if value is None:
+            print(f"  {name:<10}{'refused':>14}  ({refused[name]})")
+            continue
         rel = "" if name == "linear" else f"{100 * (value / disturbance['linear'] - 1):+.1f}%"
         print(f"  {name:<10}{value:>14.6f}{rel:>12}")
     print(f"\nDPRoPE per-pair choice: threshold t = {choice.threshold:g}, "
           f"{int(choice.interpolate.sum())} of {rope.pairs} pairs interpolated (n_hat = {choice.n_hat})")
     theta = base_inv_freq(rope)
-    print(f"  {'pair':>4}  {'theta':>10}  {'D(extrap)':>10}  {'D(interp)':>10}  choice")
+    print(f"  {'pair':>4}  {'theta':>10}  {'f (model)':>10}  {'D(extrap)':>10}  {'D(interp)':>10}  choice")
     for i in range(rope.pairs):
         pick = "interpolate" if choice.interpolate[i] else "extrapolate"
-        print(f"  {i:>4}  {float(theta[i]):>10.3e}  {float(choice.extrapolation[i]):>10.5f}  "
+        print(f"  {i:>4}  {float(theta[i]):>10.3e}  {float(effective[i]):>10.3e}  {float(choice.extrapolation[i]):>10.5f}  "
               f"{float(choice.interpolation[i]):>10.5f}  {pick}")
     if chosen.scaling != "dprope":
         print(f"\n{chosen.scaling} per-pair factors: {chosen.factors}")
-    print(f"\nrope_parameters ({chosen.scaling}): {json.dumps(chosen.rope_parameters)}")
+    print(f"\n{chosen.scaling} exported as rope type {chosen.exported.rope_type!r}, attention factor "
+          f"{chosen.attention_factor:g}, max_position_embeddings {chosen.max_position_embeddings}")
+    print(f"rope_parameters ({chosen.scaling}): {json.dumps(chosen.rope_parameters)}")
     if args.plot:
         print(f"wrote {args.plot}")
     return 0

@@ -40,4 +40,10 @@ def run(args: argparse.Namespace) -> int:
             values[f.name] = flag_value
     result = train(make_config(**values))
     print(f"wrote {result.out}")
+    import json
+
+    record = result.out / "ropestretch.json"
+    if record.is_file():
+        for note in json.loads(record.read_text()).get("engine_notes", []):
+            print(f"note: {note}")
     return 0

@@ -128,6 +128,27 @@ def text_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return text if isinstance(text, Mapping) and not own else config
 
 
+_SIZE_KEYS = ("max_position_embeddings", "hidden_size", "num_attention_heads", "head_dim")
+
+
+def with_class_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the sizes it leaves out filled in from its transformers config class, as
+    transformers does when it loads it (Gemma 3 4B's ``text_config`` gives no window or head size)."""
+    missing = [k for k in _SIZE_KEYS if k not in config]
+    if not missing:
+        return dict(config)
+    try:
+        import inspect
+
+        from transformers import CONFIG_MAPPING
+
+        defaults = inspect.signature(CONFIG_MAPPING[str(config.get("model_type"))].__init__).parameters
+    except Exception:  # a model type transformers does not know: nothing to fill in
+        return dict(config)
+    filled = {k: defaults[k].default for k in missing if k in defaults and defaults[k].default is not inspect._empty}
+    return {**filled, **config}
+
+
 def _first(config: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     for key in keys:
         if config.get(key) is not None:
@@ -203,7 +224,7 @@ def rope_config_from_dict(config: Mapping[str, Any]) -> RopeConfig:
     """
     if not isinstance(config, Mapping):
         raise UsageError("a model config must be a JSON object")
-    config = text_section(config)
+    config = with_class_defaults(text_section(config))
     model_type = str(config.get("model_type", ""))
     fam = family(model_type)
     params, scaling = config.get("rope_parameters"), config.get("rope_scaling")

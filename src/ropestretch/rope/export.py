@@ -60,6 +60,8 @@ def exported_config(config: Mapping[str, Any], scaled: Scaled) -> dict[str, Any]
     if fam.rope_head_dim_key is None:
         section["head_dim"] = new.head_dim  # some config classes leave it None, which yarn/longrope can't read
     section["max_position_embeddings"] = new.window
+    if section.get("model_max_length"):  # vLLM takes it over max_position_embeddings (Command-R)
+        section["model_max_length"] = scaled.target
     original = new.scaling.get("original_max_position_embeddings")
     if fam.top_level_original_window:  # its config class reads it there, over rope_parameters
         if original is not None:
@@ -67,6 +69,23 @@ def exported_config(config: Mapping[str, Any], scaled: Scaled) -> dict[str, Any]
     else:
         section.pop("original_max_position_embeddings", None)  # vLLM would cap its max length there
     return out
+
+
+def engine_notes(scaled: Scaled) -> list[str]:
+    """What a user of another engine must know about this export, one line each (docs/engines.md)."""
+    notes = []
+    new = scaled.exported
+    if new.rope_type == "dynamic":
+        notes.append("dynamic serves transformers, which recomputes the base per sequence length; vLLM does not run "
+                     "it at these frequencies (0.22 and later: the unscaled base and only N cached positions; 0.21 "
+                     "and earlier: one fixed base): for vLLM export with --scaling ntk or yarn")
+    if new.rope_type == "linear" and new.window != scaled.target:
+        notes.append(f"max_position_embeddings holds {new.window} (L / factor): vLLM's default maximum length is "
+                     f"that times the factor, {scaled.target}; give other tools max_length {scaled.target}")
+    if new.rope_type == "longrope" and tuple(new.scaling["short_factor"]) != tuple(new.scaling["long_factor"]):
+        notes.append(f"short and long factors differ: transformers picks them per sequence (long past "
+                     f"{new.scaling['original_max_position_embeddings']} tokens), vLLM once from --max-model-len")
+    return notes
 
 
 def metadata(scaled: Scaled, **extra: Any) -> dict[str, Any]:
@@ -84,6 +103,7 @@ def metadata(scaled: Scaled, **extra: Any) -> dict[str, Any]:
         "layer_type": scaled.rope.layer_type,
         "attention_factor": scaled.attention_factor,
         "factors": scaled.factors,
+        "engine_notes": engine_notes(scaled),
     }
     choice = scaled.details.get("choice")
     if choice is not None:

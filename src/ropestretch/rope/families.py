@@ -51,6 +51,8 @@ class Family:
             the top level of config.json, overriding the one in ``rope_parameters``.
         softmax_reads_rope: its attention scale is computed from the RoPE's factor and mscale, so a
             rescaled RoPE would change attention itself (DeepSeek).
+        engine_scales_window: vLLM takes ``max_position_embeddings x factor`` as its default maximum
+            length for a linear RoPE (every family but Gemma 3, whose length vLLM never scales).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Family:
     export_types: tuple[str, ...] | None = None
     top_level_original_window: bool = False
     softmax_reads_rope: bool = False
+    engine_scales_window: bool = True
 
 
 LLAMA_LIKE = Family("llama-like")
@@ -76,7 +79,7 @@ FAMILIES: dict[str, Family] = {
     "persimmon": Family("Persimmon", default_partial=0.5),
     "phi3": Family("Phi-3", export_types=("default", "longrope"), top_level_original_window=True),
     "gemma3_text": Family("Gemma 3", default_theta=1_000_000.0, layer_rope=True,
-                          local_theta_key="rope_local_base_freq"),
+                          local_theta_key="rope_local_base_freq", engine_scales_window=False),
     "deepseek_v2": Family("DeepSeek-V2", rope_head_dim_key="qk_rope_head_dim", softmax_reads_rope=True),
     "deepseek_v3": Family("DeepSeek-V3", rope_head_dim_key="qk_rope_head_dim", softmax_reads_rope=True),
 }

@@ -152,10 +152,13 @@ def scale(rope: RopeConfig, scaling: str, target: int, **options: Any) -> Scaled
         raise
     exported = plan.stock
     if exported is None or (fam.export_types and exported.rope_type not in fam.export_types):
-        if plan.length_dependent or (fam.export_types and "longrope" not in fam.export_types):
-            allowed = ", ".join(fam.export_types or ())
-            raise UsageError(f"{scaling!r} has no form a {fam.name} config accepts (it takes {allowed}"
-                             f"{'' if rope.plain else ' on top of its ' + rope.rope_type}); use ntk, yarn or dprope")
+        if fam.export_types and "longrope" not in fam.export_types:
+            raise UsageError(f"a {fam.name} config accepts only the rope types {', '.join(fam.export_types)}, "
+                             f"and {scaling!r} has none of those forms")
+        if plan.length_dependent:
+            why = (f"a {fam.name} config accepts only {', '.join(fam.export_types)}" if rope.plain
+                   else f"no stock rope type rescales a {rope.rope_type} RoPE with the sequence length")
+            raise UsageError(f"{scaling!r} cannot be exported here: {why}; use ntk, yarn or dprope")
         exported = as_longrope(rope, plan.divisors, plan.attention, target)
     inv_freq, attention = rope_frequencies(exported, target)
     for value in (*inv_freq.tolist(), attention, exported.base):
@@ -262,14 +265,20 @@ def scale_none(rope: RopeConfig, target: int) -> Composition:
 
 @register("linear")
 def scale_linear(rope: RopeConfig, target: int) -> Composition:
-    """Position Interpolation (Chen et al. 2023, arXiv 2306.15595): every frequency divided by ``s = L/N``."""
+    """Position Interpolation (Chen et al. 2023, arXiv 2306.15595): every frequency divided by ``s = L/N``.
+
+    Exported as ``linear`` (on a linear RoPE, with the product factor). transformers ignores
+    ``max_position_embeddings`` for it, and vLLM takes ``max_position_embeddings x factor`` as its
+    default maximum length, so the export writes ``L / factor`` there (``N`` for an unscaled RoPE).
+    """
     s = target / rope.window
     _, attention = rope_frequencies(rope)
     stock = None
-    if rope.plain:
-        stock = rope.replace(window=target, rope_type="linear", scaling={"factor": s})
-    elif rope.rope_type == "linear":
-        stock = rope.replace(window=target, scaling={"factor": rope.scaling["factor"] * s})
+    if rope.plain or rope.rope_type == "linear":
+        factor = s if rope.plain else rope.scaling["factor"] * s
+        # vLLM's default maximum length is max_position_embeddings x factor: make that L
+        window = round(target / factor) if rope.family.engine_scales_window else target
+        stock = rope.replace(window=window, rope_type="linear", scaling={"factor": factor})
     return Composition(pretrained_divisors(rope) * s, attention, stock)
 
 
