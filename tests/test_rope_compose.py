@@ -93,10 +93,13 @@ def test_phi3_keeps_its_short_factors(name, scaling, tmp_path):
     assert params["original_max_position_embeddings"] == 4096
     composed = torch.tensor(params["long_factor"], dtype=torch.float64) / torch.tensor(real["rope_scaling"]["long_factor"])
     assert composed.min() >= 1 - 1e-9 and composed.max() <= 4 + 1e-9  # each pair scaled by 1..s on top of its own
-    assert params["attention_factor"] == params["short_mscale"] == params["long_mscale"]
+    # Phi-3's transformers 4.x config takes exactly type, short_factor and long_factor, so its attention
+    # factor is LongRoPE's own of the new window in every engine
     config = exported_config(real, result)
+    assert config["rope_scaling"] == {"type": "longrope", "short_factor": params["short_factor"],
+                                      "long_factor": params["long_factor"]}
     assert config["original_max_position_embeddings"] == 4096  # Phi3Config reads it from the top level
-    assert config["rope_scaling"]["rope_type"] == "longrope"
+    assert result.attention_factor == pytest.approx(math.sqrt(1 + math.log(128) / math.log(4096)))
     folder = build(name, tmp_path / "m")
     from transformers import AutoModelForCausalLM
 

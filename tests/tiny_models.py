@@ -66,7 +66,7 @@ def tiny_config(name: str) -> dict:
             c[key] = value
     if "qk_rope_head_dim" in real:  # DeepSeek MLA with a small mixture of experts
         c.update(n_routed_experts=2, num_experts_per_tok=1, moe_intermediate_size=16, n_shared_experts=1,
-                 first_k_dense_replace=1, n_group=1, topk_group=1)
+                 first_k_dense_replace=1, n_group=1, topk_group=1, num_key_value_heads=heads)
     if c.get("model_type", "").startswith("gemma3"):
         c["sliding_window_pattern"] = 2  # layer 0 sliding, layer 1 full attention
         c.pop("layer_types", None)

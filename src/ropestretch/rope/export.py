@@ -20,20 +20,27 @@ from typing import Any, Mapping
 
 from ropestretch.errors import UsageError
 from ropestretch.rope.config import text_section
+from ropestretch.rope.families import Family
 from ropestretch.rope.scalings import Scaled
 
 METADATA_FILE = "ropestretch.json"
 
 
-def legacy_rope_scaling(params: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The transformers 4.x ``rope_scaling`` of one RoPE's parameters (``None`` for an unscaled one)."""
+def legacy_rope_scaling(params: Mapping[str, Any], fam: Family | None = None) -> dict[str, Any] | None:
+    """The transformers 4.x ``rope_scaling`` of one RoPE's parameters (``None`` for an unscaled one),
+    in the exact keys the family's 4.x config class accepts where it is strict about them."""
     out = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
-    return None if out["rope_type"] == "default" else out
+    if out["rope_type"] == "default":
+        return None
+    keys = (fam.legacy_keys or {}).get(out["rope_type"]) if fam else None
+    if keys:
+        out = {k: (out["rope_type"] if k == "type" else out[k]) for k in keys}
+    return out
 
 
 def rope_scaling(scaled: Scaled) -> dict[str, Any] | None:
     """The transformers 4.x ``rope_scaling`` dict of the extended layers (``None`` for ``default``)."""
-    return legacy_rope_scaling(scaled.rope_parameters)
+    return legacy_rope_scaling(scaled.rope_parameters, scaled.rope.family)
 
 
 def exported_config(config: Mapping[str, Any], scaled: Scaled) -> dict[str, Any]:
@@ -51,7 +58,7 @@ def exported_config(config: Mapping[str, Any], scaled: Scaled) -> dict[str, Any]
             section[fam.local_theta_key] = local["rope_theta"]
     else:
         section["rope_parameters"] = params
-    section["rope_scaling"] = legacy_rope_scaling(params)
+    section["rope_scaling"] = legacy_rope_scaling(params, fam)
     for key in {"rope_theta", *[k for k in fam.theta_keys if k in section]}:
         section[key] = new.base
     if new.partial_rotary_factor != 1.0:

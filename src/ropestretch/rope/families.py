@@ -13,6 +13,8 @@ in a few ways, each a field of :class:`Family`:
 - a config class that accepts only some rope types (Phi-3: ``default`` and ``longrope``; its
   transformers 5 class rewrites ``yarn`` to ``longrope``) and reads ``original_max_position_embeddings``
   from the top level;
+- a transformers 4.x config class that accepts only an exact set of ``rope_scaling`` keys (Phi-3,
+  OLMo), and for Phi-3 no attention factor of its own;
 - an attention scale computed from the RoPE settings (DeepSeek's ``mscale_all_dim``), which a
   new scaling would change.
 
@@ -53,6 +55,11 @@ class Family:
             rescaled RoPE would change attention itself (DeepSeek).
         engine_scales_window: vLLM takes ``max_position_embeddings x factor`` as its default maximum
             length for a linear RoPE (every family but Gemma 3, whose length vLLM never scales).
+        legacy_keys: per rope type, the exact keys its transformers 4.x config class accepts in
+            ``rope_scaling`` (Phi-3: type, short_factor, long_factor; OLMo: type, factor); other rope types
+            are written in full, which that class refuses to load.
+        explicit_attention: its configs may carry an ``attention_factor`` (Phi-3's 4.x class accepts none,
+            so its LongRoPE attention factor is always its own formula of the window).
     """
 
     name: str
@@ -68,8 +75,11 @@ class Family:
     top_level_original_window: bool = False
     softmax_reads_rope: bool = False
     engine_scales_window: bool = True
+    legacy_keys: dict[str, tuple[str, ...]] | None = None
+    explicit_attention: bool = True
 
 
+_OLMO_LEGACY = {"linear": ("type", "factor"), "dynamic": ("type", "factor")}
 LLAMA_LIKE = Family("llama-like")
 FAMILIES: dict[str, Family] = {
     "gpt_neox": Family("GPT-NeoX", theta_keys=("rope_theta", "rotary_emb_base"),
@@ -77,7 +87,10 @@ FAMILIES: dict[str, Family] = {
     "phi": Family("Phi", default_partial=0.5),
     "stablelm": Family("StableLM", default_partial=0.25),
     "persimmon": Family("Persimmon", default_partial=0.5),
-    "phi3": Family("Phi-3", export_types=("default", "longrope"), top_level_original_window=True),
+    "phi3": Family("Phi-3", export_types=("default", "longrope"), top_level_original_window=True,
+                   legacy_keys={"longrope": ("type", "short_factor", "long_factor")}, explicit_attention=False),
+    "olmo": Family("OLMo", legacy_keys=_OLMO_LEGACY),
+    "olmo2": Family("OLMo 2", legacy_keys=_OLMO_LEGACY),
     "gemma3_text": Family("Gemma 3", default_theta=1_000_000.0, layer_rope=True,
                           local_theta_key="rope_local_base_freq", engine_scales_window=False),
     "deepseek_v2": Family("DeepSeek-V2", rope_head_dim_key="qk_rope_head_dim", softmax_reads_rope=True),

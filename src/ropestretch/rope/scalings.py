@@ -191,7 +191,8 @@ def as_longrope(rope: RopeConfig, divisors: Sequence[float], attention: float, t
     For a model that is already ``longrope`` (Phi-3), its own short factors and original window
     are kept, so sequences within that window run as before; otherwise short and long factors are
     the same. The attention factor is written for transformers (``attention_factor``) and for vLLM
-    (``short_mscale``, ``long_mscale``), which reads only those.
+    (``short_mscale``, ``long_mscale``), which reads only those. A family whose configs carry no
+    attention factor (Phi-3) gets LongRoPE's own, ``sqrt(1 + ln(L/N0) / ln N0)``, in every engine.
     """
     long = tuple(float(x) for x in divisors)
     if rope.rope_type == "longrope":
@@ -201,6 +202,8 @@ def as_longrope(rope: RopeConfig, divisors: Sequence[float], attention: float, t
     scaling = {"factor": target / original, "original_max_position_embeddings": original, "short_factor": short,
                "long_factor": long, "attention_factor": float(attention), "short_mscale": float(attention),
                "long_mscale": float(attention)}
+    if not rope.family.explicit_attention:  # LongRoPE's own factor of the new window, the only one it can carry
+        scaling = {k: scaling[k] for k in ("original_max_position_embeddings", "short_factor", "long_factor")}
     return rope.replace(window=target, rope_type="longrope", scaling=scaling)
 
 
@@ -258,8 +261,10 @@ def scale_none(rope: RopeConfig, target: int) -> Composition:
     scaling = dict(rope.scaling)
     if rope.rope_type in ("yarn", "longrope") and scaling.get("factor") is None:
         scaling["factor"] = rope.window / scaling["original_max_position_embeddings"]
-    if rope.rope_type == "longrope":
+    if rope.rope_type == "longrope" and rope.family.explicit_attention:
         scaling.update(attention_factor=attention, short_mscale=attention, long_mscale=attention)
+    elif rope.rope_type == "longrope":  # Phi-3: its own attention factor of the new window
+        scaling.pop("factor")
     return Composition(pretrained_divisors(rope), attention, rope.replace(window=target, scaling=scaling))
 
 
