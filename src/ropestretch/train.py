@@ -264,21 +264,30 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
 
     exported = exported_config(raw_config, scaled)
     exported.pop("transformers_version", None)
-    model_type = exported.get("model_type")
-    try:
-        config = AutoConfig.for_model(model_type, **{k: v for k, v in exported.items() if k != "model_type"})
-    except Exception:
-        config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code,
-                                            **{k: exported[k] for k in ("rope_parameters", "rope_scaling",
-                                                                         "rope_theta", "max_position_embeddings")})
+    changed = {k: v for k, v in exported.items() if raw_config.get(k) != v}
+    try:  # the config exactly as the written checkpoint will hold it, read as transformers reads it
+        from transformers import CONFIG_MAPPING
+
+        if exported.get("model_type") in CONFIG_MAPPING:
+            config = CONFIG_MAPPING[exported["model_type"]].from_dict(exported)
+        else:  # a model type of the hub's own code
+            config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code, **changed)
+    except Exception as err:
+        raise UsageError(f"transformers cannot read the extended config of {cfg.model}: "
+                         f"{_first_line(err)}") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, config=config, use_safetensors=True,
                                                      dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot load safetensors weights from {cfg.model}: {str(err).splitlines()[0][:200]}") from None
+    except Exception as err:  # missing, truncated or mismatched weights: one line, never a traceback
+        raise UsageError(f"cannot load safetensors weights from {cfg.model}: {_first_line(err)}") from None
     if cfg.lora:
         model = wrap_lora(cfg, model)
     return model
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def load_teacher(cfg: TrainConfig, dtype):
