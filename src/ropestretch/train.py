@@ -16,6 +16,7 @@ is never touched.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -43,7 +44,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class TrainConfig:
     """Everything a training run takes; the CLI flags and the YAML keys are these field names."""
 
-    model: str = _f("", "local model folder, or a hub model id (online only)")
+    model: str = _f("", "model folder, .gguf file, bundled model name (smollm2-135m-instruct) or hub id (online)")
     data: str = _f("", "local .txt/.md/.jsonl/.json/.parquet file or folder, or a dataset hub name")
     out: str = _f("", "output folder (new, or a run of the same arguments with --resume)")
     target: int = _f(0, "target context length L")
@@ -60,7 +61,11 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     distill: float = _f(0.0, "weight of a KL term towards the original model's next-token distributions, read on "
                         "the same rows at its own positions 0..N-1 (short-to-long distillation; 0: off)")
-    precision: str = _f("auto", "auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16")
+    dtype: str = _f("auto", "auto (bf16 mixed precision on a GPU that has it, else fp32), fp32, bf16 or fp16")
+    device: str = _f("auto", "auto, cpu or cuda (several GPUs: accelerate launch)")
+    device_map: str = _f(None, "auto: spread a model that does not fit one GPU over the devices (accelerate)")
+    attn_implementation: str = _f("auto", "auto (sdpa wherever the model supports it, else eager), sdpa, eager, "
+                                  "flash_attention_2 (if installed) or flex_attention")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass to save memory")
     seed: int = _f(42, "seed for data order, positions and initialisation of LoRA")
     chat: bool = _f(False, "data are conversations ('messages'), rendered with the chat template; loss on assistant turns")
@@ -123,6 +128,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def make_config(**values: Any) -> TrainConfig:
     """A validated :class:`TrainConfig` (types coerced, values checked)."""
+    if "precision" in values:  # its name before --dtype
+        values["dtype"] = values.pop("precision")
     types = {f.name: f.type for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(types))
     if unknown:
@@ -164,19 +171,39 @@ def make_config(**values: Any) -> TrainConfig:
         raise UsageError(f"lr must be > 0, got {cfg.lr}")
     if cfg.distill < 0:
         raise UsageError(f"distill must be >= 0, got {cfg.distill:g}")
-    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise UsageError(f"precision must be auto, fp32, bf16 or fp16, got {cfg.precision!r}")
+    placement_of(cfg)  # device, dtype, device map and attention: checked against this machine
     return cfg
 
 
 # --- pieces of the recipe ----------------------------------------------------------------------
 
 
+def placement_of(cfg: TrainConfig):
+    from ropestretch.hardware import placement
+
+    if cfg.device.startswith("cuda:"):
+        raise UsageError("train runs on the devices accelerate gives it: use --device cuda with CUDA_VISIBLE_DEVICES, "
+                         "or accelerate launch for several GPUs")
+    return placement(cfg.device, cfg.dtype, cfg.device_map, cfg.attn_implementation)
+
+
+@functools.lru_cache(maxsize=8)
+def _resolved(model: str) -> str:
+    from ropestretch.checkpoints import resolve_model
+
+    return str(resolve_model(model))
+
+
+def model_dir(cfg: TrainConfig) -> str:
+    """The local folder of ``cfg.model`` (a GGUF file dequantized once, a hub model fetched)."""
+    return _resolved(cfg.model)
+
+
 def scaled_rope(cfg: TrainConfig):
     """(raw config dict, RopeConfig, Scaled) for the model, or a UsageError saying why not."""
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
 
-    raw = load_config_dict(cfg.model)
+    raw = load_config_dict(model_dir(cfg))
     rope = rope_config_from_dict(raw)
     return raw, rope, scale(rope, cfg.scaling, cfg.target, **scaling_options(cfg))
 
@@ -236,7 +263,7 @@ def load_tokenizer(cfg: TrainConfig):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(model_dir(cfg), trust_remote_code=cfg.trust_remote_code)
     except Exception as err:
         raise UsageError(f"cannot load a tokenizer from {cfg.model} ({type(err).__name__})") from None
     return tok
@@ -271,13 +298,16 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
         if exported.get("model_type") in CONFIG_MAPPING:
             config = CONFIG_MAPPING[exported["model_type"]].from_dict(exported)
         else:  # a model type of the hub's own code
-            config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code, **changed)
+            config = AutoConfig.from_pretrained(model_dir(cfg), trust_remote_code=cfg.trust_remote_code, **changed)
     except Exception as err:
         raise UsageError(f"transformers cannot read the extended config of {cfg.model}: "
                          f"{_first_line(err)}") from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, config=config, use_safetensors=True,
-                                                     dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+        extra = {"device_map": cfg.device_map} if cfg.device_map else {}
+        if cfg.attn_implementation != "auto":
+            extra["attn_implementation"] = cfg.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(model_dir(cfg), config=config, use_safetensors=True,
+                                                     dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, **extra)
     except Exception as err:  # missing, truncated or mismatched weights: one line, never a traceback
         raise UsageError(f"cannot load safetensors weights from {cfg.model}: {_first_line(err)}") from None
     if cfg.lora:
@@ -294,7 +324,7 @@ def load_teacher(cfg: TrainConfig, dtype):
     """The original model as it was pre-trained (its own RoPE, no scaling), frozen: the teacher of ``distill``."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, use_safetensors=True, dtype=dtype,
+    model = AutoModelForCausalLM.from_pretrained(model_dir(cfg), use_safetensors=True, dtype=dtype,
                                                  trust_remote_code=cfg.trust_remote_code)
     return model.eval().requires_grad_(False)
 
@@ -468,10 +498,9 @@ def train(cfg: TrainConfig) -> TrainResult:
               f"{cfg.target}, rows of {length} tokens; {data_line}", file=sys.stderr)
 
     # 2. Trainer
-    cuda = torch.cuda.is_available()
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    where = placement_of(cfg)
+    cuda = where.device.startswith("cuda")
+    precision = where.dtype
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * length
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,

@@ -11,11 +11,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "apply",
         help="write a copy of a local checkpoint with a RoPE scaling in its config (no training)",
-        description="Copy a local Hugging Face checkpoint to --out with the chosen RoPE scaling written into "
+        description="Copy a checkpoint (a folder, a GGUF file dequantized once, or a hub model) to --out with the "
+        "chosen RoPE scaling written into "
         "config.json (rope_parameters for transformers 5, rope_scaling for 4.x and vLLM) and a "
         "ropestretch.json record. Stock transformers loads the result with no custom code.",
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="local model folder (config.json and weights)")
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="model folder, .gguf file, bundled model name (smollm2-135m-instruct) or hub id (online)")
     p.add_argument("--scaling", required=True, metavar="NAME", help="none, linear, ntk, dynamic, yarn or dprope")
     p.add_argument("--target", required=True, type=positive_int, metavar="L", help="target context length")
     p.add_argument("--out", required=True, metavar="DIR", help="new output folder (must not exist, or be empty)")
@@ -31,15 +33,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from ropestretch.checkpoints import resolve_model
     from ropestretch.errors import UsageError
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
     from ropestretch.rope.export import apply_to_checkpoint, engine_notes
 
-    if not Path(args.model).is_dir():
-        raise UsageError(f"--model must be a local model folder, got {args.model}")
-    rope = rope_config_from_dict(load_config_dict(args.model))
+    model = resolve_model(args.model)
+    rope = rope_config_from_dict(load_config_dict(model))
     options = {}
     if args.scaling == "dprope":
         options = dict(bins=args.bins, threshold=args.threshold, n_hat=args.n_hat)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.beta_fast is not None or args.beta_slow is not None:
         raise UsageError("--beta-fast and --beta-slow apply to --scaling yarn only")
     scaled = scale(rope, args.scaling, args.target, **options)
-    out = apply_to_checkpoint(args.model, args.out, scaled, command="apply")
+    out = apply_to_checkpoint(model, args.out, scaled, command="apply", model=args.model)
     print(f"wrote {out}: {args.scaling} scaling, window {rope.window} -> {args.target}, exported as "
           f"{scaled.exported.rope_type}" + (f" on top of the model's {rope.rope_type}" if scaled.composed else ""))
     for note in engine_notes(scaled):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ropestretch.cli import nonnegative_int, positive_int
+from ropestretch.hardware import add_arguments as add_hardware
 
 DEFAULT_SAMPLES = {"passkey": 20, "needle": 10, "lines": 50, "kv": 20, "ppl": 8}
 
@@ -43,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
              "ppl": "perplexity vs length"}
     for name, text in helps.items():
         t = tests.add_parser(name, help=text, description=f"{text}.")
-        t.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder (or hub id online)")
+        t.add_argument("--model", required=True, metavar="MODEL",
+                       help="checkpoint folder, .gguf file, bundled model name or hub id (online)")
         t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for results")
         t.add_argument("--lengths", type=_int_list, metavar="L1,L2,...",
                        help="context lengths in tokens (default: the window doubling up to the target, or 1-8x)")
@@ -62,15 +64,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if name != "ppl":
             t.add_argument("--scoring", choices=["forced", "generate"], default="forced",
                            help="forced: one forward pass, argmax over the answer; generate: greedy, string match")
+            t.add_argument("--prompt", choices=["auto", "legacy", "base", "chat"], default="auto",
+                           help="auto (chat when the tokenizer has a chat template, else base), base (standard "
+                           "forms, instruction first), chat (the same as a user turn) or legacy (the tiny base's "
+                           "pre-training wording); see docs/evaluation.md")
         t.add_argument("--batch-size", type=positive_int, default=8)
         t.add_argument("--text", metavar="PATH", help="haystack / perplexity text: a file or folder "
                        "(default: the English that ships with Python)")
         t.add_argument("--trust-remote-code", action="store_true")
+        add_hardware(t)
         t.add_argument("--no-progress", dest="progress", action="store_false")
         t.set_defaults(run=run)
     lm = tests.add_parser("lm-eval", help="LongBench, RULER, short tasks via lm-evaluation-harness",
                           description="Run lm-evaluation-harness (lm_eval.simple_evaluate) on the checkpoint.")
-    lm.add_argument("--model", required=True, metavar="DIR")
+    lm.add_argument("--model", required=True, metavar="MODEL", help="checkpoint folder, .gguf file, bundled model "
+                    "name or hub id (online)")
     lm.add_argument("--out", required=True, metavar="RUN_DIR")
     lm.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     lm.add_argument("--include-path", metavar="DIR", help="folder of local task YAML files")
@@ -78,10 +86,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--batch-size", type=positive_int, default=1)
     lm.add_argument("--limit", type=float, help="examples per task (a count, or a fraction if < 1)")
     lm.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    add_hardware(lm)
     lm.set_defaults(run=run_lm_eval)
 
 
 def default_lengths(model: str) -> list[int]:
+    """The window doubling up to the target for a ropestretch checkpoint, else 1x to 8x its window."""
     import json
     from pathlib import Path
 
@@ -110,22 +120,26 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.data.tasks import Haystack
     from ropestretch.errors import UsageError
     from ropestretch.eval.store import run_arguments
-    from ropestretch.rope import load_config_dict
+    from ropestretch.checkpoints import resolve_model
+    from ropestretch.data.prompts import prompt_format
+    from ropestretch.hardware import placement
     from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle, run_passkey,
                                   run_ppl, token_stream)
 
-    load_config_dict(args.model)  # a missing folder or an unreachable hub: one line, before anything is written
-    lengths = args.lengths or (default_lengths(args.model) if Path(args.model).is_dir() else None)
-    if not lengths:
-        raise UsageError("give --lengths for a model that is not a local folder")
+    # everything that can be wrong is checked before the run folder is touched
+    where = placement(args.device, args.dtype, args.device_map, args.attn_implementation)
+    model_dir = resolve_model(args.model)  # a missing folder, a bad GGUF, an unreachable hub: one line
+    lengths = args.lengths or default_lengths(model_dir)
     depths = getattr(args, "depths", None) or [round(float(x), 1) for x in np.linspace(0, 100, 10)]
-    settings = run_arguments(args.test, args.model, lengths, args.samples, args.seed, args.text, depths,
-                             getattr(args, "positions", None), getattr(args, "scoring", "forced"),
-                             getattr(args, "mode", "truncate"), getattr(args, "stride", None))
     if args.text and not Path(args.text).exists():
         raise UsageError(f"no such text file or folder: {args.text}")
-    store = RunStore(args.out, args.test, settings)  # refuses a folder of other arguments before loading
-    model, tokenizer = load_for_eval(args.model, args.trust_remote_code)
+    model, tokenizer = load_for_eval(str(model_dir), args.trust_remote_code, where)
+    prompt = prompt_format(tokenizer, args.prompt) if args.test != "ppl" else None
+    settings = run_arguments(args.test, args.model, lengths, args.samples, args.seed, args.text, depths,
+                             getattr(args, "positions", None), getattr(args, "scoring", "forced"),
+                             getattr(args, "mode", "truncate"), getattr(args, "stride", None),
+                             prompt.name if prompt else None, args.out)
+    store = RunStore(args.out, args.test, settings)  # refuses a folder of other arguments
     documents = None
     if args.text:
         records = load_records(args.text)
@@ -137,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     cells = {"passkey": len(lengths) * len(depths), "needle": len(lengths) * len(depths), "lines": len(lengths),
              "kv": len(lengths) * len(getattr(args, "positions", [0])), "ppl": len(lengths)}[args.test]
     bar = tqdm(total=cells, desc=f"eval {args.test}", unit="cell", disable=not args.progress)
-    ev = Evaluator(model, tokenizer, getattr(args, "scoring", "forced"), args.batch_size, progress=bar)
+    ev = Evaluator(model, tokenizer, getattr(args, "scoring", "forced"), args.batch_size, progress=bar, prompt=prompt)
     if args.test in ("passkey", "needle"):
         ev.haystack = Haystack(tokenizer, documents)
     if args.test == "passkey":
@@ -161,14 +175,15 @@ def run(args: argparse.Namespace) -> int:
 def run_lm_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ropestretch.checkpoints import resolve_model
     from ropestretch.eval.lmeval import run_lm_eval as go
+    from ropestretch.hardware import placement
 
-    from ropestretch.rope import load_config_dict
-
-    load_config_dict(args.model)  # fail in one line for a missing model, before lm-eval starts
+    where = placement(args.device, args.dtype, args.device_map, args.attn_implementation)
+    model_dir = resolve_model(args.model)  # fail in one line for a missing model, before lm-eval starts
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    summary = go(args.model, tasks, Path(args.out), max_length=args.max_length, include_path=args.include_path,
-                 batch_size=args.batch_size, limit=args.limit, backend=args.backend)
+    summary = go(str(model_dir), tasks, Path(args.out), max_length=args.max_length, include_path=args.include_path,
+                 batch_size=args.batch_size, limit=args.limit, backend=args.backend, placement=where)
     for task, metrics in summary["results"].items():
         shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
         print(f"{task}: {shown}")

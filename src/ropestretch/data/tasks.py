@@ -1,10 +1,15 @@
-"""Synthetic long-context retrieval tasks, generated offline from a seed (METHODS.md section 4).
+"""Synthetic long-context retrieval tasks, generated offline from a seed (docs/evaluation.md).
 
-Every task builds its prompt in token space, so its length is exact: context of real prose (a
-:class:`Haystack`) or of generated records, then a question; the answer follows the prompt.
+Every task builds its prompt in token space, so its length is exact: an instruction (except in the
+``legacy`` format), a context of real prose (a :class:`Haystack`), repeated filler or generated
+records, then a question; the answer follows the prompt. How the pieces are put to the model is a
+:class:`~ropestretch.data.prompts.PromptFormat` (``legacy``, ``base`` or ``chat``); ``prompt=None``
+is ``legacy``.
 
-- ``passkey``: "The pass key is NNNNN. Remember it." at a depth of filler prose.
-- ``needle``: a keyed needle sentence at depth ``p%`` of a haystack, snapped to a sentence boundary.
+- ``passkey``: "The pass key is NNNNN. Remember it. NNNNN is the pass key." at a depth of Landmark
+  Attention's repeated filler ("The grass is green. The sky is blue. ..."; real prose in ``legacy``).
+- ``needle``: a keyed needle sentence at depth ``p%`` of a real-prose haystack, snapped to a
+  sentence boundary.
 - ``lines``: LongChat-Lines, "line <adjective>-<noun>: REGISTER_CONTENT is <NNNNN>", one line asked.
 - ``kv``: lost-in-the-middle key-value retrieval over a JSON object of UUID -> UUID, the queried
   key at a chosen fraction of the object.
@@ -21,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ropestretch.data.prompts import PromptFormat
 from ropestretch.errors import UsageError
 
 ADJECTIVES = ("amber brave calm dusty eager faint gentle hollow icy jolly keen lively mellow nimble "
@@ -55,9 +61,13 @@ class TaskSample:
 
 
 class Haystack:
-    """Real prose, tokenized sentence by sentence, to fill a context to an exact number of tokens."""
+    """Real prose, tokenized sentence by sentence, to fill a context to an exact number of tokens.
 
-    def __init__(self, tokenizer, documents: Sequence[str] | None = None, max_sentence_tokens: int = 48):
+    ``repeats``: the text is meant to repeat (passkey's filler), so filling past its end says nothing.
+    """
+
+    def __init__(self, tokenizer, documents: Sequence[str] | None = None, max_sentence_tokens: int = 48,
+                 repeats: bool = False):
         from ropestretch.data.corpus import builtin_documents, sentences
 
         docs = list(documents) if documents is not None else builtin_documents()
@@ -68,7 +78,7 @@ class Haystack:
         self.pieces = [p[:max_sentence_tokens] for p in ids if p]
         self.lengths = np.array([len(p) for p in self.pieces])
         self.total = int(self.lengths.sum())
-        self._warned = False
+        self._warned = repeats
 
     def fill(self, n_tokens: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         """``n_tokens`` of consecutive sentences from a random start, and the sentence boundaries.
@@ -120,72 +130,142 @@ class DepthSample:
     context: list[int]
     bounds: list[int]  # sentence boundaries in ``context``, where the needle may go
     needle: list[int]
-    question: list[int]
+    question: list[int]  # everything after the context: question, turn change, start of the answer
     answer: str
     answer_ids: list[int]
+    head: list[int] = field(default_factory=list)  # everything before it: template header, instruction
 
     def cut(self, depth: float) -> int:
         return min(self.bounds, key=lambda b: abs(b - depth / 100 * len(self.context)))
 
+    def prefix(self, depth: float) -> list[int]:
+        """The prompt's tokens before the needle at ``depth``: shared by every deeper placement."""
+        return self.head + self.context[:self.cut(depth)]
+
     def at(self, depth: float) -> TaskSample:
         cut = self.cut(depth)
-        prompt = self.context[:cut] + self.needle + self.context[cut:] + self.question
+        prompt = self.head + self.context[:cut] + self.needle + self.context[cut:] + self.question
         return TaskSample(self.task, prompt, self.answer, self.answer_ids,
                           {"length": len(prompt), "depth": depth, "needle_at": cut / max(1, len(self.context))})
 
 
-def _depth_sample(task: str, tokenizer, haystack: Haystack, length: int, needle: str, question: str, answer: str,
-                  rng: np.random.Generator) -> DepthSample:
-    needle_ids, question_ids = _ids(tokenizer, needle), _ids(tokenizer, question)
-    room = length - len(needle_ids) - len(question_ids)
+def _depth_sample(task: str, tokenizer, haystack: Haystack, length: int, needle: str, question: list[int],
+                  answer: str, rng: np.random.Generator, head: list[int] | None = None,
+                  answer_text: str | None = None) -> DepthSample:
+    head = head or []
+    needle_ids = _ids(tokenizer, needle)
+    room = length - len(head) - len(needle_ids) - len(question)
     if room < 1:  # at least one token of haystack, or there is no depth to place the needle at
         raise UsageError(f"length {length} is too short for this task's needle, question and haystack")
     context, bounds = haystack.fill(room, rng)
-    return DepthSample(task, context, bounds, needle_ids, question_ids, answer, _ids(tokenizer, " " + answer))
+    answer_ids = _ids(tokenizer, " " + answer if answer_text is None else answer_text)
+    return DepthSample(task, context, bounds, needle_ids, question, answer, answer_ids, head)
 
 
-def passkey(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator) -> TaskSample:
-    """Filler prose with "The pass key is NNNNN. Remember it." at ``depth`` percent."""
+# The standard forms (``base`` and ``chat`` prompts); ``legacy`` keeps the wording below each.
+PASSKEY = {
+    "instruction": ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+                    "I will quiz you about the important information there.\n\n"),
+    "filler": "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.",
+    "needle": " The pass key is {key}. Remember it. {key} is the pass key.",
+    "question": "\n\nWhat is the pass key? Answer with the number only.",
+    "answer_prefix": "The pass key is",
+}
+NEEDLE_TEXT = {
+    "instruction": ("Some special magic numbers are hidden within the following text. Make sure to memorize them. "
+                    "I will quiz you about the numbers afterwards.\n\n"),
+    "needle": " One of the special magic numbers for {city} is: {number}.",
+    "question": "\n\nWhat is the special magic number for {city} mentioned in the provided text? Answer with the number only.",
+    "answer_prefix": "The special magic number for {city} mentioned in the provided text is",
+}
+NEEDLE = " The magic number of {city} is {number}."  # legacy
+NEEDLE_QUESTION = " What is the magic number of {city}? The magic number of {city} is"  # legacy
+_FILLERS: dict[int, Haystack] = {}
+
+
+def filler_haystack(tokenizer) -> Haystack:
+    """Landmark Attention's passkey filler, repeated as far as a prompt needs."""
+    if id(tokenizer) not in _FILLERS:
+        _FILLERS[id(tokenizer)] = Haystack(tokenizer, [PASSKEY["filler"]], repeats=True)
+    return _FILLERS[id(tokenizer)]
+
+
+def passkey(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator,
+            prompt: PromptFormat | None = None) -> TaskSample:
+    """"The pass key is NNNNN. Remember it. NNNNN is the pass key." at ``depth`` percent of the
+    repeated filler (``legacy``: of ``haystack``'s prose, with no instruction)."""
     length, depth = check_length(length), check_depth(depth)
     key = _digits(rng, 5)
-    return _depth_sample("passkey", tokenizer, haystack, length,
-                         f" The pass key is {key}. Remember it. {key} is the pass key.",
-                         " What is the pass key? The pass key is", key, rng).at(depth)
+    needle_text = PASSKEY["needle"].format(key=key)
+    if prompt is None or prompt.legacy:
+        return _depth_sample("passkey", tokenizer, haystack, length, needle_text,
+                             _ids(tokenizer, " What is the pass key? The pass key is"), key, rng).at(depth)
+    return _depth_sample("passkey", tokenizer, filler_haystack(tokenizer), length, needle_text,
+                         prompt.tail(tokenizer, PASSKEY["question"], PASSKEY["answer_prefix"]), key, rng,
+                         head=prompt.head(tokenizer, PASSKEY["instruction"])).at(depth)
 
 
-NEEDLE = " The magic number of {city} is {number}."
-NEEDLE_QUESTION = " What is the magic number of {city}? The magic number of {city} is"
-
-
-def needle_draw(tokenizer, haystack: Haystack, length: int, rng: np.random.Generator) -> DepthSample:
-    """A keyed needle, "The magic number of <city> is NNNNNNN.", and its haystack, not yet placed."""
+def needle_draw(tokenizer, haystack: Haystack, length: int, rng: np.random.Generator,
+                prompt: PromptFormat | None = None) -> DepthSample:
+    """A keyed needle ("One of the special magic numbers for <city> is: NNNNNNN."; ``legacy``: "The
+    magic number of <city> is NNNNNNN.") and its haystack, not yet placed."""
     length = check_length(length)
     city, number = CITIES[int(rng.integers(len(CITIES)))], _digits(rng, 7)
-    return _depth_sample("needle", tokenizer, haystack, length, NEEDLE.format(city=city, number=number),
-                         NEEDLE_QUESTION.format(city=city), number, rng)
+    if prompt is None or prompt.legacy:
+        return _depth_sample("needle", tokenizer, haystack, length, NEEDLE.format(city=city, number=number),
+                             _ids(tokenizer, NEEDLE_QUESTION.format(city=city)), number, rng)
+    return _depth_sample("needle", tokenizer, haystack, length, NEEDLE_TEXT["needle"].format(city=city, number=number),
+                         prompt.tail(tokenizer, NEEDLE_TEXT["question"].format(city=city),
+                                     NEEDLE_TEXT["answer_prefix"].format(city=city)), number, rng,
+                         head=prompt.head(tokenizer, NEEDLE_TEXT["instruction"]))
 
 
-def needle(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator) -> TaskSample:
+def needle(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.random.Generator,
+           prompt: PromptFormat | None = None) -> TaskSample:
     """A keyed needle at ``depth`` percent of a haystack."""
-    return needle_draw(tokenizer, haystack, length, rng).at(check_depth(depth))
+    return needle_draw(tokenizer, haystack, length, rng, prompt).at(check_depth(depth))
+
+
+LINES_TEXT = {
+    "instruction": ("Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
+                    "contains a '<REGISTER_CONTENT>' at the end of the line as a numerical value. For each line index, "
+                    "memorize its corresponding <REGISTER_CONTENT>. At the end of the record, I will ask you to "
+                    "retrieve the corresponding <REGISTER_CONTENT> of a certain line index. Now the record start:\n\n"),
+    "question": ("\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {name}? I need the number. "
+                 "Answer with the number only."),
+    "answer_prefix": "The <REGISTER_CONTENT> in line {name} is",
+}
+KV_TEXT = {
+    "instruction": "Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n",
+    "question": '\n\nKey: "{key}"\nCorresponding value:',
+    "answer_prefix": '"',
+}
 
 
 def lines(tokenizer, length: int, rng: np.random.Generator, position: float | None = None,
-          questions: int = 1) -> TaskSample:
+          questions: int = 1, prompt: PromptFormat | None = None) -> TaskSample:
     """LongChat-Lines: as many "line <adj>-<noun>: REGISTER_CONTENT is <NNNNN>" lines as fit, one asked
     (at fraction ``position`` of the lines, or uniformly at random).
 
-    ``questions > 1`` (for training rows) asks that many distinct lines in turn, each earlier question
-    followed by its answer in the prompt; the sample's answer is the last one's.
+    ``questions > 1`` (for ``legacy`` training rows) asks that many distinct lines in turn, each
+    earlier question followed by its answer in the prompt; the sample's answer is the last one's.
     """
     length = check_length(length)
     if isinstance(questions, bool) or not isinstance(questions, int) or questions < 1:
         raise UsageError(f"questions must be a positive integer, got {questions!r}")
-    header = _ids(tokenizer, "Below is a record of lines I want you to remember.\n")
+    legacy = prompt is None or prompt.legacy
+    if not legacy and questions > 1:
+        raise UsageError("several questions per LongChat-Lines sample are for legacy training rows only")
     names = [f"{a}-{n}" for a in ADJECTIVES for n in NOUNS]
     order = rng.permutation(len(names))
     longest = max(ADJECTIVES, key=len) + "-" + max(NOUNS, key=len)
-    per_question = len(_ids(tokenizer, f"The REGISTER_CONTENT in line {longest} is 99999\n")) + 4
+    if legacy:
+        header = _ids(tokenizer, "Below is a record of lines I want you to remember.\n")
+        per_question = len(_ids(tokenizer, f"The REGISTER_CONTENT in line {longest} is 99999\n")) + 4
+    else:
+        header = prompt.head(tokenizer, LINES_TEXT["instruction"])
+        per_question = len(prompt.tail(tokenizer, LINES_TEXT["question"].format(name=longest),
+                                       LINES_TEXT["answer_prefix"].format(name=longest))) + 8
     question_room = per_question * questions  # tokens kept free for the questions (and earlier answers)
     records, used = [], len(header)
     for j in order:
@@ -203,19 +283,23 @@ def lines(tokenizer, length: int, rng: np.random.Generator, position: float | No
         asked = [int(rng.integers(len(records)))]
     else:
         asked = rng.choice(len(records), size=questions, replace=False).tolist()
-    prompt = header + [t for _, _, p in records for t in p]
-    for i, k in enumerate(asked):
-        if i:
-            prompt += _ids(tokenizer, " " + records[asked[i - 1]][1] + "\n")
-        prompt += _ids(tokenizer, f"The REGISTER_CONTENT in line {records[k][0]} is")
+    prompt_ids = header + [t for _, _, p in records for t in p]
     k = asked[-1]
     name, value, _ = records[k]
-    return TaskSample("lines", prompt, value, _ids(tokenizer, " " + value),
-                      {"length": len(prompt), "lines": len(records), "index": k,
+    if legacy:
+        for i, q in enumerate(asked):
+            if i:
+                prompt_ids += _ids(tokenizer, " " + records[asked[i - 1]][1] + "\n")
+            prompt_ids += _ids(tokenizer, f"The REGISTER_CONTENT in line {records[q][0]} is")
+    else:
+        prompt_ids += prompt.tail(tokenizer, LINES_TEXT["question"].format(name=name),
+                                  LINES_TEXT["answer_prefix"].format(name=name))
+    return TaskSample("lines", prompt_ids, value, _ids(tokenizer, " " + value),
+                      {"length": len(prompt_ids), "lines": len(records), "index": k,
                        "position": k / max(1, len(records) - 1)})
 
 
-def kv(tokenizer, length: int, gold: float, rng: np.random.Generator) -> TaskSample:
+def kv(tokenizer, length: int, gold: float, rng: np.random.Generator, prompt: PromptFormat | None = None) -> TaskSample:
     """Key-value retrieval: a JSON object of UUID -> UUID filling ``length`` tokens, the queried key at
     fraction ``gold`` (0 = first pair, 1 = last) of the object."""
     length = check_length(length)
@@ -225,10 +309,17 @@ def kv(tokenizer, length: int, gold: float, rng: np.random.Generator) -> TaskSam
     def new_uuid() -> str:
         return str(uuid.UUID(bytes=rng.bytes(16), version=4))
 
-    head = _ids(tokenizer, "JSON data:\n{")
+    legacy = prompt is None or prompt.legacy
+
+    def ask(key: str) -> list[int]:
+        if legacy:
+            return _ids(tokenizer, f'}}\nKey: "{key}"\nThe value of the key is: "')
+        return _ids(tokenizer, "}") + prompt.tail(tokenizer, KV_TEXT["question"].format(key=key), KV_TEXT["answer_prefix"])
+
+    head = _ids(tokenizer, "JSON data:\n{") if legacy else prompt.head(tokenizer, KV_TEXT["instruction"]) + _ids(tokenizer, "{")
     pairs, used = [], len(head)
     per_pair = len(_ids(tokenizer, json.dumps({new_uuid(): new_uuid()})[1:-1] + ", "))
-    tail_room = len(_ids(tokenizer, '}\nKey: "' + new_uuid() + '"\nThe value of the key is: "')) + 4
+    tail_room = len(ask(new_uuid())) + 4
     while used + per_pair + tail_room <= length:
         pairs.append((new_uuid(), new_uuid()))
         used += per_pair
@@ -237,9 +328,12 @@ def kv(tokenizer, length: int, gold: float, rng: np.random.Generator) -> TaskSam
     k = int(round(gold * (len(pairs) - 1)))
     key, value = pairs[k]
     body = ", ".join(f'"{a}": "{b}"' for a, b in pairs)
-    prompt = head + _ids(tokenizer, body + "}\n") + _ids(tokenizer, f'Key: "{key}"\nThe value of the key is: "')
-    return TaskSample("kv", prompt, value, _ids(tokenizer, value), {"length": len(prompt), "pairs": len(pairs),
-                                                                   "index": k, "gold": gold})
+    if legacy:
+        prompt_ids = head + _ids(tokenizer, body + "}\n") + _ids(tokenizer, f'Key: "{key}"\nThe value of the key is: "')
+    else:
+        prompt_ids = head + _ids(tokenizer, body) + ask(key)
+    return TaskSample("kv", prompt_ids, value, _ids(tokenizer, value), {"length": len(prompt_ids), "pairs": len(pairs),
+                                                                        "index": k, "gold": gold})
 
 
 _FIRST_INT = re.compile(r"\d+")

@@ -15,20 +15,25 @@ from ropestretch.eval.store import RunStore, read_results
 TESTS = ("passkey", "needle", "lines", "kv", "ppl")
 
 
-def load_for_eval(model_dir: str, trust_remote_code: bool = False):
-    """A checkpoint and its tokenizer, in float32 eval mode (safetensors only)."""
-    import torch
+def load_for_eval(model_dir: str, trust_remote_code: bool = False, placement=None):
+    """A checkpoint and its tokenizer in eval mode (safetensors only), placed as ``placement``
+    (a :class:`ropestretch.hardware.Placement`; default: float32 on the CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from ropestretch.hardware import Placement
+
+    placement = placement or Placement("cpu", "fp32")
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=trust_remote_code,
+                                                     **placement.load_kwargs())
     except Exception as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UsageError(f"cannot load a model and tokenizer from {model_dir}: {reason}") from None
+    if not placement.device_map:
+        model = model.to(placement.device)
     return model.eval(), tokenizer
 
 

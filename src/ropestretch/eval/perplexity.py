@@ -9,6 +9,7 @@ import time
 import torch
 
 from ropestretch.errors import UsageError
+from ropestretch.eval.prefill import sequence_nll
 
 
 def token_stream(tokenizer, documents: list[str]) -> list[int]:
@@ -18,23 +19,10 @@ def token_stream(tokenizer, documents: list[str]) -> list[int]:
     return [t for doc in ids for t in doc + ([eos] if eos is not None else [])]
 
 
-@torch.no_grad()
 def nll_sum(model, ids: torch.Tensor, scored_from: int = 0) -> tuple[float, int]:
-    """Summed negative log-likelihood of tokens ``scored_from+1 ..`` of each row, and their count.
-
-    The vocabulary projection runs in chunks of positions, so long rows of large vocabularies fit.
-    """
-    hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
-    total, count = 0.0, 0
-    chunk = 1024
-    for start in range(max(0, scored_from), ids.shape[1] - 1, chunk):
-        end = min(ids.shape[1] - 1, start + chunk)
-        logits = model.get_output_embeddings()(hidden[:, start:end]).float()
-        target = ids[:, start + 1:end + 1]
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                         reduction="sum"))
-        count += target.numel()
-    return total, count
+    """Summed negative log-likelihood of tokens ``scored_from+1 ..`` of each row, and their count
+    (chunked prefill, logits only at scored positions: :func:`ropestretch.eval.prefill.sequence_nll`)."""
+    return sequence_nll(model, ids.to(next(model.parameters()).device), scored_from)
 
 
 def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode: str = "truncate",

@@ -14,7 +14,8 @@ import torch
 
 from ropestretch.data import tasks
 from ropestretch.data.tasks import TaskSample
-from ropestretch.eval.scoring import forced_correct, generated_correct
+from ropestretch.eval.prefill import answer_logits, new_cache, prefill
+from ropestretch.eval.scoring import forced_correct, generate_after, generated_correct
 from ropestretch.eval.store import RunStore
 
 
@@ -28,6 +29,7 @@ class Evaluator:
     batch_size: int = 8
     haystack: Any = None
     progress: Any = None  # a tqdm bar or None
+    prompt: Any = None  # a PromptFormat; None is the legacy wording
 
     @property
     def pad(self) -> int:
@@ -85,24 +87,27 @@ def sweep(ev: Evaluator, store: RunStore, cells: list[dict], make: Callable[[dic
 
 def run_passkey(ev, store, lengths, depths, samples, seed):
     cells = [{"length": n, "depth": d} for n in lengths for d in depths]
-    return sweep(ev, store, cells, lambda c, rng: tasks.passkey(ev.tokenizer, ev.haystack, c["length"], c["depth"], rng),
+    return sweep(ev, store, cells, lambda c, rng: tasks.passkey(ev.tokenizer, ev.haystack, c["length"], c["depth"], rng,
+                                                                     ev.prompt),
                  samples, seed)
 
 
 def run_lines(ev, store, lengths, samples, seed):
     cells = [{"length": n} for n in lengths]
-    return sweep(ev, store, cells, lambda c, rng: tasks.lines(ev.tokenizer, c["length"], rng), samples, seed)
+    return sweep(ev, store, cells, lambda c, rng: tasks.lines(ev.tokenizer, c["length"], rng, prompt=ev.prompt),
+                 samples, seed)
 
 
 def run_kv(ev, store, lengths, positions, samples, seed):
     cells = [{"length": n, "gold": g} for n in lengths for g in positions]
-    return sweep(ev, store, cells, lambda c, rng: tasks.kv(ev.tokenizer, c["length"], c["gold"], rng), samples, seed)
+    return sweep(ev, store, cells, lambda c, rng: tasks.kv(ev.tokenizer, c["length"], c["gold"], rng, ev.prompt),
+                 samples, seed)
 
 
 def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Generator) -> list[tasks.DepthSample]:
     """For one length, ``samples`` independent needle draws (each its own haystack, city and number,
     so that an accuracy over them is not one haystack's or one key's), to be placed at every depth."""
-    return [tasks.needle_draw(ev.tokenizer, ev.haystack, length, rng) for _ in range(samples)]
+    return [tasks.needle_draw(ev.tokenizer, ev.haystack, length, rng, ev.prompt) for _ in range(samples)]
 
 
 @torch.no_grad()
@@ -139,21 +144,20 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
 
 def _needle_reuse(ev, draw: tasks.DepthSample, index: int, cells, results, timings) -> None:
     """Score one sample at every depth of ``cells`` over one cache of its haystack's prefix."""
-    from transformers import DynamicCache
-
     order = sorted(cells, key=lambda c: -draw.cut(c["depth"]))  # deepest cut first: crop, never copy
     started = time.time()
-    deepest = draw.cut(order[0]["depth"])
-    cache = DynamicCache(config=ev.model.config)
-    if deepest > 0:
-        ev.model(input_ids=torch.tensor([draw.context[:deepest]]), past_key_values=cache, use_cache=True)
+    deepest = draw.prefix(order[0]["depth"])
+    cache = new_cache(ev.model)
+    if deepest:
+        prefill(ev.model, torch.tensor([deepest], device=next(ev.model.parameters()).device), cache)
     share = (time.time() - started) / len(order)
     for cell in order:
         started = time.time()
         cut = draw.cut(cell["depth"])
-        crop_to(cache, cut)
+        prefix = draw.prefix(cell["depth"])
+        crop_to(cache, len(prefix))
         rest = draw.needle + draw.context[cut:] + draw.question
-        results[str(cell["depth"])][index] = _score_continuation(ev, cache, draw.context[:cut], rest, draw)
+        results[str(cell["depth"])][index] = _score_continuation(ev, cache, prefix, rest, draw)
         timings[str(cell["depth"])] += share + time.time() - started
 
 
@@ -174,15 +178,13 @@ def crop_to(cache, length: int) -> None:
 def _score_continuation(ev, cache, prefix: list[int], rest: list[int], draw: tasks.DepthSample) -> bool:
     """Score the prompt ``prefix + rest``, whose ``prefix`` is in ``cache``; the cache is left at the prefix."""
     cut = len(prefix)
+    device = next(ev.model.parameters()).device
     if ev.scoring == "forced":
-        logits = ev.model(input_ids=torch.tensor([rest + draw.answer_ids]), past_key_values=cache, use_cache=True).logits
+        answer = torch.tensor([draw.answer_ids], device=device)
+        pred = answer_logits(ev.model, torch.tensor([rest], device=device), answer, cache).argmax(-1).cpu()
         crop_to(cache, cut)
-        pred = logits[0, len(rest) - 1: len(rest) - 1 + len(draw.answer_ids)].argmax(-1)
-        return bool(torch.equal(pred, torch.tensor(draw.answer_ids)))
-    full = torch.tensor([prefix + rest])
-    out = ev.model.generate(input_ids=full, attention_mask=torch.ones_like(full), past_key_values=cache,
-                            max_new_tokens=len(draw.answer_ids) + 4, do_sample=False, pad_token_id=ev.pad,
-                            eos_token_id=ev.tokenizer.eos_token_id)
+        return bool(torch.equal(pred[0], torch.tensor(draw.answer_ids)))
+    full = torch.tensor([prefix + rest], device=device)
+    text = generate_after(ev.model, ev.tokenizer, full, cache, len(draw.answer_ids) + 4, ev.pad)[0]
     crop_to(cache, cut)
-    text = ev.tokenizer.decode(out[0, full.shape[1]:], skip_special_tokens=True)
     return tasks.score_text("needle", draw.answer, text)

@@ -7,6 +7,7 @@ run folder holding results of different arguments for the same test is refused.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,14 +18,22 @@ ARGS_FILE = "eval-args.json"
 RESULTS_FILE = "results.jsonl"
 
 
+def recorded_path(value: str | None, folder: str | Path) -> str | None:
+    """A path as a run record keeps it: relative to the run folder when it is a local path (so that a
+    committed run reruns from any checkout), else as given (a hub id, a bundled model name)."""
+    if value is None or not Path(value).exists():
+        return value
+    return os.path.relpath(Path(value).resolve(), Path(folder).resolve())
+
+
 def run_arguments(test: str, model: str, lengths: list[int], samples: int, seed: int, text: str | None = None,
                   depths: list[float] | None = None, positions: list[float] | None = None,
-                  scoring: str = "forced", mode: str = "truncate", stride: int | None = None) -> dict[str, Any]:
+                  scoring: str = "forced", mode: str = "truncate", stride: int | None = None,
+                  prompt: str | None = None, folder: str | Path = ".") -> dict[str, Any]:
     """The arguments a test's results depend on, as recorded in the run folder: a rerun with the
     same ones resumes, different ones are refused. Only the fields the test uses are kept."""
-    path = Path(model)
-    args: dict[str, Any] = {"model": str(path.resolve()) if path.exists() else model, "lengths": lengths,
-                            "samples": samples, "seed": seed, "text": text}
+    args: dict[str, Any] = {"model": recorded_path(model, folder), "lengths": lengths,
+                            "samples": samples, "seed": seed, "text": recorded_path(text, folder)}
     if test in ("passkey", "needle"):
         args["depths"] = depths
     if test == "needle":
@@ -35,6 +44,7 @@ def run_arguments(test: str, model: str, lengths: list[int], samples: int, seed:
         args.update(mode=mode, stride=stride)
     else:
         args["scoring"] = scoring
+        args["prompt"] = prompt  # older run folders have none: their prompts differ, so they are not mixed
     return args
 
 

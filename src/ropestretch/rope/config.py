@@ -277,24 +277,34 @@ def rope_config_from_dict(config: Mapping[str, Any]) -> RopeConfig:
     return rope.replace(other_layers=others)
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """``owner/name`` that is not a path a user meant as a file."""
+    looks_like_path = text.endswith(".json") or text.startswith((".", "/", "~")) or os.sep + os.sep in text
+    return bool(_HUB_ID.match(text)) and not looks_like_path
 
 
 def load_config_dict(source: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``config.json`` from a file, a model folder, or a Hugging Face hub id.
+    """Read a ``config.json`` from a file, a model folder, a GGUF file or bundled model (see
+    :mod:`ropestretch.checkpoints`), or a Hugging Face hub id.
 
     The hub is used only when ``source`` is not a local path and looks like ``owner/name``;
     offline, or for an unknown id, it fails with one clear :class:`UsageError`.
     """
+    from ropestretch.checkpoints import BUNDLED, is_gguf, resolve_model
+
+    text = str(source)
     path = Path(source).expanduser()
     if path.is_dir():
         path = path / "config.json"
         if not path.is_file():
             raise UsageError(f"model folder {source} has no config.json")
+    elif text in BUNDLED or (is_gguf(text) and path.is_file()):
+        path = resolve_model(text) / "config.json"
     elif not path.exists():
-        text = str(source)
-        looks_like_path = text.endswith(".json") or text.startswith((".", "/", "~")) or os.sep + os.sep in text
-        if looks_like_path or not _HUB_ID.match(text) or "/" not in text:
+        if not looks_like_hub_id(text):
             raise UsageError(f"no such config file or model folder: {source}")
         path = Path(_download_config(text))
     try:
@@ -308,18 +318,13 @@ def load_config_dict(source: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def _download_config(model_id: str) -> str:
-    """``config.json`` of a hub model: from the local cache, else from the hub when it is reachable."""
-    import logging
+def check_hub_reachable(model_id: str) -> None:
+    """One clear UsageError when the hub cannot be reached (offline, HF_HUB_OFFLINE)."""
     import socket
     from urllib.parse import urlparse
 
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import constants
 
-    try:
-        return hf_hub_download(model_id, "config.json", local_files_only=True)
-    except Exception:
-        pass
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
         if constants.HF_HUB_OFFLINE:
@@ -327,8 +332,21 @@ def _download_config(model_id: str) -> str:
         socket.getaddrinfo(host, 443)
     except OSError as err:
         raise UsageError(
-            f"cannot reach the model hub for {model_id!r} ({err}); pass a local config.json or model folder"
+            f"cannot reach the model hub for {model_id!r} ({err}); pass a local model folder, config.json or .gguf file"
         ) from None
+
+
+def _download_config(model_id: str) -> str:
+    """``config.json`` of a hub model: from the local cache, else from the hub when it is reachable."""
+    import logging
+
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(model_id, "config.json", local_files_only=True)
+    except Exception:
+        pass
+    check_hub_reachable(model_id)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         return hf_hub_download(model_id, "config.json")

@@ -147,11 +147,11 @@ def apply_to_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     for item in src.iterdir():
-        if item.name in ("config.json", METADATA_FILE) or item.name.startswith("."):
+        if item.name in ("config.json", METADATA_FILE, "source.json") or item.name.startswith("."):
             continue
         _copy_item(item, tmp / item.name)
     (tmp / "config.json").write_text(json.dumps(exported_config(config, scaled), indent=2) + "\n")
-    (tmp / METADATA_FILE).write_text(json.dumps(metadata(scaled, source=str(src), **record), indent=2) + "\n")
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata(scaled, **record), indent=2) + "\n")
     if dst.exists():
         dst.rmdir()
     tmp.rename(dst)
