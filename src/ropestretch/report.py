@@ -24,8 +24,9 @@ def load_run(folder: str | Path) -> dict[str, Any]:
         results[row["test"]].append(row)
     model = next((a.get("model") for a in args.values() if a.get("model")), None)
     meta = {}
-    if model and (Path(model) / "ropestretch.json").is_file():
-        meta = json.loads((Path(model) / "ropestretch.json").read_text())
+    where = (folder / model) if model and not Path(model).is_absolute() else Path(model or ".")
+    if model and (where / "ropestretch.json").is_file():  # run records keep paths relative to the run folder
+        meta = json.loads((where / "ropestretch.json").read_text())
     return {"folder": folder, "label": folder.name, "args": args, "results": dict(results), "meta": meta}
 
 

