@@ -12,10 +12,10 @@ import json
 import pytest
 import torch
 
-from tiny_models import build, family_names, forward_at, loaded_rope, real_config, tiny_config
+from tiny_models import build, family_names, forward_at, loaded_rope
 from ropestretch.errors import UsageError
 from ropestretch.rope import rope_config_from_dict, rope_frequencies, scale
-from ropestretch.rope.export import apply_to_checkpoint, exported_config
+from ropestretch.rope.export import apply_to_checkpoint
 
 NAMES = family_names()
 LAYOUTS = ["hub", "v5"]

@@ -15,7 +15,7 @@ from ropestretch.data.prompts import prompt_format
 from ropestretch.eval import Evaluator, load_for_eval
 from ropestretch.eval.prefill import answer_logits, sequence_nll
 from ropestretch.hardware import Placement
-from ropestretch.rope import load_rope_config, rope_frequencies, scale
+from ropestretch.rope import load_rope_config, scale
 
 NAME = "smollm2-135m-instruct"
 

@@ -137,7 +137,7 @@ def test_chat_mode_masks_all_but_assistant(tiny_lm_dir, tmp_path):
     rows = chat_samples(load_records(chats), tok, 64)
     row = rows[0]
     assert len(row["input_ids"]) <= 64
-    kept = tok.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l != -100])
+    kept = tok.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
     assert "It is 1." in kept and "plus one" not in kept
     code, _, err = train_cli(tiny_lm_dir, chats, tmp_path / "out", "--chat", "--steps", 2, "--save-steps", 5)
     assert code == 0, err

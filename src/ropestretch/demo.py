@@ -71,7 +71,7 @@ class DemoPlan:
     needles: int = 3
 
     @classmethod
-    def quick(cls) -> "DemoPlan":
+    def quick(cls) -> DemoPlan:
         return cls(lengths=[256, 2048], tail=[4096], depths=[0.0, 50.0],
                    samples={"passkey": 2, "needle": 2, "lines": 2, "kv": 1, "ppl": 1},
                    tail_samples={"passkey": 1, "ppl": 1},

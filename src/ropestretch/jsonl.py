@@ -9,11 +9,19 @@ from typing import Any
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Every complete line of ``path`` ([] if absent); a line cut short by a kill is skipped."""
+    from ropestretch.errors import UsageError
+
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text (byte {err.start}); it is not a ropestretch log") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from None
     rows = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except ValueError:

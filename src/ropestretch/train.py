@@ -31,6 +31,7 @@ from ropestretch.errors import UsageError
 from ropestretch.jsonl import append_jsonl
 
 RUN_FILE = "run.json"
+METADATA = "ropestretch.json"
 LOG_FILE = "log.jsonl"
 CHECKPOINTS = "checkpoints"
 _NOT_IDENTITY = {"resume", "progress", "out", "save_steps", "save_total_limit", "logging_steps"}
@@ -235,28 +236,36 @@ def position_options(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def check_out_dir(cfg: TrainConfig) -> None:
-    """Refuse an output folder that holds anything but this same run (then only with --resume)."""
+def check_out_dir(cfg: TrainConfig) -> bool:
+    """Refuse an output folder that holds anything but this same run (then only with --resume).
+    Returns True when it holds this run, finished: ``--resume`` then has nothing to do."""
+    from ropestretch.resources import is_empty
+
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file")
-    if not out.exists() or not any(out.iterdir()):
+    if is_empty(out):
         if cfg.resume:
             raise UsageError(f"nothing to resume in {out}")
-        return
+        return False
     record = out / RUN_FILE
     if not record.is_file():
         raise UsageError(f"output folder {out} is not empty and holds no ropestretch run; choose a new one")
     try:
-        previous = json.loads(record.read_text())["identity"]
-    except (ValueError, KeyError):
+        previous = json.loads(record.read_text(encoding="utf-8"))["identity"]
+        if not isinstance(previous, dict):
+            raise ValueError
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise UsageError(f"{record} is unreadable; choose a new output folder") from None
     differs = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
     if differs:
         raise UsageError(f"output folder {out} holds a different run (differs in: {', '.join(differs)}); "
                          "choose a new one")
+    finished = (out / METADATA).is_file()  # written last, when the checkpoint is complete
     if not cfg.resume:
-        raise UsageError(f"output folder {out} already holds this run; pass --resume to continue it")
+        state = "this finished run" if finished else "this run"
+        raise UsageError(f"output folder {out} already holds {state}; pass --resume to continue it")
+    return finished
 
 
 def load_tokenizer(cfg: TrainConfig):
@@ -456,12 +465,28 @@ def _callbacks(cfg: TrainConfig, out: Path, tokens_per_step: int):
 class TrainResult:
     out: Path
     model: Any  # the trained model in memory (merged when LoRA is merged); None on other ranks
+    already_done: bool = False  # --resume found the run finished and changed nothing
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Run the recipe; returns the output folder holding the extended checkpoint and the model."""
+    """Run the recipe; returns the output folder holding the extended checkpoint and the model.
+
+    The main process holds the output folder's lock throughout (a second ``train`` on it is refused),
+    and nothing marks the folder as this run until every argument has been accepted by everything
+    that uses it, transformers' ``TrainingArguments`` and ``Trainer`` included.
+    """
+    import contextlib
+
+    from ropestretch.resources import folder_lock
+
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(cfg.out, "train") if main_process else contextlib.nullcontext():
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     import torch
-    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, ProgressCallback, Trainer, set_seed
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one progress bar: ours
@@ -473,8 +498,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     # the output folder by the main process only (the others would see the run record it writes)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed, main_process = world > 1, int(os.environ.get("RANK", "0")) == 0
-    if main_process:
-        check_out_dir(cfg)
+    if main_process and check_out_dir(cfg):
+        steps = json.loads((Path(cfg.out) / METADATA).read_text()).get("steps")
+        print(f"ropestretch train: {cfg.out} holds this run, finished ({steps} steps); nothing to do", file=sys.stderr)
+        return TrainResult(Path(cfg.out), None, already_done=True)
     raw_config, rope, scaled = scaled_rope(cfg)
     rows = row_length(cfg, rope.window)
     length = sample_length(cfg.positions, rows, cfg.target)
@@ -490,38 +517,38 @@ def train(cfg: TrainConfig) -> TrainResult:
     model = load_model(cfg, raw_config, scaled)
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if main_process and not (out / RUN_FILE).exists():
-        (out / RUN_FILE).write_text(json.dumps({"identity": cfg.identity(), "window": rope.window}, indent=2))
-    if main_process:
-        print(f"ropestretch train: {cfg.positions} positions x {cfg.scaling} scaling, window {rope.window} -> "
-              f"{cfg.target}, rows of {length} tokens; {data_line}", file=sys.stderr)
 
     # 2. Trainer
     where = placement_of(cfg)
     cuda = where.device.startswith("cuda")
     precision = where.dtype
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * length
-    args = TrainingArguments(
-        output_dir=str(out / CHECKPOINTS), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type=cfg.schedule, weight_decay=cfg.weight_decay, optim="adamw_torch",
-        bf16=precision == "bf16", fp16=precision == "fp16", **_checkpointing_arg(cfg.gradient_checkpointing),
-        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="steps",
-        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit or None, report_to=[],
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True, use_cpu=not cuda,
-        deepspeed=cfg.deepspeed, ddp_find_unused_parameters=False, ddp_backend=None if cuda else ("gloo" if distributed else None),
-    )
+    try:
+        args = training_arguments(cfg, out, length, precision, cuda, distributed)
+    except (ValueError, TypeError) as err:  # a scheduler name, a DeepSpeed file, ... transformers refuses
+        raise UsageError(f"transformers refuses these training arguments: {_first_line(err)}") from None
     from datasets import Dataset
 
     trainer_class = Trainer
     if cfg.distill:
         teacher = load_teacher(cfg, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32))
         trainer_class = distill_trainer_class(teacher, cfg.distill)
-    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
-                            callbacks=_callbacks(cfg, out, tokens_per_step))
+    try:
+        trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
+                                callbacks=_callbacks(cfg, out, tokens_per_step))
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise UsageError(f"transformers' Trainer refuses this run: {_first_line(err)}") from None
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
+    # every argument has been accepted: from here on, the folder holds this run
+    if main_process and not (out / RUN_FILE).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / (RUN_FILE + ".partial")
+        tmp.write_text(json.dumps({"identity": cfg.identity(), "window": rope.window}, indent=2))
+        tmp.replace(out / RUN_FILE)
+    if main_process:
+        print(f"ropestretch train: {cfg.positions} positions x {cfg.scaling} scaling, window {rope.window} -> "
+              f"{cfg.target}, rows of {length} tokens; {data_line}", file=sys.stderr)
     resume_from = None
     if cfg.resume:
         resume_from = latest_complete_checkpoint(out / CHECKPOINTS) if main_process else None
@@ -569,8 +596,25 @@ def train(cfg: TrainConfig) -> TrainResult:
             shutil.rmtree(target)
         item.replace(target)
     staging.rmdir()
-    (out / "ropestretch.json").write_text(json.dumps(record, indent=2) + "\n")  # written last: the run is done
+    (out / METADATA).write_text(json.dumps(record, indent=2) + "\n")  # written last: the run is done
     return TrainResult(out, final)
+
+
+def training_arguments(cfg: TrainConfig, out: Path, length: int, precision: str, cuda: bool, distributed: bool):
+    """transformers' ``TrainingArguments`` for the run (checkpoints under ``out/checkpoints``)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out / CHECKPOINTS), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.schedule, weight_decay=cfg.weight_decay, optim="adamw_torch",
+        bf16=precision == "bf16", fp16=precision == "fp16", **_checkpointing_arg(cfg.gradient_checkpointing),
+        seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_strategy="steps",
+        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit or None, report_to=[],
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True, use_cpu=not cuda,
+        deepspeed=cfg.deepspeed, ddp_find_unused_parameters=False,
+        ddp_backend=None if cuda else ("gloo" if distributed else None),
+    )
 
 
 def _checkpointing_arg(on: bool) -> dict[str, bool]:

@@ -110,21 +110,18 @@ def default_lengths(model: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import numpy as np
-    from tqdm.auto import tqdm
 
-    from ropestretch.data.corpus import builtin_documents, load_records
-    from ropestretch.data.tasks import Haystack
-    from ropestretch.errors import UsageError
-    from ropestretch.eval.store import run_arguments
     from ropestretch.checkpoints import resolve_model
+    from ropestretch.data.corpus import load_records
     from ropestretch.data.prompts import prompt_format
+    from ropestretch.errors import UsageError
+    from ropestretch.eval import RunStore, load_eval_tokenizer, load_for_eval
+    from ropestretch.eval.store import run_arguments
     from ropestretch.hardware import placement
-    from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle, run_passkey,
-                                  run_ppl, token_stream)
+    from ropestretch.resources import folder_lock
 
     # everything that can be wrong is checked before the run folder is touched
     where = placement(args.device, args.dtype, args.device_map, args.attn_implementation)
@@ -133,13 +130,12 @@ def run(args: argparse.Namespace) -> int:
     depths = getattr(args, "depths", None) or [round(float(x), 1) for x in np.linspace(0, 100, 10)]
     if args.text and not Path(args.text).exists():
         raise UsageError(f"no such text file or folder: {args.text}")
-    model, tokenizer = load_for_eval(str(model_dir), args.trust_remote_code, where)
+    tokenizer = load_eval_tokenizer(str(model_dir), args.trust_remote_code)
     prompt = prompt_format(tokenizer, args.prompt) if args.test != "ppl" else None
     settings = run_arguments(args.test, args.model, lengths, args.samples, args.seed, args.text, depths,
                              getattr(args, "positions", None), getattr(args, "scoring", "forced"),
                              getattr(args, "mode", "truncate"), getattr(args, "stride", None),
                              prompt.name if prompt else None, args.out)
-    store = RunStore(args.out, args.test, settings)  # refuses a folder of other arguments
     documents = None
     if args.text:
         records = load_records(args.text)
@@ -148,10 +144,44 @@ def run(args: argparse.Namespace) -> int:
         documents = [t for t in records["text"] if isinstance(t, str) and t.strip()]
         if not documents:
             raise UsageError(f"{args.text} holds no usable text")
+    batch = fitting_batch(model_dir, max(lengths), args.batch_size if args.test != "ppl" else 1, where)
+    with folder_lock(args.out, "eval"):
+        store = RunStore(args.out, args.test, settings)  # refuses a folder of other arguments
+        model, tokenizer = load_for_eval(str(model_dir), args.trust_remote_code, where)
+        return _sweep(args, store, model, tokenizer, prompt, documents, lengths, depths, batch)
+
+
+def fitting_batch(model_dir, length: int, batch: int, where) -> int:
+    """The largest batch up to ``batch`` whose KV cache at ``length`` fits beside the weights; a
+    request that does not fit even one sample is refused with its estimate."""
+    import json
+    from pathlib import Path
+
+    from ropestretch.resources import available_memory, check_fits, kv_cache_bytes
+
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    weights = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
+    per_sample = kv_cache_bytes(config, length, 2 if where.dtype in ("bf16", "fp16") else 4)
+    if where.device != "cpu":  # on a GPU the host only holds the weights once
+        return batch
+    check_fits(weights + per_sample, f"one {length}-token sample (weights and KV cache)")
+    room = int(0.8 * available_memory()) - weights
+    return max(1, min(batch, room // max(1, per_sample)))
+
+
+def _sweep(args, store, model, tokenizer, prompt, documents, lengths, depths, batch) -> int:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from ropestretch.data.corpus import builtin_documents
+    from ropestretch.data.tasks import Haystack
+    from ropestretch.eval import Evaluator, run_kv, run_lines, run_needle, run_passkey, run_ppl, token_stream
+
     cells = {"passkey": len(lengths) * len(depths), "needle": len(lengths) * len(depths), "lines": len(lengths),
              "kv": len(lengths) * len(getattr(args, "positions", [0])), "ppl": len(lengths)}[args.test]
     bar = tqdm(total=cells, desc=f"eval {args.test}", unit="cell", disable=not args.progress)
-    ev = Evaluator(model, tokenizer, getattr(args, "scoring", "forced"), args.batch_size, progress=bar, prompt=prompt)
+    ev = Evaluator(model, tokenizer, getattr(args, "scoring", "forced"), batch, progress=bar, prompt=prompt)
     if args.test in ("passkey", "needle"):
         ev.haystack = Haystack(tokenizer, documents)
     if args.test == "passkey":

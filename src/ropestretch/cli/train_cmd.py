@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
         if flag_value is not None:
             values[f.name] = flag_value
     result = train(make_config(**values))
+    if result.already_done:
+        print(f"{result.out} is complete; nothing changed")
+        return 0
     print(f"wrote {result.out}")
     import json
 

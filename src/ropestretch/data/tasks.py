@@ -22,7 +22,8 @@ import re
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 

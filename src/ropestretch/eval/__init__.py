@@ -15,6 +15,17 @@ from ropestretch.eval.store import RunStore, read_results
 TESTS = ("passkey", "needle", "lines", "kv", "ppl")
 
 
+def load_eval_tokenizer(model_dir: str, trust_remote_code: bool = False):
+    """The checkpoint's tokenizer alone (cheap: what a run's arguments need before the model loads)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load a tokenizer from {model_dir}: {reason}") from None
+
+
 def load_for_eval(model_dir: str, trust_remote_code: bool = False, placement=None):
     """A checkpoint and its tokenizer in eval mode (safetensors only), placed as ``placement``
     (a :class:`ropestretch.hardware.Placement`; default: float32 on the CPU)."""
@@ -37,5 +48,5 @@ def load_for_eval(model_dir: str, trust_remote_code: bool = False, placement=Non
     return model.eval(), tokenizer
 
 
-__all__ = ["TESTS", "Evaluator", "RunStore", "load_for_eval", "read_results", "run_kv", "run_lines",
+__all__ = ["TESTS", "Evaluator", "RunStore", "load_eval_tokenizer", "load_for_eval", "read_results", "run_kv", "run_lines",
            "run_needle", "run_passkey", "run_ppl", "token_stream"]

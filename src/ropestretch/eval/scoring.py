@@ -4,7 +4,7 @@ cache in chunks, with logits only over the answer (:mod:`ropestretch.eval.prefil
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from ropestretch.errors import UsageError
 from ropestretch.jsonl import append_jsonl, read_jsonl
@@ -53,7 +54,12 @@ def cell_key(cell: dict[str, Any]) -> str:
 
 
 class RunStore:
+    """One test's results in a run folder. The test's arguments are recorded with its first result,
+    so a run that failed before finishing a cell leaves nothing that refuses a corrected command."""
+
     def __init__(self, folder: str | Path, test: str, args: dict[str, Any]):
+        from ropestretch.resources import is_empty
+
         self.folder, self.test, self.args = Path(folder), test, args
         if self.folder.exists() and not self.folder.is_dir():
             raise UsageError(f"run folder {self.folder} is a file")
@@ -63,14 +69,9 @@ class RunStore:
             differs = sorted(k for k in set(previous) | set(args) if previous.get(k) != args.get(k))
             raise UsageError(f"{self.folder} holds {test} results of different arguments "
                              f"(differs in: {', '.join(differs)}); use another run folder")
-        if self.folder.exists() and any(self.folder.iterdir()) and not (self.folder / ARGS_FILE).exists():
+        if not is_empty(self.folder) and not (self.folder / ARGS_FILE).exists():
             raise UsageError(f"{self.folder} is not empty and is not a ropestretch eval run folder")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if previous is None:
-            recorded[test] = args
-            tmp = self.folder / (ARGS_FILE + ".partial")
-            tmp.write_text(json.dumps(recorded, indent=2) + "\n")
-            tmp.replace(self.folder / ARGS_FILE)
+        self._recorded = previous is not None
         self.done = {cell_key(r["cell"]): r for r in read_results(self.folder) if r.get("test") == test}
 
     def _read_args(self) -> dict[str, Any]:
@@ -78,14 +79,28 @@ class RunStore:
         if not path.exists():
             return {}
         try:
-            return json.loads(path.read_text())
-        except ValueError:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(recorded, dict):
+                raise ValueError
+            return recorded
+        except (ValueError, UnicodeDecodeError):
             raise UsageError(f"{path} is unreadable; use another run folder") from None
+
+    def _record_args(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        recorded = self._read_args()
+        recorded[self.test] = self.args
+        tmp = self.folder / (ARGS_FILE + ".partial")
+        tmp.write_text(json.dumps(recorded, indent=2) + "\n")
+        tmp.replace(self.folder / ARGS_FILE)
+        self._recorded = True
 
     def finished(self, cell: dict[str, Any]) -> bool:
         return cell_key(cell) in self.done
 
     def add(self, cell: dict[str, Any], **values: Any) -> dict[str, Any]:
+        if not self._recorded:
+            self._record_args()
         record = {"test": self.test, "cell": cell, **values}
         append_jsonl(self.folder / RESULTS_FILE, record)
         self.done[cell_key(cell)] = record
@@ -93,5 +108,10 @@ class RunStore:
 
 
 def read_results(folder: str | Path) -> Iterator[dict[str, Any]]:
-    """Every complete line of a run folder's results (a line cut by a kill is skipped)."""
-    return iter(read_jsonl(Path(folder) / RESULTS_FILE))
+    """Every complete result line of a run folder (a line cut by a kill is skipped); a line that is
+    JSON but not a result is refused with its number."""
+    rows = read_jsonl(Path(folder) / RESULTS_FILE)
+    for number, row in enumerate(rows, 1):
+        if not (isinstance(row, dict) and isinstance(row.get("test"), str) and isinstance(row.get("cell"), dict)):
+            raise UsageError(f"{Path(folder) / RESULTS_FILE}: line {number} is not a ropestretch result")
+    return iter(rows)

@@ -16,7 +16,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ropestretch.errors import UsageError
 from ropestretch.rope.families import ROPE_MODEL_TYPES, Family, family
@@ -94,7 +95,7 @@ class RopeConfig:
         params.update({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.scaling.items()})
         return params
 
-    def replace(self, **changes: Any) -> "RopeConfig":
+    def replace(self, **changes: Any) -> RopeConfig:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:

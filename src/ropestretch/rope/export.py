@@ -16,7 +16,8 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from ropestretch.errors import UsageError
 from ropestretch.rope.config import text_section

@@ -11,7 +11,7 @@ them against transformers' ``ROPE_INIT_FUNCTIONS`` and the loaded models' rotary
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -1,0 +1,104 @@
+"""What a request will take, checked before anything is allocated, and one writer per run folder.
+
+- :func:`check_fits` refuses, with the estimate in its one line, a request whose memory would not
+  fit in what this machine has available (histogram bins x pairs, position samples x row length,
+  coverage arrays over the target, the KV cache of the longest evaluation).
+- :func:`folder_lock` takes an exclusive lock on a run folder for the life of one ``train``,
+  ``eval`` or ``demo`` process (``filelock``: an OS lock, released when the process ends, so a
+  killed process leaves no stale lock). A second writer is told who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from collections.abc import Iterator
+
+from ropestretch.errors import UsageError
+
+LOCK_FILE = ".ropestretch.lock"
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: MemAvailable (Linux), else the physical memory."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def check_fits(nbytes: float, what: str, fraction: float = 0.8) -> None:
+    """Refuse ``what`` when it needs more than ``fraction`` of the available memory."""
+    free = available_memory()
+    if nbytes > fraction * free:
+        raise UsageError(f"{what} needs about {human(nbytes)}, more than this machine has free ({human(free)})")
+
+
+def kv_cache_bytes(config: dict, length: int, dtype_bytes: int = 4) -> int:
+    """Bytes of the keys and values one sequence of ``length`` tokens keeps in every layer."""
+    from ropestretch.rope.config import text_section, with_class_defaults
+
+    c = with_class_defaults(text_section(config))
+    heads = c.get("num_key_value_heads") or c.get("num_attention_heads") or 1
+    head_dim = c.get("head_dim") or (c.get("hidden_size", 0) // max(1, c.get("num_attention_heads") or 1))
+    layers = c.get("num_hidden_layers") or 1
+    return int(2 * layers * heads * head_dim * length * dtype_bytes)
+
+
+def _holds_only_lock(folder: Path) -> bool:
+    """Nothing but the lock file and empty folders (which a library may create before any work)."""
+    return folder.is_dir() and all(p.name == LOCK_FILE or (p.is_dir() and _holds_only_lock(p))
+                                   for p in folder.iterdir())
+
+
+def is_empty(folder: Path) -> bool:
+    """A folder that holds nothing but (perhaps) ropestretch's lock file."""
+    return not folder.exists() or _holds_only_lock(folder)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold ``folder``'s lock while the block runs; a folder this call created and left empty is
+    removed again, so a run that failed before doing any work leaves nothing behind."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file, not a folder")
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        if created:
+            folder.rmdir()
+        raise UsageError(f"{folder} is in use by another ropestretch process; wait for it to finish "
+                         "or choose another folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        if _holds_only_lock(folder):  # no work was done: leave nothing that blocks a corrected rerun
+            with contextlib.suppress(OSError):
+                (folder / LOCK_FILE).unlink()
+                for sub in sorted(folder.rglob("*"), reverse=True):
+                    sub.rmdir()
+                if created:
+                    folder.rmdir()
