@@ -18,7 +18,12 @@ def load_run(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     if not (folder / ARGS_FILE).is_file():
         raise UsageError(f"{folder} is not an eval run folder (no {ARGS_FILE})")
-    args = json.loads((folder / ARGS_FILE).read_text())
+    try:
+        args = json.loads((folder / ARGS_FILE).read_text(encoding="utf-8"))
+        if not isinstance(args, dict) or not all(isinstance(v, dict) for v in args.values()):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"{folder / ARGS_FILE} is not a ropestretch run record") from None
     results: dict[str, list[dict]] = defaultdict(list)
     for row in read_results(folder):
         results[row["test"]].append(row)
@@ -58,6 +63,11 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> Pa
         for r in runs:
             r["label"] = str(r["folder"])
     out = Path(out) if out else runs[0]["folder"]
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; report writes report.md and figures into a folder")
+    previous = out / "report.md"
+    if previous.is_file() and not previous.read_text(encoding="utf-8", errors="replace").startswith("# ropestretch"):
+        raise UsageError(f"{previous} exists and is not a ropestretch report; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     import matplotlib
 

@@ -50,6 +50,33 @@ def check_fits(nbytes: float, what: str, fraction: float = 0.8) -> None:
         raise UsageError(f"{what} needs about {human(nbytes)}, more than this machine has free ({human(free)})")
 
 
+def new_file(path: str | os.PathLike, suffix: str, what: str) -> Path:
+    """An output file the user named: the right suffix, not there yet (nothing is overwritten), and
+    its folder created if missing."""
+    path = Path(path)
+    if not str(path).lower().endswith(suffix):
+        raise UsageError(f"{what} takes a {suffix} file name, got {path}")
+    if path.exists():
+        raise UsageError(f"{path} already exists; choose a new file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the folder of {path}: {err.strerror}") from None
+    return path
+
+
+ANGLES_PER_SECOND = 1e8  # rotary angles binned per second on one CPU core, roughly
+
+
+def check_histogram(pairs: int, bins: int, length: int) -> None:
+    """DPRoPE's histograms: ``pairs x bins`` counts in memory, ``pairs x length`` angles of work."""
+    check_fits(pairs * bins * 40, f"rotary-angle histograms of {pairs} pairs x {bins} bins")
+    hours = pairs * length / ANGLES_PER_SECOND / 3600
+    if hours > 1:
+        raise UsageError(f"rotary-angle histograms over {length:,} positions x {pairs} pairs would take about "
+                         f"{hours:,.0f} hours; choose a shorter target")
+
+
 def kv_cache_bytes(config: dict, length: int, dtype_bytes: int = 4) -> int:
     """Bytes of the keys and values one sequence of ``length`` tokens keeps in every layer."""
     from ropestretch.rope.config import text_section, with_class_defaults

@@ -492,7 +492,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     hf_logging.disable_progress_bar()  # one progress bar: ours
 
     from ropestretch.positions import PositionCollator, sample_length
-    from ropestretch.rope.export import exported_config, metadata
+    from ropestretch.rope.export import config_json, exported_config, metadata
 
     # 1. everything that can be wrong with the request is checked before anything is written;
     # the output folder by the main process only (the others would see the run record it writes)
@@ -582,7 +582,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     tokenizer.save_pretrained(staging)
     if not (cfg.lora and not cfg.merge_lora):
         saved = json.loads((staging / "config.json").read_text())
-        (staging / "config.json").write_text(json.dumps(exported_config(saved, scaled), indent=2) + "\n")
+        (staging / "config.json").write_text(config_json(exported_config(saved, scaled)))
     losses = [r for r in _read_log(out) if "loss" in r]
     record = metadata(
         scaled, positions=cfg.positions, position_options=position_options(cfg), sample_length=length,

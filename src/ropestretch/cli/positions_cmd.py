@@ -45,11 +45,16 @@ def run(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in ("strategy", "middle", "k", "mu", "sigma") if getattr(args, k) is not None}
     if options and args.method != "cream":
         raise UsageError(f"--{', --'.join(options)} apply to --method cream only")
-    for path, ext in ((args.out, ".npy"), (args.plot, ".png")):
-        if path and not path.lower().endswith(ext):
-            raise UsageError(f"expected a {ext} file name, got {path}")
-    if args.out and Path(args.out).exists():
-        raise UsageError(f"{args.out} already exists; choose a new file name")
+    from ropestretch.positions import sample_length
+    from ropestretch.resources import check_fits, new_file
+
+    if args.out:
+        new_file(args.out, ".npy", "--out")
+    if args.plot:
+        new_file(args.plot, ".png", "--plot")
+    width = sample_length(args.method, args.window, args.target) if args.target >= args.window else args.window
+    check_fits(args.samples * width * 8 * 3 + args.target * 24,
+               f"{args.samples:,} rows of {width:,} positions and their coverage of {args.target:,} distances")
     stats = position_stats(args.method, args.samples, args.window, args.target, seed=args.seed,
                            coverage_samples=args.coverage_samples, **options)
     positions = stats.pop("positions")

@@ -42,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.rope.distribution import check_bins
     from ropestretch.rope.export import rope_scaling
 
+    from ropestretch.resources import new_file
+
     check_bins(args.bins)
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise UsageError(f"--plot takes a .png file name, got {args.plot}")
+    if args.plot:
+        new_file(args.plot, ".png", "--plot")
     rope = load_rope_config(args.config)
     dp_options = dict(bins=args.bins, threshold=args.threshold, n_hat=args.n_hat, reverse=args.reverse)
     dprope = scale(rope, "dprope", args.target, **dp_options)

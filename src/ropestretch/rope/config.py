@@ -200,12 +200,17 @@ def _one_rope(params: Mapping[str, Any], config: Mapping[str, Any], fam: Family,
     base = theta_default if base is None else base
     if not is_finite_number(base) or base <= 1:
         raise UsageError(f"{where}: rope_theta must be a finite number > 1, got {base!r}")
+    if base > 1e30:  # transformers computes base ** (2i/d) in float32, whose largest number is 3.4e38
+        raise UsageError(f"{where}: rope_theta {base:g} is too large for the float32 arithmetic of RoPE frequencies")
     prf = params.pop("partial_rotary_factor", None)
     prf = _first(config, fam.partial_keys) if prf is None else prf
     prf = fam.default_partial if prf is None else prf
     if not is_finite_number(prf) or not 0 < prf <= 1:
         raise UsageError(f"{where}: partial_rotary_factor must be in (0, 1], got {prf!r}")
     rotary_dim = int(head_dim * prf)
+    if rotary_dim > 1 << 16:  # every real model rotates at most a few hundred dimensions
+        raise UsageError(f"{where}: a rotary dimension of {rotary_dim:,} (head_dim {head_dim:,} x {prf:g}) is not "
+                         "a real model's; check head_dim")
     if rope_type in ("yarn", "longrope", "llama3"):
         original = config.get("original_max_position_embeddings") if fam.top_level_original_window else None
         original = original or params.get("original_max_position_embeddings") or window

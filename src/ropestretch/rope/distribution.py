@@ -138,7 +138,10 @@ def dprope_choice(rope: RopeConfig, target: int, bins: int = 360, threshold: flo
     model saw; interpolation keeps them within that range. A pair that does turn within ``N`` keeps
     extrapolation on a tie, as the released code does.
     """
+    from ropestretch.resources import check_histogram
+
     bins = check_bins(bins)
+    check_histogram(rope.pairs, bins, target)
     theta, _ = rope_frequencies(rope)
     pretrained = angle_distribution(theta, rope.window, bins)
     d_e = disturbance(pretrained, angle_distribution(theta, target, bins), reverse)
@@ -158,7 +161,10 @@ def method_disturbance(scaled, bins: int = 360, reverse: bool = False,
     choice = scaled.details.get("choice")
     if choice is not None:
         return float(choice.chosen.mean())
+    from ropestretch.resources import check_histogram
+
     rope = scaled.rope
+    check_histogram(rope.pairs, bins, scaled.target)
     if pretrained is None:
         pretrained = angle_distribution(rope_frequencies(rope)[0], rope.window, bins)
     candidate = angle_distribution(scaled.inv_freq, scaled.target, bins)

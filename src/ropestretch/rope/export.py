@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -96,6 +97,15 @@ def engine_notes(scaled: Scaled) -> list[str]:
     return notes
 
 
+def config_json(config: Mapping[str, Any]) -> str:
+    """``config.json`` text; a value that is not finite would not be JSON, and is refused."""
+    try:
+        return json.dumps(config, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        bad = [k for k, v in config.items() if isinstance(v, float) and not math.isfinite(v)] or ["a nested value"]
+        raise UsageError(f"the exported config would hold a number that is not finite ({', '.join(bad)})") from None
+
+
 def metadata(scaled: Scaled, **extra: Any) -> dict[str, Any]:
     """The ``ropestretch.json`` record: method, window, target, the RoPE before and after, and
     anything the caller adds."""
@@ -151,7 +161,7 @@ def apply_to_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike
         if item.name in ("config.json", METADATA_FILE, "source.json") or item.name.startswith("."):
             continue
         _copy_item(item, tmp / item.name)
-    (tmp / "config.json").write_text(json.dumps(exported_config(config, scaled), indent=2) + "\n")
+    (tmp / "config.json").write_text(config_json(exported_config(config, scaled)))
     (tmp / METADATA_FILE).write_text(json.dumps(metadata(scaled, **record), indent=2) + "\n")
     if dst.exists():
         dst.rmdir()
