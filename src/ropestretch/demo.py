@@ -217,9 +217,18 @@ class Demo:
         from tqdm.auto import tqdm
 
         from ropestretch.data.tasks import Haystack
+        from ropestretch.eval import (
+            Evaluator,
+            RunStore,
+            load_for_eval,
+            run_kv,
+            run_lines,
+            run_needle,
+            run_passkey,
+            run_ppl,
+            token_stream,
+        )
         from ropestretch.eval.store import run_arguments
-        from ropestretch.eval import (Evaluator, RunStore, load_for_eval, run_kv, run_lines, run_needle,
-                                      run_passkey, run_ppl, token_stream)
 
         run = self.out / "evals" / name
         p = self.plan
@@ -229,7 +238,7 @@ class Demo:
         stores = {}
         for test in plan:
             args = run_arguments(test, str(model), p.lengths, p.samples[test], p.seed, depths=p.depths,
-                                 positions=p.kv_positions)
+                                 positions=p.kv_positions, folder=run)
             if tail[test]:
                 args["tail"] = {"lengths": tail[test], "samples": p.tail_samples[test]}
             stores[test] = RunStore(run, test, args)

@@ -186,8 +186,7 @@ def probe(model, tokenizer, haystack, window: int, n: int = 20) -> dict[str, flo
 def pretrain(cfg: PretrainConfig) -> Path:
     import torch
     from datasets import Dataset
-    from transformers import (LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments,
-                              default_data_collator)
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, default_data_collator
 
     from ropestretch.data.corpus import builtin_documents
     from ropestretch.data.tasks import Haystack

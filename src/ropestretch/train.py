@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
+import re
 import math
 import os
 import shutil
@@ -111,6 +113,10 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"no such config file: {path}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise UsageError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if data is None:
@@ -296,8 +302,9 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ropestretch.rope.export import exported_config
+    from ropestretch.rope.export import exported_config, quiet_engine_keys
 
+    quiet_engine_keys()
     exported = exported_config(raw_config, scaled)
     exported.pop("transformers_version", None)
     changed = {k: v for k, v in exported.items() if raw_config.get(k) != v}
@@ -322,6 +329,23 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
     if cfg.lora:
         model = wrap_lora(cfg, model)
     return model
+
+
+class _TiedWeightsFilter(logging.Filter):
+    """Trainer's resume reports tied weights (a tied ``lm_head.weight``) as missing from the checkpoint,
+    where they are not stored twice: that line says nothing to the user, so it is dropped."""
+
+    def __init__(self, model):
+        super().__init__()
+        names = set(dict(model.named_parameters()))
+        self.tied = {k for k in model.state_dict() if k not in names} - set(dict(model.named_buffers()))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("There were missing keys in the checkpoint model loaded:"):
+            return True
+        missing = set(re.findall(r"'([^']+)'", text))
+        return not (missing and missing <= {k.removeprefix("base_model.model.") for k in self.tied} | self.tied)
 
 
 def _first_line(err: BaseException) -> str:
@@ -478,7 +502,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     import contextlib
 
     from ropestretch.resources import folder_lock
+    from ropestretch.rope.export import quiet_engine_keys
 
+    quiet_engine_keys()
     main_process = int(os.environ.get("RANK", "0")) == 0
     with folder_lock(cfg.out, "train") if main_process else contextlib.nullcontext():
         return _train(cfg)
@@ -565,8 +591,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
             done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
             kept = [r for r in _read_log(out) if r.get("step", 0) <= done]  # drop what the lost steps logged
             (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+    quiet = _TiedWeightsFilter(trainer.model)
+    logging.getLogger("transformers.trainer").addFilter(quiet)
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        logging.getLogger("transformers.trainer").removeFilter(quiet)
     seconds = time.time() - started
 
     # 3. the checkpoint

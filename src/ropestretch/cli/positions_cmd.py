@@ -96,8 +96,9 @@ def _plot(path: str, args: argparse.Namespace, positions, stats: dict) -> None:
     L = args.target
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if args.method == "cream":
-        from ropestretch.positions import cream_draw
         import torch
+
+        from ropestretch.positions import cream_draw
 
         opts = {k: getattr(args, k) for k in ("strategy", "middle", "k", "mu", "sigma") if getattr(args, k) is not None}
         draw = cream_draw(args.samples, args.window, L, torch.Generator().manual_seed(args.seed), **opts)

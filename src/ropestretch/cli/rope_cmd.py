@@ -37,12 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ropestretch.errors import UsageError
-    from ropestretch.rope import (angle_distribution, base_inv_freq, load_rope_config, method_disturbance,
-                                  rope_frequencies, scale)
+    from ropestretch.resources import new_file
+    from ropestretch.rope import angle_distribution, base_inv_freq, load_rope_config, method_disturbance, rope_frequencies, scale
     from ropestretch.rope.distribution import check_bins
     from ropestretch.rope.export import rope_scaling
-
-    from ropestretch.resources import new_file
 
     check_bins(args.bins)
     if args.plot:

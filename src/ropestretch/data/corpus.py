@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ast
 import itertools
+import json
 import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Iterator, Sequence
 
 from ropestretch.errors import UsageError
 
@@ -72,6 +73,36 @@ def _data_files(path: Path) -> dict[str, list[str]]:
     return by_kind
 
 
+def root_cause(err: BaseException) -> str:
+    """The first line of the innermost error (datasets wraps the reason in "An error occurred while
+    generating the dataset")."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip()
+    return (text.splitlines()[0][:200] if text else type(err).__name__)
+
+
+def check_json_lines(path: Path, limit: int = 200 << 20) -> None:
+    """A .jsonl/.json file that is not UTF-8 or holds a line that is not JSON is refused with the
+    file and line (files over ``limit`` bytes are left to datasets)."""
+    if path.stat().st_size > limit:
+        return
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise UsageError(f"{path}: line {line} is not UTF-8 text") from None
+    if path.suffix.lower() == ".json":
+        return  # one JSON document, or JSON lines: datasets tells them apart
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except ValueError as err:
+                raise UsageError(f"{path}: line {number} is not valid JSON ({getattr(err, 'msg', err)})") from None
+
+
 def load_records(source: str | os.PathLike, split: str = "train"):
     """A ``datasets.Dataset`` from a local ``.txt``/``.md`` (one document per file), ``.jsonl``,
     ``.json`` or ``.parquet`` file or a folder of them, or a dataset hub name (online only)."""
@@ -83,6 +114,8 @@ def load_records(source: str | os.PathLike, split: str = "train"):
         by_kind = _data_files(path)
         if not by_kind:
             raise UsageError(f"{source} holds no .txt, .md, .jsonl, .json or .parquet file")
+        for file in by_kind.get("json", []):
+            check_json_lines(Path(file))
         parts = []
         for kind, files in by_kind.items():
             try:
@@ -94,7 +127,7 @@ def load_records(source: str | os.PathLike, split: str = "train"):
             except UsageError:
                 raise
             except Exception as err:  # malformed JSON lines, unreadable parquet, ...
-                raise UsageError(f"cannot read {kind} data in {source}: {str(err).splitlines()[0][:200]}") from None
+                raise UsageError(f"cannot read {kind} data in {source}: {root_cause(err)}") from None
         if len(parts) == 1:
             return parts[0]
         columns = set.intersection(*(set(p.column_names) for p in parts))

@@ -21,9 +21,9 @@ import json
 import re
 import uuid
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Sequence
 
 import numpy as np
 

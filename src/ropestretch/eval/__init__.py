@@ -19,6 +19,9 @@ def load_eval_tokenizer(model_dir: str, trust_remote_code: bool = False):
     """The checkpoint's tokenizer alone (cheap: what a run's arguments need before the model loads)."""
     from transformers import AutoTokenizer
 
+    from ropestretch.rope.export import quiet_engine_keys
+
+    quiet_engine_keys()
     try:
         return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as err:
@@ -33,7 +36,9 @@ def load_for_eval(model_dir: str, trust_remote_code: bool = False, placement=Non
     from transformers.utils import logging as hf_logging
 
     from ropestretch.hardware import Placement
+    from ropestretch.rope.export import quiet_engine_keys
 
+    quiet_engine_keys()
     placement = placement or Placement("cpu", "fp32")
     hf_logging.disable_progress_bar()
     try:

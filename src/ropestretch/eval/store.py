@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 from ropestretch.errors import UsageError
 from ropestretch.jsonl import append_jsonl, read_jsonl
@@ -30,7 +30,7 @@ def recorded_path(value: str | None, folder: str | Path) -> str | None:
 def run_arguments(test: str, model: str, lengths: list[int], samples: int, seed: int, text: str | None = None,
                   depths: list[float] | None = None, positions: list[float] | None = None,
                   scoring: str = "forced", mode: str = "truncate", stride: int | None = None,
-                  prompt: str | None = None, folder: str | Path = ".") -> dict[str, Any]:
+                  prompt: str | None = None, *, folder: str | Path) -> dict[str, Any]:
     """The arguments a test's results depend on, as recorded in the run folder: a rerun with the
     same ones resumes, different ones are refused. Only the fields the test uses are kept."""
     args: dict[str, Any] = {"model": recorded_path(model, folder), "lengths": lengths,

@@ -14,10 +14,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 from ropestretch.errors import UsageError
 from ropestretch.rope.families import ROPE_MODEL_TYPES, Family, family

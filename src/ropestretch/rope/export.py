@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import re
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from collections.abc import Mapping
 
 from ropestretch.errors import UsageError
 from ropestretch.rope.config import text_section
@@ -26,6 +28,26 @@ from ropestretch.rope.families import Family
 from ropestretch.rope.scalings import Scaled
 
 METADATA_FILE = "ropestretch.json"
+
+
+ENGINE_ONLY_KEYS = {"short_mscale", "long_mscale"}  # written for vLLM; transformers does not use them
+
+
+class _EngineKeysFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("Unrecognized keys in `rope_parameters`"):
+            return True
+        keys = set(re.findall(r"'([^']+)'", text.split(":", 1)[-1]))
+        return not (keys and keys <= ENGINE_ONLY_KEYS)
+
+
+def quiet_engine_keys() -> None:
+    """Loading a longrope export, transformers 5 warns about the vLLM-only keys it carries
+    (:data:`ENGINE_ONLY_KEYS`); ropestretch's own loads drop that one line (idempotent)."""
+    logger = logging.getLogger("transformers.modeling_rope_utils")
+    if not any(isinstance(f, _EngineKeysFilter) for f in logger.filters):
+        logger.addFilter(_EngineKeysFilter())
 
 
 def legacy_rope_scaling(params: Mapping[str, Any], fam: Family | None = None) -> dict[str, Any] | None:

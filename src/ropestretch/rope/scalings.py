@@ -14,9 +14,9 @@ themselves. A new scaling is one function decorated with :func:`register`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
