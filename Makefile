@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
 
 demo: setup

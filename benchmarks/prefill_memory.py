@@ -8,7 +8,8 @@ Each measurement runs in a fresh process. The figure is the peak resident memory
 runs (VmHWM, reset after loading, which briefly holds the weights twice) minus the process's memory
 before the weights were loaded (Python, torch and transformers themselves), beside the lower
 bound: the float32 weights plus the float32 KV cache of the whole prompt. The goal is a ratio of
-at most 1.3 at 32K, and prefill no slower than the whole forward. The model reads YaRN x4, so 16K and 32K are within what it is scaled for.
+at most 1.3 at 32K, and prefill no slower than the whole forward. The model reads YaRN x4, so 16K
+and 32K are within what it is scaled for.
 """
 
 from __future__ import annotations

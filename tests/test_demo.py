@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,10 @@ pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(BASE, "model.saf
                                 reason="the shipped base model is missing")
 
 
-def test_quick_demo_writes_report_only_under_out_and_reuses_steps(tmp_path):
+def test_quick_demo_writes_report_only_under_out_survives_interruptions_and_reuses_steps(tmp_path):
+    """Killed (SIGKILL) while it writes the training-free checkpoints, interrupted (SIGINT) while it
+    fine-tunes, then run to the end: the report holds the default variants, nothing is written
+    outside --out, and a further rerun does no work and changes no result."""
     home = tmp_path / "home"
     home.mkdir()
     out = tmp_path / "demo"
@@ -23,17 +27,32 @@ def test_quick_demo_writes_report_only_under_out_and_reuses_steps(tmp_path):
                PYTHONPATH=os.path.join(REPO, "src"))
     env.pop("HF_HOME", None)
     cmd = [sys.executable, "-m", "ropestretch", "demo", "--quick", "--out", str(out), "--no-progress"]
-    started = time.time()
+
+    def interrupted(sig, ready):
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        deadline = time.time() + 300
+        while not ready():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig)
+        return proc.wait(timeout=120), proc.communicate()[1]
+
+    code, _ = interrupted(signal.SIGKILL, lambda: (out / "models" / "yarn" / "ropestretch.json").is_file())
+    assert code == -signal.SIGKILL
+    code, err = interrupted(signal.SIGINT, lambda: (out / "models" / "cream-yarn" / "log.jsonl").is_file())
+    assert code == 130 and err.strip().splitlines()[-1] == "ropestretch demo: interrupted", err
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    first = time.time() - started
     assert done.returncode == 0, done.stderr[-3000:]
     report = (out / "report.md").read_text()
-    for variant in ("base", "linear", "yarn", "dprope", "pose-linear", "pose-yarn", "cream-linear", "cream-yarn",
-                    "cream-dprope", "full-linear"):
+    for variant in ("base", "yarn", "dprope", "pose-yarn", "cream-yarn", "cream-dprope", "full-linear"):
         assert f"| {variant} |" in report
+    assert "\n| linear |" not in report and "\n| cream-linear |" not in report  # --all only
     assert "## Training cost" in report and (out / "ppl-vs-length.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "home"]  # nothing beside the output folder
     assert not any(home.rglob("*"))                                        # nor in the home folder
+    record = json.loads((out / "demo.json").read_text())
+    assert not os.path.isabs(record["base"])  # a committed demo reruns from any checkout
     results = {p: p.read_text() for p in (out / "evals").rglob("results.jsonl")}
     rows = [json.loads(line) for line in results[out / "evals" / "cream-yarn" / "results.jsonl"].splitlines()]
     beyond = {(r["test"], r.get("n")) for r in rows if r["cell"]["length"] > 2048}
@@ -45,11 +64,20 @@ def test_quick_demo_writes_report_only_under_out_and_reuses_steps(tmp_path):
         rope = json.loads((out / "models" / variant / "config.json").read_text())["rope_parameters"]
         assert (rope["rope_type"], rope["beta_fast"], rope["beta_slow"]) == ("yarn", 16.0, 1.0), variant
     assert "Scaling options, for every variant of that scaling: yarn with beta_fast 16." in report
-    started = time.time()
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert time.time() - started < first / 2  # every step reused
+    assert "fine-tuning" not in again.stderr and "scaling" not in again.stderr  # every step reused
     assert {p: p.read_text() for p in (out / "evals").rglob("results.jsonl")} == results
+
+
+def test_all_adds_linear_to_the_default_variants():
+    from ropestretch.demo import variant_name, variants
+
+    story = [variant_name(*v) for v in variants()]
+    assert story == ["yarn", "dprope", "pose-yarn", "cream-yarn", "cream-dprope", "full-linear"]
+    assert [variant_name(*v) for v in variants(everything=True)] == [
+        "linear", "yarn", "dprope", "pose-linear", "pose-yarn", "cream-linear", "cream-yarn", "cream-dprope",
+        "full-linear"]
 
 
 def test_base_model_card_states_its_recipe():

@@ -89,15 +89,17 @@ def test_cache_continuation_equals_full_forward(lm):
     """What prefix reuse rests on: keys and values of a prefix, cropped, continued."""
     from transformers import DynamicCache
 
+    from ropestretch.eval.prefill import cache_kwargs
+
     model = lm[0]
     ids = torch.randint(3, 300, (2, 120))
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits
         cache = DynamicCache(config=model.config)
-        model(input_ids=ids[:, :100], past_key_values=cache, use_cache=True)
+        model(input_ids=ids[:, :100], use_cache=True, **cache_kwargs(model, cache))
         crop_to(cache, 70)
         assert cache.get_seq_length() == 70
-        tail = model(input_ids=ids[:, 70:], past_key_values=cache, use_cache=True).logits
+        tail = model(input_ids=ids[:, 70:], use_cache=True, **cache_kwargs(model, cache)).logits
     torch.testing.assert_close(tail, full[:, 70:], rtol=1e-4, atol=1e-4)
 
 

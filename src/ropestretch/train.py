@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,8 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
 
 class _TiedWeightsFilter(logging.Filter):
     """Trainer's resume reports tied weights (a tied ``lm_head.weight``) as missing from the checkpoint,
-    where they are not stored twice: that line says nothing to the user, so it is dropped."""
+    where they are not stored twice, and, where checkpoints are saved within one mtime tick, that it
+    orders them by number instead: neither line says anything to the user, so both are dropped."""
 
     def __init__(self, model):
         super().__init__()
@@ -342,6 +344,8 @@ class _TiedWeightsFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
+        if text.startswith("mtime may not be reliable"):
+            return False
         if not text.startswith("There were missing keys in the checkpoint model loaded:"):
             return True
         missing = set(re.findall(r"'([^']+)'", text))
@@ -409,7 +413,9 @@ def wrap_lora(cfg: TrainConfig, model):
                         if "norm" in type(module).__name__.lower() or name.endswith("embed_tokens")})
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=targets, modules_to_save=extra, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers 5 for a property it has renamed
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def latest_complete_checkpoint(folder: Path) -> Path | None:
@@ -592,12 +598,15 @@ def _train(cfg: TrainConfig) -> TrainResult:
             kept = [r for r in _read_log(out) if r.get("step", 0) <= done]  # drop what the lost steps logged
             (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
     quiet = _TiedWeightsFilter(trainer.model)
-    logging.getLogger("transformers.trainer").addFilter(quiet)
+    loggers = [logging.getLogger(name) for name in ("transformers.trainer", "transformers.trainer_utils")]
+    for logger in loggers:
+        logger.addFilter(quiet)
     started = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
-        logging.getLogger("transformers.trainer").removeFilter(quiet)
+        for logger in loggers:
+            logger.removeFilter(quiet)
     seconds = time.time() - started
 
     # 3. the checkpoint

@@ -1,0 +1,233 @@
+"""The demo's steps, each writing under ``--out`` only and reused when a rerun finds it done:
+the training rows, the training-free checkpoints (``apply``), the fine-tunes (``train``), the
+evaluations; :meth:`Demo.run` runs them for the chosen variants and writes the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ropestretch.demo.plan import BASE_MODEL, DemoPlan, variant_name, variants
+from ropestretch.errors import UsageError
+from ropestretch.resources import LOCK_FILE, folder_lock
+
+
+def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], seed: int,
+                  needles: int = 1) -> list[list[int]]:
+    """``count`` rows of exactly ``length`` tokens: prose, and retrieval samples whose question and
+    answer end the row (so under CREAM they sit in the tail segment, the needle anywhere before).
+    ``needles > 1``: needle rows hold 1 to ``needles`` needles, all asked (:func:`tasks.needles_row`)."""
+    from ropestretch.data import tasks
+    from ropestretch.data.corpus import builtin_documents
+
+    needles = tasks.check_needles(needles)
+    kinds = ("text", "copy", *tasks.TRAINING_TASKS)
+    unknown = sorted(set(mix) - set(kinds))
+    if unknown:
+        raise UsageError(f"unknown training task {unknown[0]!r} in the mix (one of {', '.join(kinds)})")
+    rng = np.random.default_rng(seed)
+    docs = builtin_documents()
+    haystack = tasks.Haystack(tokenizer, docs)
+    kinds = rng.choice(list(mix), size=count, p=np.array(list(mix.values())) / sum(mix.values()))
+    rows = []
+    for kind in kinds:
+        if kind == "text":
+            rows.append(haystack.fill(length, rng)[0])
+            continue
+        if kind == "copy":  # repeated random blocks, as in the base's copy curriculum
+            rows.append(tasks.copy_row(tokenizer, length, rng))
+            continue
+        if kind == "needle" and needles > 1:
+            rows.append(tasks.needles_row(tokenizer, haystack, length, rng, needles))
+            continue
+        body = tasks.training_sample(kind, tokenizer, haystack, length, rng)
+        filler = haystack.fill(max(0, length - len(body)), rng)[0] if len(body) < length else []
+        rows.append((filler + body)[-length:])
+    return rows
+
+
+class Demo:
+    """A demo folder: the plan it was started with and the steps it holds. Nothing is written until
+    :meth:`run` holds the folder's lock."""
+
+    def __init__(self, out: str | Path, plan: DemoPlan, base: str | Path = BASE_MODEL, progress: bool = True):
+        self.out, self.plan, self.base, self.progress = Path(out), plan, Path(base), progress
+        if not (self.base / "config.json").is_file():
+            raise UsageError(f"base model not found at {self.base}")
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out} is a file")
+        self.timings: dict[str, float] = {}
+        self._shared: dict[str, Any] = {}  # haystack and perplexity text: one tokenizer for every variant
+        record = self.out / "demo.json"
+        if self.out.exists() and any(p.name != LOCK_FILE for p in self.out.iterdir()):
+            if not record.is_file():
+                raise UsageError(f"{self.out} is not empty and holds no demo; choose a new --out")
+            try:
+                previous = json.loads(record.read_text(encoding="utf-8"))
+                if not isinstance(previous, dict):
+                    raise ValueError
+            except (ValueError, UnicodeDecodeError):
+                raise UsageError(f"{record} is not a demo record; choose a new --out") from None
+            if previous.get("plan") != asdict(plan):
+                raise UsageError(f"{self.out} holds a demo with another plan (--quick or not); choose a new --out")
+            self.timings = previous.get("timings", {})
+
+    def _save(self) -> None:
+        from ropestretch.eval.store import recorded_path
+
+        record = {"plan": asdict(self.plan), "base": recorded_path(str(self.base), self.out), "timings": self.timings}
+        tmp = self.out / "demo.json.partial"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(self.out / "demo.json")
+
+    def say(self, text: str) -> None:
+        print(f"[demo] {text}", file=sys.stderr, flush=True)
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def data(self, length: int) -> Path:
+        path = self.out / "data" / f"train-{length}.jsonl"
+        if path.is_file():
+            return path
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.base)
+        count = self.plan.budget // length
+        self.say(f"building {count} training rows of {length} tokens")
+        rows = training_rows(tok, length, count, self.plan.mix, self.plan.seed, self.plan.needles)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial")
+        tmp.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
+        tmp.replace(path)
+        return path
+
+    def apply(self, scaling: str) -> Path:
+        from ropestretch.rope import load_rope_config, scale
+        from ropestretch.rope.export import apply_to_checkpoint
+
+        out = self.out / "models" / scaling
+        if (out / "ropestretch.json").is_file():
+            return out
+        self.say(f"{scaling}: scaling {self.plan.window} -> {self.plan.target} without training")
+        options = self.plan.scaling_options.get(scaling, {})
+        scaled = scale(load_rope_config(self.base), scaling, self.plan.target, **options)
+        apply_to_checkpoint(self.base, out, scaled, command="demo")
+        return out
+
+    def train(self, positions: str, scaling: str) -> Path:
+        from ropestretch.train import make_config, train
+
+        name = f"{positions}-{scaling}"
+        out = self.out / "models" / name
+        if (out / "ropestretch.json").is_file():
+            return out
+        length = self.plan.target if positions == "full" else self.plan.window
+        data = self.data(length)
+        batch = self.plan.batch if positions != "full" else max(1, self.plan.batch // 8)
+        steps = max(1, self.plan.budget // (batch * length))
+        settings = dict(model=str(self.base), data=str(data), out=str(out), target=self.plan.target,
+                        positions=positions, scaling=scaling, steps=steps, batch_size=batch, lr=self.plan.lr,
+                        warmup_steps=min(self.plan.warmup, steps), schedule=self.plan.schedule, seed=self.plan.seed,
+                        save_steps=max(1, steps // 2), save_total_limit=1, logging_steps=max(1, steps // 20),
+                        progress=self.progress, resume=out.exists() and any(out.iterdir()),
+                        distill=self.plan.distill if length <= self.plan.window else 0.0)
+        # the scaling's options under ropestretch train's names (see train.scaling_options)
+        settings.update({f"{scaling}_{k}": v for k, v in self.plan.scaling_options.get(scaling, {}).items()})
+        clash = sorted(set(self.plan.train_options) & set(settings))
+        if clash:
+            raise UsageError(f"train_options cannot set {clash[0]!r}: the demo plan sets it")
+        self.say(f"{name}: fine-tuning {steps} steps of {batch} x {length} tokens")
+        started = time.time()
+        train(make_config(**settings, **self.plan.train_options))
+        self.timings[name] = round(time.time() - started, 1)
+        self._save()
+        return out
+
+    def evaluate(self, name: str, model: Path) -> Path:
+        from tqdm.auto import tqdm
+
+        from ropestretch.data.tasks import Haystack
+        from ropestretch.eval import (
+            Evaluator,
+            RunStore,
+            load_for_eval,
+            run_kv,
+            run_lines,
+            run_needle,
+            run_passkey,
+            run_ppl,
+            token_stream,
+        )
+        from ropestretch.eval.store import run_arguments
+
+        run = self.out / "evals" / name
+        p = self.plan
+        tail = {test: p.tail if test in p.tail_samples else [] for test in p.samples}
+        plan = {"passkey": len(p.depths), "needle": len(p.depths), "lines": 1, "kv": len(p.kv_positions), "ppl": 1}
+        plan = {test: cells * (len(p.lengths) + len(tail[test])) for test, cells in plan.items()}
+        stores = {}
+        for test in plan:
+            args = run_arguments(test, str(model), p.lengths, p.samples[test], p.seed, depths=p.depths,
+                                 positions=p.kv_positions, folder=run)
+            if tail[test]:
+                args["tail"] = {"lengths": tail[test], "samples": p.tail_samples[test]}
+            stores[test] = RunStore(run, test, args)
+        if all(len(stores[t].done) == n for t, n in plan.items()):
+            return run
+        started = time.time()
+        model_, tok = load_for_eval(str(model))
+        if not self._shared:
+            from ropestretch.data.corpus import builtin_documents
+
+            docs = builtin_documents()
+            self._shared = {"haystack": Haystack(tok, docs), "stream": token_stream(tok, docs)}
+        bar = tqdm(total=sum(plan.values()), desc=f"eval {name}", unit="cell", disable=not self.progress)
+        ev = Evaluator(model_, tok, "forced", batch_size=10, haystack=self._shared["haystack"], progress=bar)
+        runners = {
+            "passkey": lambda lengths, n: run_passkey(ev, stores["passkey"], lengths, p.depths, n, p.seed),
+            "needle": lambda lengths, n: run_needle(ev, stores["needle"], lengths, p.depths, n, p.seed),
+            "lines": lambda lengths, n: run_lines(ev, stores["lines"], lengths, n, p.seed),
+            "kv": lambda lengths, n: run_kv(ev, stores["kv"], lengths, p.kv_positions, n, p.seed),
+            "ppl": lambda lengths, n: run_ppl(ev, stores["ppl"], self._shared["stream"], lengths, n, p.seed)}
+        for test, run_test in runners.items():
+            run_test(p.lengths, p.samples[test])
+        for test, run_test in runners.items():
+            if tail[test]:
+                run_test(tail[test], p.tail_samples[test])
+        bar.close()
+        self.timings[f"eval {name}"] = round(time.time() - started, 1)
+        self._save()
+        return run
+
+    def run(self, everything: bool = False) -> Path:
+        """Every step of the chosen variants (:func:`plan.variants`), then ``report.md``."""
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        from ropestretch.demo.report import write_demo_report
+
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+        hf_logging.set_verbosity_error()  # the longrope export's vLLM keys would warn at every load
+        with folder_lock(self.out, "demo"):
+            # everything, caches included, stays under --out
+            os.environ["HF_HOME"] = str(self.out / ".cache" / "huggingface")
+            os.environ["HF_DATASETS_CACHE"] = str(self.out / ".cache" / "datasets")
+            os.environ["MPLCONFIGDIR"] = str(self.out / ".cache" / "matplotlib")
+            self._save()
+            started = time.time()
+            models: dict[str, Path] = {"base": self.base}
+            for positions, scaling in variants(everything):
+                name = variant_name(positions, scaling)
+                models[name] = self.apply(scaling) if positions is None else self.train(positions, scaling)
+            runs = [self.evaluate(name, path) for name, path in models.items()]
+            report = write_demo_report(self.out, self.plan, runs)
+            self.timings["total (this invocation)"] = round(time.time() - started, 1)
+            self._save()
+        return report
