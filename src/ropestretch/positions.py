@@ -189,7 +189,7 @@ def cream_draw(batch: int, window: int, target: int, generator: torch.Generator,
     k_rel = window // 3
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or 2 * k >= window:
         raise UsageError(f"CREAM k must be an integer with 1 <= k < half the {window}-token row = {window / 2:g}, "
-                         f"got {k!r} (--cream-k)")
+                         f"got {k!r} (positions --k, train --cream-k)")
     if strategy != "continuity" and k_rel < 1:
         raise UsageError(f"window {window} is too short for CREAM's relativity strategy (N // 3 = 0)")
     mu = f + 1 if mu is None else mu
