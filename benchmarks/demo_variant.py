@@ -6,7 +6,7 @@ the target.
         [--mix '{"text": 0.1, "passkey": 0.15, "needle": 0.6, "lines": 0.15}']
         [--steps 250] [--batch 16] [--lr 5e-4] [--warmup 10] [--schedule cosine]
         [--train-options '{"lora": true, "lora_rank": 16}']
-        [--scaling-options '{"yarn": {}}']   # METHODS.md's YaRN defaults (the demo's: beta_fast 16)
+        [--scaling-options '{"yarn": {}}']   # the YaRN paper's defaults (the demo's: beta_fast 16)
         [--train-seed 0] [--eval-seeds 0,1,2]
         [--distill 1]   # the demo's: 0 (off)
         [--needles 1]   # needles per needle row, at most (the demo's: 3)

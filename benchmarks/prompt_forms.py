@@ -20,7 +20,7 @@ FORMS = ("legacy", "chat")
 TASKS = ("passkey", "needle")
 
 
-def run(out: Path, lengths: list[int], samples: int) -> None:
+def run(out: Path, lengths: list[int], samples: int, tasks: tuple[str, ...] = TASKS) -> None:
     from tqdm.auto import tqdm
 
     from ropestretch.checkpoints import resolve_model
@@ -33,7 +33,7 @@ def run(out: Path, lengths: list[int], samples: int) -> None:
     depths = [round(float(x), 1) for x in np.linspace(0, 100, 10)]
     haystack = Haystack(tok)
     for form in FORMS:
-        for task in TASKS:
+        for task in tasks:
             folder = out / form
             store = RunStore(folder, task, run_arguments(task, "smollm2-135m-instruct", lengths, samples, 0, None,
                                                          depths, scoring="generate", prompt=form, folder=folder))
@@ -68,10 +68,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--lengths", default="2048,4096")
     parser.add_argument("--samples", type=int, default=20)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="passkey, needle or both (default both)")
     parser.add_argument("--table-only", action="store_true", help="print the table of what is already measured")
     args = parser.parse_args()
     if not args.table_only:
-        run(args.out, [int(x) for x in args.lengths.split(",")], args.samples)
+        tasks = tuple(t for t in args.tasks.split(",") if t)
+        if not tasks or set(tasks) - set(TASKS):
+            parser.error(f"--tasks takes {', '.join(TASKS)}")
+        run(args.out, [int(x) for x in args.lengths.split(",")], args.samples, tasks)
     table(args.out)
     return 0
 

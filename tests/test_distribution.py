@@ -1,4 +1,4 @@
-"""DPRoPE's rotary-angle distributions, disturbance and selection (METHODS.md section 2)."""
+"""DPRoPE's rotary-angle distributions, disturbance and selection (docs/methods.md, DPRoPE)."""
 
 import math
 

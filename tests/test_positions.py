@@ -28,7 +28,7 @@ def test_seeded_and_reproducible(method):
 
 
 def test_cream_matches_released_code_statistics():
-    """METHODS.md: at N = 4096, L = 32768 the strategy mix is 50/50, head starts at 0, tail ends at
+    """docs/methods.md: at N = 4096, L = 32768 the strategy mix is 50/50, head starts at 0, tail ends at
     L-1, and the middle segment's centre has a median of about 0.37 L (5-95%: 0.13-0.74 L)."""
     stats = position_stats("cream", 20000, 4096, 32768, seed=11, coverage_samples=200)
     pos = stats["positions"]

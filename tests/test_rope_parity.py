@@ -49,7 +49,7 @@ def test_inv_freq_and_attention_match_transformers(scaling, overrides, target):
 
 
 def test_formulas_from_methods_md():
-    """Independent float64 formulas of METHODS.md section 1 (not transformers' code path)."""
+    """Independent float64 formulas of docs/methods.md (not transformers' code path)."""
     import math
 
     rope = rope_config_from_dict(tiny_llama_config(max_position_embeddings=4096, hidden_size=512,

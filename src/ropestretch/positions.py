@@ -3,7 +3,7 @@
 Each sampler is one function in :data:`SAMPLERS`: given a batch size, the window ``N``, the target
 ``L`` and a ``torch.Generator``, it returns an int64 tensor ``(batch, length)`` of strictly
 increasing positions in ``[0, L)``; ``length`` is ``N``, except for ``full`` (``L``). Everything is
-vectorised over the batch and reproducible from the generator's seed. METHODS.md section 3
+vectorised over the batch and reproducible from the generator's seed. docs/methods.md
 fixes the samplers; CREAM follows the authors' released code, drawn per sample.
 """
 

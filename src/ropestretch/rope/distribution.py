@@ -1,6 +1,6 @@
 """Rotary-angle distributions and their disturbance: the measurement behind DPRoPE.
 
-METHODS.md section 2, as the authors' released code does it: per pair, the angles
+docs/methods.md (DPRoPE), as the authors' released code does it: per pair, the angles
 ``(m * theta) mod 2pi`` for integer ``m`` in ``[0, n)``, in float32, counted into ``B`` equal bins
 on ``[0, 2pi)``; every bin starts at ``2^-14``; the counts are divided by ``n``. The disturbance
 of a candidate ``Q`` is ``KL(P || Q) = sum_k P_k log(P_k / Q_k)`` against the pre-trained ``P``.
