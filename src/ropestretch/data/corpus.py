@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ropestretch.errors import UsageError
+from ropestretch.errors import UsageError, root_cause
 
 TEXT_SUFFIXES = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -71,15 +71,6 @@ def _data_files(path: Path) -> dict[str, list[str]]:
         if kind and not file.name.startswith("."):
             by_kind.setdefault(kind, []).append(str(file))
     return by_kind
-
-
-def root_cause(err: BaseException) -> str:
-    """The first line of the innermost error (datasets wraps the reason in "An error occurred while
-    generating the dataset")."""
-    while err.__cause__ is not None or err.__context__ is not None:
-        err = err.__cause__ or err.__context__
-    text = str(err).strip()
-    return (text.splitlines()[0][:200] if text else type(err).__name__)
 
 
 def check_json_lines(path: Path, limit: int = 200 << 20) -> None:

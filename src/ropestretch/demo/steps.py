@@ -16,7 +16,7 @@ import numpy as np
 
 from ropestretch.demo.plan import BASE_MODEL, DemoPlan, variant_name, variants
 from ropestretch.errors import UsageError
-from ropestretch.resources import LOCK_FILE, folder_lock
+from ropestretch.resources import folder_lock, is_empty
 
 
 def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], seed: int,
@@ -66,7 +66,7 @@ class Demo:
         self.timings: dict[str, float] = {}
         self._shared: dict[str, Any] = {}  # haystack and perplexity text: one tokenizer for every variant
         record = self.out / "demo.json"
-        if self.out.exists() and any(p.name != LOCK_FILE for p in self.out.iterdir()):
+        if not is_empty(self.out):
             if not record.is_file():
                 raise UsageError(f"{self.out} is not empty and holds no demo; choose a new --out")
             try:

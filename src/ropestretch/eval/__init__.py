@@ -7,7 +7,7 @@ with the scoring mode; the ``run_*`` functions sweep their cells into a
 
 from __future__ import annotations
 
-from ropestretch.errors import UsageError
+from ropestretch.errors import UsageError, first_line
 from ropestretch.eval.perplexity import run_ppl, token_stream
 from ropestretch.eval.retrieval import Evaluator, run_kv, run_lines, run_needle, run_passkey
 from ropestretch.eval.store import RunStore, read_results
@@ -25,7 +25,7 @@ def load_eval_tokenizer(model_dir: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UsageError(f"cannot load a tokenizer from {model_dir}: {reason}") from None
 
 
@@ -46,7 +46,7 @@ def load_for_eval(model_dir: str, trust_remote_code: bool = False, placement=Non
         model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=trust_remote_code,
                                                      **placement.load_kwargs())
     except Exception as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise UsageError(f"cannot load a model and tokenizer from {model_dir}: {reason}") from None
     if not placement.device_map:
         model = model.to(placement.device)
