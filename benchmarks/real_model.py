@@ -43,12 +43,17 @@ class Budget:
     """What every fine-tune gets: the same rows, in the same order, for the same steps."""
 
     row_length: int = 1024
-    steps: int = 48
+    steps: int = 32
     batch_size: int = 4
-    lr: float = 2e-5
+    lr: float = 1e-4
     warmup_steps: int = 4
     seed: int = 0
-    rows: int = 192  # = steps x batch_size: one pass over the rows
+    rows: int = 128  # = steps x batch_size: one pass over the rows
+    # LoRA on every projection: about a third less compute per token than full weights on 2 cores,
+    # so more steps fit the budget, and a higher rate than full fine-tuning tolerates
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     mix: tuple = (("passkey", 0.35), ("needle", 0.35), ("prose", 0.30))
 
     @property
@@ -70,12 +75,14 @@ class Cell:
 ALL = ("base",) + TRAINING_FREE[1:] + tuple(FINE_TUNED)
 # most telling first: a run stopped anywhere still holds the comparisons the report leads with
 EVALS = (
-    Cell("ppl", ("base",) + TRAINING_FREE[1:], (4096, 8192, 16384), 1),
-    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1),
-    Cell("needle", ("yarn",) + tuple(FINE_TUNED), (16384,), 2),
-    Cell("ppl", tuple(FINE_TUNED), (4096, 8192, 16384), 1),
-    Cell("passkey", ALL, (4096,), 2),
-    Cell("needle", ("base", "yarn") + tuple(FINE_TUNED), (4096,), 2),
+    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, MIDDLE),
+    Cell("ppl", ("base", "yarn") + tuple(FINE_TUNED), (4096, 16384), 1),
+    Cell("passkey", ("base", "yarn") + tuple(FINE_TUNED), (4096,), 1),
+    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, (0.0, 100.0)),
+    Cell("needle", ("yarn",) + tuple(FINE_TUNED), (16384,), 1),
+    Cell("ppl", ("linear", "ntk", "dynamic", "dprope"), (4096, 16384), 1),
+    Cell("passkey", ("linear", "ntk", "dynamic", "dprope"), (4096,), 1),
+    Cell("ppl", ALL, (8192,), 1),
     Cell("ppl-code", ALL, (4096, 16384), 1),
     Cell("passkey", ("linear", "ntk", "dynamic", "dprope"), (16384,), 1),
     Cell("ppl", ("yarn", "dprope", "cream-yarn", "pose-yarn", "plain-yarn"), (32768,), 1),
@@ -160,7 +167,8 @@ def fine_tune(out: Path, name: str, positions: str, data: Path, budget: Budget) 
     cfg = make_config(model=MODEL, data=str(data), out=str(folder), target=TARGET, positions=positions,
                       scaling="yarn", row_length=budget.row_length, steps=budget.steps,
                       batch_size=budget.batch_size, lr=budget.lr, warmup_steps=budget.warmup_steps,
-                      seed=budget.seed, save_steps=8, save_total_limit=1, cream_k=32,
+                      seed=budget.seed, save_steps=8, save_total_limit=1, cream_k=32, lora=True,
+                      lora_rank=budget.lora_rank, lora_alpha=budget.lora_alpha, lora_targets=budget.lora_targets,
                       resume=(folder / "run.json").is_file())
     train(cfg)
     return folder
@@ -174,6 +182,12 @@ def code_documents() -> list[str]:
     return [f.read_text(encoding="utf-8", errors="replace") for f in files if f.stat().st_size > 20000][:60]
 
 
+def cell_folder(cell: Cell) -> str:
+    """One run folder per cell: two cells of one test on a variant (16K x 1, then 4K x 2) are two runs."""
+    depths = "" if cell.depths == DEPTHS or cell.test.startswith("ppl") else "@" + ",".join(f"{d:g}" for d in cell.depths)
+    return f"{cell.test}@{','.join(map(str, cell.lengths))}x{cell.samples}{depths}"
+
+
 def evaluate(out: Path, models: dict[str, Path], cell: Cell) -> None:
     from ropestretch.data.prompts import prompt_format
     from ropestretch.data.tasks import Haystack
@@ -184,10 +198,9 @@ def evaluate(out: Path, models: dict[str, Path], cell: Cell) -> None:
     for variant in cell.variants:
         if variant not in models:
             continue  # a fine-tune that has not run yet
-        folder = out / "evals" / variant
         test = "ppl" if cell.test.startswith("ppl") else cell.test
         text = "stdlib-code" if cell.test == "ppl-code" else None
-        store_name = folder / ("code" if cell.test == "ppl-code" else "")
+        store_name = out / "evals" / variant / cell_folder(cell)
         args = run_arguments(test, MODEL if variant == "base" else str(models[variant]), list(cell.lengths),
                              cell.samples, 0, text,
                              list(cell.depths) if test != "ppl" else None, scoring="generate", prompt="chat"
@@ -213,15 +226,29 @@ def evaluate(out: Path, models: dict[str, Path], cell: Cell) -> None:
 # --- report ------------------------------------------------------------------------------------
 
 
-def results(out: Path) -> dict:
-    """{(variant, test): [rows]} of every finished cell; perplexity on code as test ``ppl-code``."""
+def results(out: Path, archive: Path | None = None) -> dict:
+    """{(variant, test): [rows]} of every finished cell (perplexity on code as test ``ppl-code``).
+
+    ``archive`` (the report's results.jsonl) keeps every row a report was written from: rows of
+    cells that ``out`` no longer holds (another machine, a cleaned folder) are read from it, and it
+    is rewritten with the union, so the report never loses a measured figure."""
     from ropestretch.eval import read_results
 
     found: dict = {}
-    for folder in sorted((out / "evals").glob("*")):
-        for sub, suffix in ((folder, ""), (folder / "code", "-code")):
-            for row in read_results(sub) if (sub / "results.jsonl").is_file() else []:
-                found.setdefault((folder.name, row["test"] + (suffix if row["test"] == "ppl" else "")), []).append(row)
+    seen = set()
+    for path in sorted((out / "evals").glob("*/*/results.jsonl")):
+        variant, test = path.parent.parent.name, path.parent.name.split("@")[0]
+        for row in read_results(path.parent):
+            found.setdefault((variant, test), []).append(row)
+            seen.add((variant, test, json.dumps(row["cell"], sort_keys=True)))
+    if archive is not None and archive.is_file():
+        for line in archive.read_text().splitlines():
+            kept = json.loads(line)
+            if (kept["variant"], kept["test"], json.dumps(kept["row"]["cell"], sort_keys=True)) not in seen:
+                found.setdefault((kept["variant"], kept["test"]), []).append(kept["row"])
+    if archive is not None:
+        rows = [{"variant": v, "test": t, "row": r} for (v, t), rs in sorted(found.items()) for r in rs]
+        archive.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return found
 
 
@@ -250,8 +277,8 @@ def report(out: Path, docs: Path, budget: Budget) -> Path:
 
     from ropestretch.report import _heatmap
 
-    found = results(out)
     docs.mkdir(parents=True, exist_ok=True)
+    found = results(out, docs / "results.jsonl")
     variants = [v for v in ALL if any(k[0] == v for k in found)]
     lines = ["# SmolLM2-135M-Instruct from 8K to 32K", "",
              "Every figure below comes from `python benchmarks/real_model.py --out runs/smollm2` (the study, "
@@ -313,8 +340,9 @@ def report(out: Path, docs: Path, budget: Budget) -> Path:
             lines.append(f"![needle {v}](needle-{v}.png)")
     lines += ["", "## Fine-tuning budget", "",
               f"Every fine-tune: {budget.steps} steps of {budget.batch_size} rows of {budget.row_length} tokens "
-              f"({budget.tokens:,} tokens), AdamW at {budget.lr:g} after {budget.warmup_steps} warm-up steps, full "
-              f"weights in float32, the same {budget.rows} rows (mix {dict(budget.mix)}) in the same order, yarn "
+              f"({budget.tokens:,} tokens), AdamW at {budget.lr:g} after {budget.warmup_steps} warm-up steps, LoRA "
+              f"rank {budget.lora_rank} (alpha {budget.lora_alpha}) on {budget.lora_targets}, merged, in float32, "
+              f"the same {budget.rows} rows (mix {dict(budget.mix)}) in the same order, yarn "
               f"scaling to {TARGET}.", "", "| variant | positions | train seconds | tokens/s | final loss |",
               "|---|---|---|---|---|"]
     for name, positions in FINE_TUNED.items():
