@@ -35,7 +35,7 @@ TARGET = 32768
 TRAINING_FREE = ("none", "linear", "ntk", "dynamic", "yarn", "dprope")
 FINE_TUNED = {"cream-yarn": "cream", "pose-yarn": "pose", "plain-yarn": "none"}
 DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
-MIDDLE = (25.0, 50.0, 75.0)
+MIDDLE = (25.0, 37.5, 50.0, 62.5, 75.0)  # the depths reported apart: where CREAM claims its gain
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,11 @@ class Cell:
 ALL = ("base",) + TRAINING_FREE[1:] + tuple(FINE_TUNED)
 # most telling first: a run stopped anywhere still holds the comparisons the report leads with
 EVALS = (
-    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, MIDDLE),
+    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, (25.0, 50.0, 75.0)),
     Cell("ppl", ("base", "yarn") + tuple(FINE_TUNED), (4096, 16384), 1),
     Cell("passkey", ("base", "yarn") + tuple(FINE_TUNED), (4096,), 1),
     Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, (0.0, 100.0)),
+    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, (37.5, 62.5)),  # more middle samples
     Cell("needle", ("yarn",) + tuple(FINE_TUNED), (16384,), 1),
     Cell("ppl", ("linear", "ntk", "dynamic", "dprope"), (4096, 16384), 1),
     Cell("passkey", ("linear", "ntk", "dynamic", "dprope"), (4096,), 1),
