@@ -345,7 +345,13 @@ def report(out: Path, docs: Path, budget: Budget) -> Path:
               f"({budget.tokens:,} tokens), AdamW at {budget.lr:g} after {budget.warmup_steps} warm-up steps, LoRA "
               f"rank {budget.lora_rank} (alpha {budget.lora_alpha}) on {budget.lora_targets}, merged, in float32, "
               f"the same {budget.rows} rows (mix {dict(budget.mix)}) in the same order, yarn "
-              f"scaling to {TARGET}.", "", "| variant | positions | train seconds | tokens/s | final loss |",
+              f"scaling to {TARGET}.", "",
+              "The passkey and needle rows are the evaluation's own prompt forms (chat format, answer appended) at "
+              f"{budget.row_length // 2}-{budget.row_length - 16} tokens, filled to {budget.row_length} with prose: "
+              "the fine-tunes learn the task format at short range, on draws (keys, cities, depths, haystacks) "
+              "other than the evaluation's. Plain fine-tuning (positions `none`) sees positions 0-1023 only; "
+              f"CREAM and PoSE see position ids spread over the whole {TARGET}.", "",
+              "| variant | positions | train seconds | tokens/s | final loss |",
               "|---|---|---|---|---|"]
     for name, positions in FINE_TUNED.items():
         meta = out / "models" / name / "ropestretch.json"
@@ -353,6 +359,11 @@ def report(out: Path, docs: Path, budget: Budget) -> Path:
             m = json.loads(meta.read_text())
             lines.append(f"| {name} | {positions} | {m['train_seconds']:.0f} | "
                          f"{m['train_tokens'] / m['train_seconds']:.0f} | {m['final_loss']:.3f} |")
+    spent = {}
+    for (v, _), rows in found.items():
+        spent[v] = spent.get(v, 0.0) + sum(r.get("seconds", 0.0) for r in rows)
+    lines += ["", "Evaluation time per variant (seconds, summed over its cells): " +
+              ", ".join(f"{v} {spent[v]:.0f}" for v in variants) + "."]
     lines += ["", "## Commands", "", "```bash", "python benchmarks/real_model.py --out runs/smollm2",
               "python benchmarks/real_model.py --out runs/smollm2 --report docs/smollm2", "```", "",
               "Plan as run:", "", "```json", json.dumps({"budget": asdict(budget), "evals": [asdict(c) for c in EVALS]},
