@@ -235,6 +235,7 @@ def results(out: Path, archive: Path | None = None) -> dict:
     cells that ``out`` no longer holds (another machine, a cleaned folder) are read from it, and it
     is rewritten with the union, so the report never loses a measured figure."""
     from ropestretch.eval import read_results
+    from ropestretch.jsonl import read_jsonl
 
     found: dict = {}
     seen = set()
@@ -244,13 +245,14 @@ def results(out: Path, archive: Path | None = None) -> dict:
             found.setdefault((variant, test), []).append(row)
             seen.add((variant, test, json.dumps(row["cell"], sort_keys=True)))
     if archive is not None and archive.is_file():
-        for line in archive.read_text().splitlines():
-            kept = json.loads(line)
+        for kept in read_jsonl(archive):
             if (kept["variant"], kept["test"], json.dumps(kept["row"]["cell"], sort_keys=True)) not in seen:
                 found.setdefault((kept["variant"], kept["test"]), []).append(kept["row"])
     if archive is not None:
         rows = [{"variant": v, "test": t, "row": r} for (v, t), rs in sorted(found.items()) for r in rs]
-        archive.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp = archive.with_suffix(".partial")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(archive)  # a report stopped while writing leaves the archive whole
     return found
 
 
