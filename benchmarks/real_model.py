@@ -27,13 +27,12 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 MODEL = "smollm2-135m-instruct"
 TARGET = 32768
 TRAINING_FREE = ("none", "linear", "ntk", "dynamic", "yarn", "dprope")
-FINE_TUNED = {"cream-yarn": "cream", "pose-yarn": "pose", "plain-yarn": "none"}
 DEPTHS = (0.0, 25.0, 50.0, 75.0, 100.0)
 MIDDLE = (25.0, 37.5, 50.0, 62.5, 75.0)  # the depths reported apart: where CREAM claims its gain
 
@@ -61,6 +60,19 @@ class Budget:
         return self.steps * self.batch_size * self.row_length
 
 
+FULL = Budget()
+# the same budget without passkey rows: the passkey becomes a task the fine-tune never saw, so
+# what it gains there comes from the positions and the scaling, not from learning the task
+HELD_OUT = replace(FULL, mix=(("needle", 0.5), ("prose", 0.5)))
+RECIPES = {"full": FULL, "heldout": HELD_OUT}
+# name -> (positions, recipe); every one under yarn to TARGET
+FINE_TUNED = {"cream-yarn": ("cream", "full"), "pose-yarn": ("pose", "full"), "plain-yarn": ("none", "full"),
+              "cream-yarn-heldout": ("cream", "heldout"), "pose-yarn-heldout": ("pose", "heldout"),
+              "plain-yarn-heldout": ("none", "heldout")}
+FULL_FT = tuple(n for n, (_, r) in FINE_TUNED.items() if r == "full")
+HELD_FT = tuple(n for n, (_, r) in FINE_TUNED.items() if r == "heldout")
+
+
 @dataclass(frozen=True)
 class Cell:
     """One evaluation: a test on some variants at some lengths."""
@@ -72,22 +84,30 @@ class Cell:
     depths: tuple = DEPTHS
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "smollm2"
 ALL = ("base",) + TRAINING_FREE[1:] + tuple(FINE_TUNED)
 # most telling first: a run stopped anywhere still holds the comparisons the report leads with
 EVALS = (
-    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, (25.0, 50.0, 75.0)),
-    Cell("ppl", ("base", "yarn") + tuple(FINE_TUNED), (4096, 16384), 1),
-    Cell("passkey", ("base", "yarn") + tuple(FINE_TUNED), (4096,), 1),
-    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, (0.0, 100.0)),
-    Cell("passkey", ("yarn",) + tuple(FINE_TUNED), (16384,), 1, (37.5, 62.5)),  # more middle samples
-    Cell("needle", ("yarn",) + tuple(FINE_TUNED), (16384,), 1),
+    Cell("passkey", ("yarn",) + FULL_FT, (16384,), 1, (25.0, 50.0, 75.0)),
+    Cell("ppl", ("base", "yarn") + FULL_FT, (4096, 16384), 1),
+    Cell("passkey", ("base", "yarn") + FULL_FT, (4096,), 1),
+    Cell("passkey", ("yarn",) + FULL_FT, (16384,), 1, (0.0, 100.0)),
+    Cell("passkey", ("yarn",) + FULL_FT, (16384,), 1, (37.5, 62.5)),  # more middle samples
+    Cell("needle", ("base", "yarn") + FULL_FT, (16384,), 1),
     Cell("ppl", ("linear", "ntk", "dynamic", "dprope"), (4096, 16384), 1),
     Cell("passkey", ("linear", "ntk", "dynamic", "dprope"), (4096,), 1),
     Cell("passkey", ("yarn", "cream-yarn", "pose-yarn"), (32768,), 1, (50.0,)),
+    # the held-out recipe: the passkey is new to the fine-tunes, so the samplers can differ on it
+    Cell("passkey", HELD_FT, (16384,), 1, MIDDLE),
+    Cell("passkey", HELD_FT, (4096,), 1),
+    Cell("ppl", HELD_FT, (4096, 16384), 1),
     Cell("ppl", ALL, (8192,), 1),
     Cell("ppl-code", ALL, (4096, 16384), 1),
-    Cell("passkey", ("linear", "ntk", "dynamic", "dprope"), (16384,), 1),
-    Cell("ppl", ("yarn", "dprope", "cream-yarn", "pose-yarn", "plain-yarn"), (32768,), 1),
+    Cell("ppl", ("yarn",) + HELD_FT, (32768,), 1),
+    Cell("passkey", ("ntk", "dynamic", "dprope", "linear"), (16384,), 1),
+    Cell("passkey", ("yarn",) + HELD_FT, (32768,), 1, (25.0, 75.0)),
+    Cell("passkey", HELD_FT, (16384,), 1, (0.0, 100.0)),
+    Cell("ppl", ("dprope",) + FULL_FT, (32768,), 1),
     Cell("passkey", ("yarn", "cream-yarn", "pose-yarn"), (32768,), 1, (0.0, 100.0)),
     Cell("needle", ("yarn", "cream-yarn", "pose-yarn"), (32768,), 1, (0.0, 50.0, 100.0)),
 )
@@ -106,19 +126,27 @@ def base_model() -> Path:
     return resolve_model(MODEL)
 
 
-def training_free(out: Path, base: Path) -> dict[str, Path]:
+def prepare(out: Path, base: Path, variant: str, train: bool = True) -> Path | None:
+    """The variant's checkpoint, made on first use: ``apply`` for a training-free scaling, the
+    fine-tune for a fine-tuned one (None where ``train`` is off and it has not run)."""
     from ropestretch.rope import load_rope_config, scale
     from ropestretch.rope.export import apply_to_checkpoint
 
-    models = {"base": base}
-    for scaling in TRAINING_FREE[1:]:
-        folder = out / "models" / scaling
-        if not (folder / "ropestretch.json").is_file():
-            say(f"apply {scaling}: 8192 -> {TARGET}")
-            apply_to_checkpoint(base, folder, scale(load_rope_config(base), scaling, TARGET), command="apply",
-                                model=MODEL)
-        models[scaling] = folder
-    return models
+    if variant == "base":
+        return base
+    folder = out / "models" / variant
+    if (folder / "ropestretch.json").is_file():
+        return folder
+    if variant in TRAINING_FREE:
+        say(f"apply {variant}: 8192 -> {TARGET}")
+        apply_to_checkpoint(base, folder, scale(load_rope_config(base), variant, TARGET), command="apply",
+                            model=MODEL)
+        return folder
+    if not train:
+        return None
+    positions, recipe = FINE_TUNED[variant]
+    budget = RECIPES[recipe]
+    return fine_tune(out, variant, positions, training_rows(out, base, budget), budget)
 
 
 def training_rows(out: Path, base: Path, budget: Budget) -> Path:
@@ -130,14 +158,14 @@ def training_rows(out: Path, base: Path, budget: Budget) -> Path:
     from ropestretch.data import tasks
     from ropestretch.data.prompts import prompt_format
 
-    path = out / "data" / f"rows-{budget.row_length}-{budget.rows}-seed{budget.seed}.jsonl"
+    kinds, weights = zip(*budget.mix)
+    path = out / "data" / f"rows-{budget.row_length}-{budget.rows}-seed{budget.seed}-{'-'.join(kinds)}.jsonl"
     if path.is_file():
         return path
     tok = AutoTokenizer.from_pretrained(base)
     prompt = prompt_format(tok, "chat")
     haystack = tasks.Haystack(tok)
     rng = np.random.default_rng(budget.seed)
-    kinds, weights = zip(*budget.mix)
     end = list(prompt.assistant_prefix[:1])  # the turn's end token (<|im_end|>)
     rows = []
     for _ in range(budget.rows):
@@ -190,30 +218,44 @@ def cell_folder(cell: Cell) -> str:
     return f"{cell.test}@{','.join(map(str, cell.lengths))}x{cell.samples}{depths}"
 
 
-def evaluate(out: Path, models: dict[str, Path], cell: Cell) -> None:
+def archived_cells(archive: Path) -> set:
+    """(variant, test, cell) of every row the report's archive holds: measured once, on any machine."""
+    from ropestretch.jsonl import read_jsonl
+
+    if not archive.is_file():
+        return set()
+    return {(k["variant"], k["test"], json.dumps(k["row"]["cell"], sort_keys=True)) for k in read_jsonl(archive)}
+
+
+def evaluate(out: Path, base: Path, cell: Cell, archived: set = frozenset(), train: bool = True) -> None:
+    """Run a cell on each of its variants, skipping those whose rows are in its run folder or in the
+    archive; a variant's checkpoint is made (applied or fine-tuned) only when a cell needs it."""
     from ropestretch.data.prompts import prompt_format
     from ropestretch.data.tasks import Haystack
     from ropestretch.data.corpus import builtin_documents
     from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle, run_passkey, run_ppl, token_stream
     from ropestretch.eval.store import run_arguments
 
+    test = "ppl" if cell.test.startswith("ppl") else cell.test
+    cells = [{"length": n} for n in cell.lengths] if test == "ppl" else \
+        [{"length": n, "depth": d} for n in cell.lengths for d in cell.depths]
     for variant in cell.variants:
-        if variant not in models:
-            continue  # a fine-tune that has not run yet
-        test = "ppl" if cell.test.startswith("ppl") else cell.test
-        text = "stdlib-code" if cell.test == "ppl-code" else None
         store_name = out / "evals" / variant / cell_folder(cell)
-        args = run_arguments(test, MODEL if variant == "base" else str(models[variant]), list(cell.lengths),
+        if all((variant, cell.test, json.dumps(c, sort_keys=True)) in archived for c in cells):
+            continue
+        folder = prepare(out, base, variant, train)
+        if folder is None:
+            continue  # a fine-tune that has not run (--only eval)
+        text = "stdlib-code" if cell.test == "ppl-code" else None
+        args = run_arguments(test, MODEL if variant == "base" else str(folder), list(cell.lengths),
                              cell.samples, 0, text,
                              list(cell.depths) if test != "ppl" else None, scoring="generate", prompt="chat"
                              if test != "ppl" else None, folder=store_name)
         store = RunStore(store_name, test, args)
-        cells = [{"length": n} for n in cell.lengths] if test == "ppl" else \
-            [{"length": n, "depth": d} for n in cell.lengths for d in cell.depths]
         if all(store.finished(c) for c in cells):
             continue
-        say(f"eval {variant} {cell.test} at {list(cell.lengths)}")
-        model, tok = load_for_eval(str(models[variant]))
+        say(f"eval {variant} {cell_folder(cell)}")
+        model, tok = load_for_eval(str(folder))
         ev = Evaluator(model, tok, "generate", batch_size=1, haystack=Haystack(tok), prompt=prompt_format(tok, "chat"))
         if test == "ppl":
             docs = code_documents() if cell.test == "ppl-code" else builtin_documents()
@@ -256,6 +298,21 @@ def results(out: Path, archive: Path | None = None) -> dict:
     return found
 
 
+def training_records(out: Path, archive: Path) -> dict:
+    """{fine-tune: its train seconds, tokens and final loss}, from the run's checkpoints and the
+    report's archive (``training.json``), which keeps them once the checkpoints are gone."""
+    kept = json.loads(archive.read_text()) if archive.is_file() else {}
+    for name in FINE_TUNED:
+        meta = out / "models" / name / "ropestretch.json"
+        if meta.is_file():
+            m = json.loads(meta.read_text())
+            kept[name] = {k: m[k] for k in ("train_seconds", "train_tokens", "final_loss")}
+    tmp = archive.with_suffix(".partial")
+    tmp.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    tmp.replace(archive)
+    return {name: kept[name] for name in FINE_TUNED if name in kept}
+
+
 def _acc(rows, length, depths=None) -> tuple[int, int]:
     mine = [r for r in rows if r["cell"]["length"] == length and (depths is None or r["cell"]["depth"] in depths)]
     return sum(r["correct"] for r in mine), sum(r["n"] for r in mine)
@@ -273,7 +330,7 @@ def _ppl(rows, length) -> str:
     return f"{mine[0]['ppl']:.2f}" if mine else "-"
 
 
-def report(out: Path, docs: Path, budget: Budget) -> Path:
+def report(out: Path, docs: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,25 +399,28 @@ def report(out: Path, docs: Path, budget: Budget) -> Path:
         if rows:
             _heatmap(plt, rows, f"needle, {v}", docs / f"needle-{v}.png")
             lines.append(f"![needle {v}](needle-{v}.png)")
+    b = FULL
     lines += ["", "## Fine-tuning budget", "",
-              f"Every fine-tune: {budget.steps} steps of {budget.batch_size} rows of {budget.row_length} tokens "
-              f"({budget.tokens:,} tokens), AdamW at {budget.lr:g} after {budget.warmup_steps} warm-up steps, LoRA "
-              f"rank {budget.lora_rank} (alpha {budget.lora_alpha}) on {budget.lora_targets}, merged, in float32, "
-              f"the same {budget.rows} rows (mix {dict(budget.mix)}) in the same order, yarn "
-              f"scaling to {TARGET}.", "",
-              "The passkey and needle rows are the evaluation's own prompt forms (chat format, answer appended) at "
-              f"{budget.row_length // 2}-{budget.row_length - 16} tokens, filled to {budget.row_length} with prose: "
-              "the fine-tunes learn the task format at short range, on draws (keys, cities, depths, haystacks) "
-              "other than the evaluation's. Plain fine-tuning (positions `none`) sees positions 0-1023 only; "
-              f"CREAM and PoSE see position ids spread over the whole {TARGET}.", "",
-              "| variant | positions | train seconds | tokens/s | final loss |",
-              "|---|---|---|---|---|"]
-    for name, positions in FINE_TUNED.items():
-        meta = out / "models" / name / "ropestretch.json"
-        if meta.is_file():
-            m = json.loads(meta.read_text())
-            lines.append(f"| {name} | {positions} | {m['train_seconds']:.0f} | "
-                         f"{m['train_tokens'] / m['train_seconds']:.0f} | {m['final_loss']:.3f} |")
+              f"Every fine-tune: {b.steps} steps of {b.batch_size} rows of {b.row_length} tokens "
+              f"({b.tokens:,} tokens), AdamW at {b.lr:g} after {b.warmup_steps} warm-up steps, LoRA "
+              f"rank {b.lora_rank} (alpha {b.lora_alpha}) on {b.lora_targets}, merged, in float32, "
+              f"{b.rows} rows in the same order for every fine-tune of a recipe, yarn scaling to {TARGET}. "
+              "Plain fine-tuning (positions `none`) sees positions 0-1023 only; CREAM and PoSE see position "
+              f"ids spread over the whole {TARGET}.", "",
+              "Two recipes, the same budget, other rows:", "",
+              f"- `full` (cream-yarn, pose-yarn, plain-yarn): mix {dict(FULL.mix)}. The passkey and needle rows "
+              "are the evaluation's own prompt forms (chat format, answer appended) at "
+              f"{b.row_length // 2}-{b.row_length - 16} tokens, filled with prose: the fine-tunes learn the "
+              "task at short range, on draws (keys, cities, depths, haystacks) other than the evaluation's.",
+              f"- `heldout` (the `-heldout` variants): mix {dict(HELD_OUT.mix)}, no passkey row. The passkey is "
+              "a task these fine-tunes never saw, so what they gain on it comes from the positions and the "
+              "scaling they were trained with, not from learning the task.", "",
+              "| variant | recipe | positions | train seconds | tokens/s | final loss |",
+              "|---|---|---|---|---|---|"]
+    for name, meta in training_records(out, docs / "training.json").items():
+        positions, recipe = FINE_TUNED[name]
+        lines.append(f"| {name} | {recipe} | {positions} | {meta['train_seconds']:.0f} | "
+                     f"{meta['train_tokens'] / meta['train_seconds']:.0f} | {meta['final_loss']:.3f} |")
     spent = {}
     for (v, _), rows in found.items():
         spent[v] = spent.get(v, 0.0) + sum(r.get("seconds", 0.0) for r in rows)
@@ -368,8 +428,9 @@ def report(out: Path, docs: Path, budget: Budget) -> Path:
               ", ".join(f"{v} {spent[v]:.0f}" for v in variants) + "."]
     lines += ["", "## Commands", "", "```bash", "python benchmarks/real_model.py --out runs/smollm2",
               "python benchmarks/real_model.py --out runs/smollm2 --report docs/smollm2", "```", "",
-              "Plan as run:", "", "```json", json.dumps({"budget": asdict(budget), "evals": [asdict(c) for c in EVALS]},
-                                                        indent=1), "```", ""]
+              "Plan as run:", "", "```json",
+              json.dumps({"recipes": {k: asdict(r) for k, r in RECIPES.items()}, "evals": [asdict(c) for c in EVALS]},
+                         indent=1), "```", ""]
     path = docs / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -379,25 +440,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="study folder (models, data, evals)")
     parser.add_argument("--report", type=Path, metavar="DOCS_DIR", help="only write the report from what is done")
+    parser.add_argument("--archive", type=Path, default=DOCS / "results.jsonl",
+                        help="rows measured before (the report's results.jsonl): their cells are not rerun")
     parser.add_argument("--only", choices=["train", "eval"], help="stop after the fine-tunes, or skip them")
     args = parser.parse_args()
-    budget = Budget()
     if args.report:
-        print(f"wrote {report(args.out, args.report, budget)}")
+        print(f"wrote {report(args.out, args.report)}")
         return 0
     base = base_model()
-    models = training_free(args.out, base)
-    if args.only != "eval":
-        data = training_rows(args.out, base, budget)
-        for name, positions in FINE_TUNED.items():
-            models[name] = fine_tune(args.out, name, positions, data, budget)
-    else:
-        models.update({n: args.out / "models" / n for n in FINE_TUNED
-                       if (args.out / "models" / n / "ropestretch.json").is_file()})
     if args.only == "train":
+        for name in FINE_TUNED:
+            prepare(args.out, base, name)
         return 0
+    archived = archived_cells(args.archive)
     for cell in EVALS:
-        evaluate(args.out, models, cell)
+        evaluate(args.out, base, cell, archived, train=args.only != "eval")
     say("done")
     return 0
 

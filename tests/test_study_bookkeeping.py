@@ -54,3 +54,44 @@ def test_archive_keeps_rows_the_runs_lost(study, tmp_path):
     _write(empty / "evals" / "yarn" / "passkey@16384x1", [newer])
     again = study.results(empty, archive)
     assert again[("yarn", "passkey")] == [newer, second]
+
+
+def test_archived_cells_are_not_rerun(study, tmp_path, monkeypatch):
+    """A clean machine with the archive makes no checkpoint for a cell already measured, and does
+    for a cell that is not."""
+    cell = study.Cell("passkey", ("cream-yarn",), (16384,), 1, (25.0, 75.0))
+    archive = tmp_path / "results.jsonl"
+    archive.write_text("".join(json.dumps({"variant": "cream-yarn", "test": "passkey",
+                                           "row": {"cell": {"length": 16384, "depth": d}, "correct": 1, "n": 1}})
+                               + "\n" for d in (25.0, 75.0)))
+    made = []
+
+    def prepare(out, base, variant, train=True):
+        made.append(variant)
+        return None  # as if the fine-tune had not run: nothing is evaluated
+
+    monkeypatch.setattr(study, "prepare", prepare)
+    study.evaluate(tmp_path / "run", tmp_path / "base", cell, study.archived_cells(archive))
+    assert made == []
+    missing = study.Cell("passkey", ("cream-yarn",), (16384,), 1, (25.0, 50.0, 75.0))  # 50% not archived
+    study.evaluate(tmp_path / "run", tmp_path / "base", missing, study.archived_cells(archive))
+    assert made == ["cream-yarn"]
+
+
+def test_training_records_outlive_the_checkpoints(study, tmp_path):
+    meta = {"train_seconds": 500.0, "train_tokens": 131072, "final_loss": 1.5, "other": 1}
+    folder = tmp_path / "run" / "models" / "pose-yarn-heldout"
+    folder.mkdir(parents=True)
+    (folder / "ropestretch.json").write_text(json.dumps(meta))
+    archive = tmp_path / "training.json"
+    kept = study.training_records(tmp_path / "run", archive)
+    assert kept == {"pose-yarn-heldout": {"train_seconds": 500.0, "train_tokens": 131072, "final_loss": 1.5}}
+    (tmp_path / "elsewhere").mkdir()
+    assert study.training_records(tmp_path / "elsewhere", archive) == kept
+
+
+def test_heldout_recipe_has_no_passkey_rows_and_the_same_budget(study):
+    full, held = study.RECIPES["full"], study.RECIPES["heldout"]
+    assert "passkey" in dict(full.mix) and "passkey" not in dict(held.mix)
+    assert (full.steps, full.batch_size, full.row_length, full.rows) == (held.steps, held.batch_size,
+                                                                         held.row_length, held.rows)
