@@ -123,6 +123,13 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Write through a temporary file: a run stopped while writing leaves the old file whole."""
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 # --- steps -------------------------------------------------------------------------------------
 
 
@@ -186,9 +193,7 @@ def training_rows(out: Path, base: Path, budget: Budget) -> Path:
             ids += haystack.fill(budget.row_length - len(ids), rng)[0]  # the rest of the row: prose
         rows.append({"input_ids": [int(t) for t in ids[:budget.row_length]], "kind": kind})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_whole(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
@@ -226,11 +231,12 @@ def cell_folder(cell: Cell) -> str:
 
 def archived_cells(archive: Path) -> set:
     """(variant, test, cell) of every row the report's archive holds: measured once, on any machine."""
+    from ropestretch.eval.store import cell_key
     from ropestretch.jsonl import read_jsonl
 
     if not archive.is_file():
         return set()
-    return {(k["variant"], k["test"], json.dumps(k["row"]["cell"], sort_keys=True)) for k in read_jsonl(archive)}
+    return {(k["variant"], k["test"], cell_key(k["row"]["cell"])) for k in read_jsonl(archive)}
 
 
 def evaluate(out: Path, base: Path, cell: Cell, archived: set = frozenset(), train: bool = True) -> None:
@@ -240,14 +246,14 @@ def evaluate(out: Path, base: Path, cell: Cell, archived: set = frozenset(), tra
     from ropestretch.data.tasks import Haystack
     from ropestretch.data.corpus import builtin_documents
     from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle, run_passkey, run_ppl, token_stream
-    from ropestretch.eval.store import run_arguments
+    from ropestretch.eval.store import cell_key, run_arguments
 
     test = "ppl" if cell.test.startswith("ppl") else cell.test
     cells = [{"length": n} for n in cell.lengths] if test == "ppl" else \
         [{"length": n, "depth": d} for n in cell.lengths for d in cell.depths]
     for variant in cell.variants:
         store_name = out / "evals" / variant / cell_folder(cell)
-        if all((variant, cell.test, json.dumps(c, sort_keys=True)) in archived for c in cells):
+        if all((variant, cell.test, cell_key(c)) in archived for c in cells):
             continue
         folder = prepare(out, base, variant, train)
         if folder is None:
@@ -283,6 +289,7 @@ def results(out: Path, archive: Path | None = None) -> dict:
     cells that ``out`` no longer holds (another machine, a cleaned folder) are read from it, and it
     is rewritten with the union, so the report never loses a measured figure."""
     from ropestretch.eval import read_results
+    from ropestretch.eval.store import cell_key
     from ropestretch.jsonl import read_jsonl
 
     found: dict = {}
@@ -291,16 +298,14 @@ def results(out: Path, archive: Path | None = None) -> dict:
         variant, test = path.parent.parent.name, path.parent.name.split("@")[0]
         for row in read_results(path.parent):
             found.setdefault((variant, test), []).append(row)
-            seen.add((variant, test, json.dumps(row["cell"], sort_keys=True)))
+            seen.add((variant, test, cell_key(row["cell"])))
     if archive is not None and archive.is_file():
         for kept in read_jsonl(archive):
-            if (kept["variant"], kept["test"], json.dumps(kept["row"]["cell"], sort_keys=True)) not in seen:
+            if (kept["variant"], kept["test"], cell_key(kept["row"]["cell"])) not in seen:
                 found.setdefault((kept["variant"], kept["test"]), []).append(kept["row"])
     if archive is not None:
         rows = [{"variant": v, "test": t, "row": r} for (v, t), rs in sorted(found.items()) for r in rs]
-        tmp = archive.with_suffix(".partial")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(archive)  # a report stopped while writing leaves the archive whole
+        write_whole(archive, "".join(json.dumps(r) + "\n" for r in rows))
     return found
 
 
@@ -313,9 +318,7 @@ def training_records(out: Path, archive: Path) -> dict:
         if meta.is_file():
             m = json.loads(meta.read_text())
             kept[name] = {k: m[k] for k in ("train_seconds", "train_tokens", "final_loss")}
-    tmp = archive.with_suffix(".partial")
-    tmp.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
-    tmp.replace(archive)
+    write_whole(archive, json.dumps(kept, indent=1, sort_keys=True) + "\n")
     return {name: kept[name] for name in FINE_TUNED if name in kept}
 
 
