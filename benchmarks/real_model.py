@@ -33,6 +33,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from ropestretch.jsonl import write_whole
+
 MODEL = "smollm2-135m-instruct"
 TARGET = 32768
 TRAINING_FREE = ("none", "linear", "ntk", "dynamic", "yarn", "dprope")
@@ -121,13 +123,6 @@ EVALS = (
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def write_whole(path: Path, text: str) -> None:
-    """Write through a temporary file: a run stopped while writing leaves the old file whole."""
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 # --- steps -------------------------------------------------------------------------------------

@@ -121,6 +121,25 @@ def test_results_line_cut_by_a_kill_does_not_swallow_the_next(tmp_path):
     assert [r["cell"]["length"] for r in read_results(tmp_path)] == [1, 2]
 
 
+def test_a_record_rewritten_when_the_write_fails_keeps_its_old_text(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from ropestretch.jsonl import write_whole
+
+    record = tmp_path / "eval-args.json"
+    write_whole(record, "old\n")
+    write_whole(record, "new\n")
+    assert record.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["eval-args.json"]
+
+    def disk_full(self, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "replace", disk_full)  # the kill or full disk between write and rename
+    with pytest.raises(OSError):
+        write_whole(record, "half of a newer record")
+    assert record.read_text() == "new\n"
+
+
 def test_demo_folder_has_one_writer(tmp_path):
     from ropestretch.resources import folder_lock
 

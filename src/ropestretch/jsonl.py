@@ -1,4 +1,5 @@
-"""JSON lines: the format of training logs and evaluation results, appended as work finishes."""
+"""JSON lines: the format of training logs and evaluation results, appended as work finishes; and
+the whole-file write that records beside them use."""
 
 from __future__ import annotations
 
@@ -40,3 +41,12 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
                 fh.write(b"\n")
         fh.write((json.dumps(record) + "\n").encode("utf-8"))
         fh.flush()
+
+
+def write_whole(path: str | Path, text: str) -> None:
+    """``text`` as the whole of ``path``, through a temporary file beside it: a run stopped while
+    writing leaves the old file whole, never half of the new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ropestretch.errors import UsageError, first_line
-from ropestretch.jsonl import append_jsonl
+from ropestretch.jsonl import append_jsonl, write_whole
 
 RUN_FILE = "run.json"
 METADATA = "ropestretch.json"
@@ -569,9 +569,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     # every argument has been accepted: from here on, the folder holds this run
     if main_process and not (out / RUN_FILE).exists():
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / (RUN_FILE + ".partial")
-        tmp.write_text(json.dumps({"identity": cfg.identity(), "window": rope.window}, indent=2))
-        tmp.replace(out / RUN_FILE)
+        write_whole(out / RUN_FILE, json.dumps({"identity": cfg.identity(), "window": rope.window}, indent=2))
     if main_process:
         print(f"ropestretch train: {cfg.positions} positions x {cfg.scaling} scaling, window {rope.window} -> "
               f"{cfg.target}, rows of {length} tokens; {data_line}", file=sys.stderr)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ropestretch.demo.plan import BASE_MODEL, DemoPlan, variant_name, variants
 from ropestretch.errors import UsageError
+from ropestretch.jsonl import write_whole
 from ropestretch.resources import folder_lock, is_empty
 
 
@@ -83,9 +84,7 @@ class Demo:
         from ropestretch.eval.store import recorded_path
 
         record = {"plan": asdict(self.plan), "base": recorded_path(str(self.base), self.out), "timings": self.timings}
-        tmp = self.out / "demo.json.partial"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(self.out / "demo.json")
+        write_whole(self.out / "demo.json", json.dumps(record, indent=2) + "\n")
 
     def say(self, text: str) -> None:
         print(f"[demo] {text}", file=sys.stderr, flush=True)
@@ -103,9 +102,7 @@ class Demo:
         self.say(f"building {count} training rows of {length} tokens")
         rows = training_rows(tok, length, count, self.plan.mix, self.plan.seed, self.plan.needles)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        tmp.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
-        tmp.replace(path)
+        write_whole(path, "".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
         return path
 
     def apply(self, scaling: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ropestretch.errors import UsageError
-from ropestretch.jsonl import append_jsonl, read_jsonl
+from ropestretch.jsonl import append_jsonl, read_jsonl, write_whole
 
 ARGS_FILE = "eval-args.json"
 RESULTS_FILE = "results.jsonl"
@@ -90,9 +90,7 @@ class RunStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         recorded = self._read_args()
         recorded[self.test] = self.args
-        tmp = self.folder / (ARGS_FILE + ".partial")
-        tmp.write_text(json.dumps(recorded, indent=2) + "\n")
-        tmp.replace(self.folder / ARGS_FILE)
+        write_whole(self.folder / ARGS_FILE, json.dumps(recorded, indent=2) + "\n")
         self._recorded = True
 
     def finished(self, cell: dict[str, Any]) -> bool:
