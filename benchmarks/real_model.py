@@ -112,9 +112,13 @@ EVALS = (
     Cell("passkey", HELD_FT, (4096,), 1),
     Cell("ppl", ALL, (8192,), 1),
     Cell("ppl-code", ALL, (4096, 16384), 1),
-    Cell("passkey", ("ntk", "dynamic", "dprope", "linear"), (16384,), 1),
+    # 32K retrieval on the fine-tunes at hand (the held-out ones), middle depths first
     Cell("passkey", ("yarn",) + HELD_FT, (32768,), 1, (25.0, 75.0)),
+    Cell("passkey", HELD_FT, (32768,), 1, (50.0,)),
+    Cell("passkey", ("ntk", "dynamic", "dprope"), (16384,), 1),
     Cell("passkey", HELD_FT, (16384,), 1, (0.0, 100.0)),
+    Cell("needle", ("yarn",) + HELD_FT[:2], (32768,), 1, (50.0,)),
+    Cell("passkey", ("linear",), (16384,), 1),  # 0/5 at 4K already
     Cell("ppl", ("dprope",) + FULL_FT, (32768,), 1),
     Cell("passkey", ("yarn", "cream-yarn", "pose-yarn"), (32768,), 1, (0.0, 100.0)),
     Cell("needle", ("yarn", "cream-yarn", "pose-yarn"), (32768,), 1, (0.0, 50.0, 100.0)),
