@@ -356,14 +356,14 @@ def report(out: Path, docs: Path) -> Path:
              "window per length. Few samples per cell (2 CPU cores): read differences of one or two answers as noise.",
              ""]
     lines += ["## Summary", "", "| variant | ppl 4K | ppl 16K | ppl 32K | code ppl 16K | passkey 4K | passkey 16K "
-              "| passkey 16K middle | needle 16K | needle 16K middle | passkey 32K | needle 32K |",
-              "|---|" + "---|" * 11]
+              "| passkey 16K middle | needle 16K | needle 16K middle | passkey 32K | passkey 32K middle | needle 32K |",
+              "|---|" + "---|" * 12]
     for v in variants:
         ppl, code = found.get((v, "ppl")), found.get((v, "ppl-code"))
         pk, nd = found.get((v, "passkey")), found.get((v, "needle"))
         lines.append(f"| {v} | {_ppl(ppl, 4096)} | {_ppl(ppl, 16384)} | {_ppl(ppl, 32768)} | {_ppl(code, 16384)} | "
                      f"{_cell(pk, 4096)} | {_cell(pk, 16384)} | {_cell(pk, 16384, MIDDLE)} | {_cell(nd, 16384)} | "
-                     f"{_cell(nd, 16384, MIDDLE)} | {_cell(pk, 32768)} | {_cell(nd, 32768)} |")
+                     f"{_cell(nd, 16384, MIDDLE)} | {_cell(pk, 32768)} | {_cell(pk, 32768, MIDDLE)} | {_cell(nd, 32768)} |")
     lines += ["", f"Middle depths: {', '.join(f'{d:g}%' for d in MIDDLE)} (where CREAM claims its gain).", ""]
     # perplexity against length
     fig, ax = plt.subplots(figsize=(7, 4.2))
