@@ -120,7 +120,8 @@ EVALS = (
     Cell("needle", ("yarn",) + HELD_FT[:2], (32768,), 1, (50.0,)),
     Cell("ppl", ("dprope",), (32768,), 1),
     # more middle samples at 32K, where the samplers could part
-    Cell("passkey", ("yarn",) + HELD_FT, (32768,), 1, (37.5, 62.5)),
+    Cell("passkey", HELD_FT[:2], (32768,), 1, (37.5, 62.5)),
+    Cell("passkey", ("yarn",) + HELD_FT[2:], (32768,), 1, (37.5, 62.5)),
     Cell("passkey", ("linear",), (16384,), 1),  # 0/5 at 4K already
     Cell("ppl", FULL_FT, (32768,), 1),
     Cell("passkey", ("yarn", "cream-yarn", "pose-yarn"), (32768,), 1, (0.0, 100.0)),
