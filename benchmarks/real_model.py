@@ -121,6 +121,8 @@ EVALS = (
     Cell("ppl", ("dprope",), (32768,), 1),
     # more middle samples at 32K, where the samplers could part
     Cell("passkey", HELD_FT[:2], (32768,), 1, (37.5, 62.5)),
+    # ntk finds every pass key at 16K without training (yarn 3/5): does it hold at 32K?
+    Cell("passkey", ("ntk",), (32768,), 1, (25.0, 50.0, 75.0)),
     Cell("passkey", ("yarn",) + HELD_FT[2:], (32768,), 1, (37.5, 62.5)),
     Cell("passkey", ("linear",), (16384,), 1),  # 0/5 at 4K already
     Cell("ppl", FULL_FT, (32768,), 1),
