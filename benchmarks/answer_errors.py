@@ -22,7 +22,7 @@ from ropestretch.data import tasks
 from ropestretch.data.corpus import builtin_documents
 from ropestretch.data.tasks import Haystack
 from ropestretch.eval import load_for_eval
-from ropestretch.eval.scoring import forced_hits
+from ropestretch.eval.scoring import forced_scores
 
 
 def main():
@@ -45,7 +45,7 @@ def main():
                    for _ in range(args.samples)]
     pad = tok.pad_token_id or 0
     right = np.array([hits for start in range(0, len(samples), 10)
-                      for hits in forced_hits(model, samples[start:start + 10], pad)])
+                      for hits in (s.hits for s in forced_scores(model, samples[start:start + 10], pad))])
     print(f"{args.model}: {args.task} at {args.length}, {args.samples} samples")
     whole = right.all(axis=1)
     print(f"value right: {whole.mean():.1%}")

@@ -36,7 +36,8 @@ def run(out: Path, lengths: list[int], samples: int, tasks: tuple[str, ...] = TA
         for task in tasks:
             folder = out / form
             store = RunStore(folder, task, run_arguments(task, "smollm2-135m-instruct", lengths, samples, 0, None,
-                                                         depths, scoring="generate", prompt=form, folder=folder))
+                                                         depths, scoring="generate", prompt=form, dtype="fp32",
+                                                         folder=folder))
             bar = tqdm(total=len(lengths) * len(depths), desc=f"{form} {task}", unit="cell")
             ev = Evaluator(model, tok, "generate", batch_size=4, haystack=haystack, progress=bar,
                            prompt=prompt_format(tok, form))

@@ -267,7 +267,7 @@ def evaluate(out: Path, base: Path, cell: Cell, archived: set = frozenset(), tra
         args = run_arguments(test, MODEL if variant == "base" else str(folder), list(cell.lengths),
                              cell.samples, 0, text,
                              list(cell.depths) if test != "ppl" else None, scoring="generate", prompt="chat"
-                             if test != "ppl" else None, folder=store_name)
+                             if test != "ppl" else None, dtype="fp32", folder=store_name)
         store = RunStore(store_name, test, args)
         if all(store.finished(c) for c in cells):
             continue

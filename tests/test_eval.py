@@ -13,7 +13,7 @@ from ropestretch import UsageError
 from ropestretch.data import tasks
 from ropestretch.eval import Evaluator, RunStore, run_needle, run_ppl
 from ropestretch.eval.perplexity import nll_sum
-from ropestretch.eval.retrieval import crop_to
+from ropestretch.eval.prefill import crop_to
 
 
 @pytest.fixture(scope="module")

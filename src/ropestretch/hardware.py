@@ -9,6 +9,7 @@ is one clear line.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +75,25 @@ def resolve_device(name: str = "auto") -> str:
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
+def cpu_bf16() -> bool:
+    """True where torch reports native bf16 on this CPU: AMX tiles or AVX512-BF16 (where it has
+    neither, torch emulates bf16 arithmetic, several times slower than fp32)."""
+    import torch
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(getattr(torch, "cpu", None), probe, None)
+        try:
+            if check is not None and check():
+                return True
+        except RuntimeError:  # a build without the probe's kernels
+            continue
+    return False
+
+
 def resolve_dtype(name: str, device: str) -> str:
-    """``auto`` is bf16 on a CUDA GPU that has it, else fp32; bf16 and fp16 are checked against the device."""
+    """``auto`` is bf16 on a CUDA GPU that has it and on a CPU with native bf16 (:func:`cpu_bf16`),
+    else fp32; bf16 and fp16 are checked against the device. bf16 asked for on a CPU without it
+    runs, with one warning line."""
     import torch
 
     name = (name or "auto").strip()
@@ -83,10 +101,15 @@ def resolve_dtype(name: str, device: str) -> str:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {name!r}")
     cuda = device.startswith("cuda")
     if name == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if device == "cpu" and cpu_bf16() else "fp32"
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UsageError(f"--dtype bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
                          "use fp16 or fp32")
+    if name == "bf16" and device == "cpu" and not cpu_bf16():
+        print("ropestretch: warning: this CPU has no native bf16 (no AMX or AVX512-BF16, as torch reports it), so "
+              "torch emulates bf16 here; --dtype fp32 will be faster", file=sys.stderr)
     return name
 
 
@@ -115,7 +138,8 @@ def placement(device: str = "auto", dtype: str = "auto", device_map: str | None 
                      check_attention(attn_implementation, resolved))
 
 
-def add_arguments(parser, dtype_help: str = "auto (bf16 on a GPU that supports it, else fp32), fp32, bf16 or fp16") -> None:
+def add_arguments(parser, dtype_help: str = "auto (bf16 on a GPU that supports it and on a CPU with AMX or AVX512-BF16, "
+                  "else fp32), fp32, bf16 or fp16") -> None:
     """The four options on an argparse parser."""
     parser.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--dtype", default="auto", metavar="DTYPE", help=dtype_help)

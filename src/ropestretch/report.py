@@ -1,5 +1,7 @@
-"""``report.md`` and figures from one or more eval run folders: a table per test, the needle
-heatmap (depth x length), accuracy by gold position, perplexity vs length with a line per model."""
+"""``report.md`` and figures from one or more eval run folders: a table per test with each rate's
+95% interval and its n, the answer log-likelihood, the needle heatmap (depth x length), accuracy by
+depth and by gold position with interval bars, perplexity vs length with a line per model, and,
+for two or more runs over the same prompts, their paired differences (:mod:`ropestretch.compare`)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from ropestretch.compare import BAND_TEXT, differences, pair_runs, per_token
 from ropestretch.errors import UsageError
 from ropestretch.eval.store import ARGS_FILE, read_results
+from ropestretch.stats import mean_interval, wilson
+
+RETRIEVAL = (("passkey", "Passkey retrieval"), ("needle", "Needle in a haystack"), ("lines", "LongChat-Lines"),
+             ("kv", "Key-value retrieval (lost in the middle)"))
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:
@@ -54,6 +61,37 @@ def _by(rows: list[dict], key: str, value: str = "accuracy") -> dict[Any, float]
     return {k: float(np.mean(v)) for k, v in sorted(groups.items())}
 
 
+def _counts(rows: list[dict]) -> tuple[int, int]:
+    """Right answers and samples over result rows (a row holds its cell's count and n)."""
+    return sum(int(r["correct"]) for r in rows), sum(int(r["n"]) for r in rows)
+
+
+def _rate(rows: list[dict]) -> str:
+    """``85% [74-92], n = 40``: the pooled accuracy, its 95% Wilson interval and its n."""
+    k, n = _counts(rows)
+    if not n:
+        return "-"
+    low, high = wilson(k, n)
+    return f"{100 * k / n:.0f}% [{100 * low:.0f}-{100 * high:.0f}], n = {n}"
+
+
+def _loglik(rows: list[dict]) -> str:
+    """The mean per-token log-likelihood of the gold answers, its 95% interval and its n; "-" for
+    rows from before per-sample records."""
+    values = [per_token(s) for r in rows for s in r.get("samples") or []]
+    if not values:
+        return "-"
+    mean, low, high = mean_interval(values)
+    interval = f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) else ""
+    return f"{mean:.2f}{interval}, n = {len(values)}"
+
+
+def _rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = None) -> list[dict]:
+    """The rows of one length; with ``depths``, only those whose depth lies in that range."""
+    return [r for r in rows if r["cell"]["length"] == length
+            and (depths is None or depths[0] <= r["cell"]["depth"] <= depths[1])]
+
+
 def write_report(folders: list[str | Path], out: str | Path | None = None) -> Path:
     if not folders:
         raise UsageError("give at least one run folder")
@@ -84,50 +122,11 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> Pa
               f"{r['meta'].get('train_tokens', 0):,}", f"{r['meta']['train_seconds']:.0f} s",
               f"{r['meta'].get('final_loss') or float('nan'):.3f}"] for r in trained]), ""]
 
-    for test, title in (("passkey", "Passkey retrieval"), ("needle", "Needle in a haystack"),
-                        ("lines", "LongChat-Lines"), ("kv", "Key-value retrieval (lost in the middle)")):
+    for test, title in RETRIEVAL:
         have = [r for r in runs if r["results"].get(test)]
-        if not have:
-            continue
-        lengths = sorted({row["cell"]["length"] for r in have for row in r["results"][test]})
-        parts += [f"## {title}", "", "Accuracy by context length" +
-                  (" (mean over depths)" if test in ("passkey", "needle") else "") +
-                  (" (mean over gold positions)" if test == "kv" else "") + ":", ""]
-        rows = []
-        for r in have:
-            by_len = _by(r["results"][test], "length")
-            rows.append([r["label"]] + [_fmt(by_len.get(n)) for n in lengths])
-        parts += [_table(["run"] + [str(n) for n in lengths], rows), ""]
-        if test in ("passkey", "needle"):
-            mids = []
-            for r in have:
-                cells = [row for row in r["results"][test] if 25 <= row["cell"]["depth"] <= 75]
-                mids.append([r["label"]] + [_fmt(_by([c for c in cells if c["cell"]["length"] == n], "length").get(n))
-                                            for n in lengths])
-            parts += ["Middle depths only (25-75%):", "", _table(["run"] + [str(n) for n in lengths], mids), ""]
-        if test == "needle":
-            for r in have:
-                path = out / f"needle-{r['label']}.png"
-                _heatmap(plt, r["results"][test], f"Needle in a haystack: {r['label']}", path)
-                parts += [f"![needle heatmap {r['label']}]({path.name})", ""]
-        if test == "kv":
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for r in have:
-                by_gold = _by(r["results"][test], "gold")
-                ax.plot([100 * g for g in by_gold], [100 * v for v in by_gold.values()], marker="o", label=r["label"])
-            ax.set_xlabel("position of the queried key in the context (%)")
-            ax.set_ylabel("accuracy (%)")
-            ax.set_ylim(-5, 105)
-            ax.set_title("Key-value retrieval by gold position")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(out / "kv-by-position.png", dpi=110)
-            plt.close(fig)
-            golds = sorted({row["cell"]["gold"] for r in have for row in r["results"]["kv"]})
-            parts += ["Accuracy by gold position (mean over lengths):", "",
-                      _table(["run"] + [f"{100 * g:.0f}%" for g in golds],
-                             [[r["label"]] + [_fmt(_by(r["results"]["kv"], "gold").get(g)) for g in golds]
-                              for r in have]), "", "![kv by position](kv-by-position.png)", ""]
+        if have:
+            parts += _retrieval_section(plt, out, test, title, have)
+    parts += _paired_section(runs)
 
     have = [r for r in runs if r["results"].get("ppl")]
     if have:
@@ -175,3 +174,106 @@ def _heatmap(plt, rows: list[dict], title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _retrieval_section(plt, out: Path, test: str, title: str, have: list[dict]) -> list[str]:
+    """A retrieval test's tables (accuracy with intervals, the answer log-likelihood) and figures."""
+    lengths = sorted({row["cell"]["length"] for r in have for row in r["results"][test]})
+    header = ["run"] + [str(n) for n in lengths]
+    over = {"passkey": " (all depths)", "needle": " (all depths)", "kv": " (all gold positions)"}.get(test, "")
+    parts = [f"## {title}", "", f"Accuracy by context length{over}, with its 95% Wilson interval and n:", "",
+             _table(header, [[r["label"]] + [_rate(_rows_at(r["results"][test], n)) for n in lengths]
+                             for r in have]), ""]
+    if test in ("passkey", "needle"):
+        parts += ["Middle depths only (25-75%):", "", _table(header, [
+            [r["label"]] + [_rate(_rows_at(r["results"][test], n, (25, 75))) for n in lengths] for r in have]), ""]
+    if any(row.get("samples") for r in have for row in r["results"][test]):
+        parts += ["The gold answer's log-likelihood per token (nats; teacher-forced, whatever the scoring; higher "
+                  "is better), mean with its 95% interval and n:", "",
+                  _table(header, [[r["label"]] + [_loglik(_rows_at(r["results"][test], n)) for n in lengths]
+                                  for r in have]), ""]
+    if test in ("passkey", "needle"):
+        name = f"{test}-by-depth.png"
+        _by_place(plt, have, test, "depth", 1.0, "depth of the needle (%)", f"{title}: accuracy by depth", out / name)
+        parts += [f"![{test} accuracy by depth]({name})", ""]
+    if test == "needle":
+        for r in have:
+            path = out / f"needle-{r['label']}.png"
+            _heatmap(plt, r["results"][test], f"Needle in a haystack: {r['label']}", path)
+            parts += [f"![needle heatmap {r['label']}]({path.name})", ""]
+    if test == "kv":
+        _by_place(plt, have, test, "gold", 100.0, "position of the queried key in the context (%)",
+                  "Key-value retrieval by gold position", out / "kv-by-position.png")
+        golds = sorted({row["cell"]["gold"] for r in have for row in r["results"]["kv"]})
+        parts += ["Accuracy by gold position (all lengths):", "",
+                  _table(["run"] + [f"{100 * g:.0f}%" for g in golds],
+                         [[r["label"]] + [_rate([x for x in r["results"]["kv"] if x["cell"]["gold"] == g]) for g in golds]
+                          for r in have]), "", "![kv by position](kv-by-position.png)", ""]
+    return parts
+
+
+def _by_place(plt, have: list[dict], test: str, key: str, scale: float, xlabel: str, title: str, path: Path) -> None:
+    """Accuracy by depth (or gold position) with 95% Wilson bars, one line per run (its colour the
+    same in every panel, nudged sideways so that bars do not hide each other), a panel per length."""
+    lengths = sorted({row["cell"]["length"] for r in have for row in r["results"][test]})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(1.5 + 3.6 * len(lengths), 4.2), squeeze=False, sharey=True)
+    handles = {}
+    for ax, length in zip(axes[0], lengths):
+        for j, r in enumerate(have):
+            rows = [x for x in r["results"][test] if x["cell"]["length"] == length]
+            places = sorted({x["cell"][key] for x in rows})
+            if not places:
+                continue
+            stats = [_counts([x for x in rows if x["cell"][key] == p]) for p in places]
+            acc = np.array([k / n for k, n in stats])
+            bounds = np.array([wilson(k, n) for k, n in stats])
+            nudge = (j - (len(have) - 1) / 2) * 1.2
+            handles[r["label"]] = ax.errorbar([scale * p + nudge for p in places], 100 * acc,
+                                              yerr=100 * np.abs(bounds.T - acc), marker="o", capsize=3,
+                                              color=f"C{j % 10}", label=r["label"])
+        ax.set_title(f"{length} tokens", fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(-5, 105)
+    axes[0][0].set_ylabel("accuracy (%), 95% Wilson interval")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(6, len(handles)), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _paired_section(runs: list[dict]) -> list[str]:
+    """For every two runs and every retrieval test both ran: their paired differences, or why they
+    cannot be paired."""
+    parts: list[str] = []
+    for test, title in RETRIEVAL:
+        have = [r for r in runs if r["results"].get(test)]
+        for i, a in enumerate(have):
+            for b in have[i + 1:]:
+                pairing = pair_runs(a, b, test)
+                if isinstance(pairing, str):
+                    parts += [f"- {pairing}.", ""]
+                    continue
+                rows = differences(pairing)
+                extra = "" if not (pairing.only_a or pairing.only_b) else (
+                    f" ({pairing.only_a} samples only in `{a['label']}` and {pairing.only_b} only in `{b['label']}` "
+                    "are left out)")
+                parts += [f"### {title}: `{a['label']}` - `{b['label']}`, {len(pairing.keys)} paired samples{extra}",
+                          "", _table(
+                              ["length", "depths", "n pairs", f"accuracy {a['label']}", f"accuracy {b['label']}",
+                               "difference", "right only in each", "McNemar exact p",
+                               "log-likelihood per token, difference [95% paired bootstrap]"],
+                              [[str(d["length"]), BAND_TEXT[d["band"]], str(d["n"]), f"{100 * d['acc_a']:.0f}%",
+                                f"{100 * d['acc_b']:.0f}%", f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points",
+                                f"{d['only_a']} / {d['only_b']}", f"{d['p']:.3g}",
+                                f"{d['loglik_diff']:+.3f}" + (f" [{d['low']:+.3f}, {d['high']:+.3f}]"
+                                                             if np.isfinite(d["low"]) else "")]
+                               for d in rows]), ""]
+    if parts:
+        parts = ["## Paired comparisons", "",
+                 "Runs over the same prompts (same seed, scoring and prompt fingerprints), compared sample by sample: "
+                 "the accuracy difference with McNemar's exact test on the samples only one of them got right, and "
+                 "the difference of the answer's per-token log-likelihood with a 95% paired bootstrap interval. "
+                 "Depths: all; the ends (0-10% and 90-100%); the middle (25-75%).", ""] + parts
+    return parts
+

@@ -65,7 +65,8 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay")
     distill: float = _f(0.0, "weight of a KL term towards the original model's next-token distributions, read on "
                         "the same rows at its own positions 0..N-1 (short-to-long distillation; 0: off)")
-    dtype: str = _f("auto", "auto (bf16 mixed precision on a GPU that has it, else fp32), fp32, bf16 or fp16")
+    dtype: str = _f("auto", "auto (bf16 mixed precision on a GPU that has it and on a CPU with AMX or "
+                    "AVX512-BF16, else fp32), fp32, bf16 or fp16")
     device: str = _f("auto", "auto, cpu or cuda (several GPUs: accelerate launch)")
     device_map: str = _f(None, "auto: spread a model that does not fit one GPU over the devices (accelerate)")
     attn_implementation: str = _f("auto", "auto (sdpa wherever the model supports it, else eager), sdpa, eager, "
@@ -621,6 +622,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         training=dataclasses.asdict(cfg), final_loss=losses[-1]["loss"] if losses else None,
         steps=trainer.state.global_step, train_tokens=tokens_per_step * cfg.steps,
         train_seconds=round(seconds, 2), train_loss=result.training_loss, data=data_line, world_size=trainer.args.world_size,
+        precision=precision,  # what --dtype auto resolved to on this machine
     )
     for item in staging.iterdir():
         target = out / item.name

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     settings = run_arguments(args.test, args.model, lengths, args.samples, args.seed, args.text, depths,
                              getattr(args, "positions", None), getattr(args, "scoring", "forced"),
                              getattr(args, "mode", "truncate"), getattr(args, "stride", None),
-                             prompt.name if prompt else None, folder=args.out)
+                             prompt.name if prompt else None, dtype=where.dtype, folder=args.out)
     documents = None
     if args.text:
         records = load_records(args.text)

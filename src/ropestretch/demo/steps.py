@@ -172,7 +172,7 @@ class Demo:
         stores = {}
         for test in plan:
             args = run_arguments(test, str(model), p.lengths, p.samples[test], p.seed, depths=p.depths,
-                                 positions=p.kv_positions, folder=run)
+                                 positions=p.kv_positions, dtype="fp32", folder=run)
             if tail[test]:
                 args["tail"] = {"lengths": tail[test], "samples": p.tail_samples[test]}
             stores[test] = RunStore(run, test, args)

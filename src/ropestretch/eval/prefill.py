@@ -75,6 +75,18 @@ def new_cache(model):
     return DynamicCache(config=model.config)
 
 
+def crop_to(cache, length: int) -> None:
+    """Shorten a transformers cache to ``length`` tokens (transformers 5 takes a negative count to
+    remove; 4.x took the length to keep)."""
+    extra = cache.get_seq_length() - length
+    if extra <= 0:
+        return
+    if "tokens_to_remove" in inspect.signature(cache.crop).parameters:
+        cache.crop(-extra)
+    else:
+        cache.crop(length)
+
+
 @torch.no_grad()
 def answer_logits(model, prompt: torch.Tensor, answer: torch.Tensor, cache=None, chunk: int | None = None):
     """Teacher-forced logits over ``answer`` ``(batch, A)`` after ``prompt`` ``(batch, P)``, the prompt

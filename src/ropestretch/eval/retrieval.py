@@ -1,6 +1,10 @@
 """Retrieval sweeps: passkey and needle (length x depth), LongChat-Lines (length), key-value
 retrieval (length x gold position). Every cell draws its samples from (seed, cell), so a cell's
-result does not depend on which other cells run, and a rerun skips finished cells."""
+result does not depend on which other cells run, and a rerun skips finished cells.
+
+Each cell's result row keeps its samples one by one (:func:`sample_rows`): index, right or wrong,
+the gold answer's log-likelihood and a fingerprint of the prompt, so that two run folders built
+with the same seed pair up sample by sample (:mod:`ropestretch.stats`)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ import torch
 
 from ropestretch.data import tasks
 from ropestretch.data.tasks import TaskSample
-from ropestretch.eval.prefill import answer_logits, new_cache, prefill
-from ropestretch.eval.scoring import forced_correct, generate_after, generated_correct
+from ropestretch.eval.prefill import crop_to, new_cache, prefill
+from ropestretch.eval.scoring import Scored, fingerprint, forced_scores, generate_scored, generated_scores
 from ropestretch.eval.store import RunStore
 
 
@@ -37,23 +41,23 @@ class Evaluator:
         t = self.tokenizer
         return t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
 
-    def score(self, samples: Sequence[TaskSample]) -> list[bool]:
-        """Correctness per sample, batching prompts of equal length together."""
+    def score(self, samples: Sequence[TaskSample]) -> list[Scored]:
+        """Each sample's result and answer log-likelihood, batching prompts of equal length together."""
         by_length: dict[int, list[int]] = {}
         for i, s in enumerate(samples):
             by_length.setdefault(len(s.prompt_ids), []).append(i)
-        correct = [False] * len(samples)
+        scored: list[Scored | None] = [None] * len(samples)
         for indices in by_length.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
                 batch = [samples[i] for i in chunk]
                 if self.scoring == "forced":
-                    result = forced_correct(self.model, batch, self.pad)
+                    result = forced_scores(self.model, batch, self.pad)
                 else:
-                    result, _ = generated_correct(self.model, self.tokenizer, batch, pad=self.pad)
-                for i, ok in zip(chunk, result):
-                    correct[i] = ok
-        return correct
+                    result, _ = generated_scores(self.model, self.tokenizer, batch, pad=self.pad)
+                for i, one in zip(chunk, result):
+                    scored[i] = one
+        return scored  # type: ignore[return-value]
 
     def tick(self, n: int = 1) -> None:
         if self.progress is not None:
@@ -65,9 +69,18 @@ def cell_rng(seed: int, test: str, *cell: float) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(test.encode()), *[int(round(c * 1000)) for c in cell]])
 
 
-def _record(store: RunStore, cell: dict, correct: list[bool], started: float) -> dict:
+def sample_rows(scored: Sequence[Scored], prints: Sequence[str]) -> list[dict]:
+    """The per-sample part of a result row: index, right or wrong, the gold answer's summed
+    log-likelihood and token count, and the prompt's fingerprint."""
+    return [{"i": i, "correct": s.correct, "logprob": round(s.logprob, 5), "tokens": s.tokens, "prompt": p}
+            for i, (s, p) in enumerate(zip(scored, prints))]
+
+
+def _record(store: RunStore, cell: dict, scored: Sequence[Scored], prints: Sequence[str], seed: int,
+            seconds: float) -> dict:
+    correct = [s.correct for s in scored]
     return store.add(cell, accuracy=float(np.mean(correct)), correct=int(sum(correct)), n=len(correct),
-                     seconds=round(time.time() - started, 3))
+                     seconds=round(seconds, 3), seed=seed, samples=sample_rows(scored, prints))
 
 
 def sweep(ev: Evaluator, store: RunStore, cells: list[dict], make: Callable[[dict, np.random.Generator], TaskSample],
@@ -81,7 +94,9 @@ def sweep(ev: Evaluator, store: RunStore, cells: list[dict], make: Callable[[dic
         started = time.time()
         rng = cell_rng(seed, store.test, *cell.values())
         batch = [make(cell, rng) for _ in range(samples)]
-        out.append(_record(store, cell, ev.score(batch), started))
+        scored = ev.score(batch)
+        out.append(_record(store, cell, scored, [fingerprint(b.prompt_ids, b.answer_ids) for b in batch], seed,
+                           time.time() - started))
         ev.tick()
     return out
 
@@ -124,7 +139,7 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
         if not todo:
             continue
         draws = needle_prompts(ev, length, samples, cell_rng(seed, "needle", length))
-        results = {str(c["depth"]): [False] * samples for c in todo}
+        results: dict[str, list] = {str(c["depth"]): [None] * samples for c in todo}
         timings = {str(c["depth"]): 0.0 for c in todo}
         if reuse_prefix:
             for i, draw in enumerate(draws):
@@ -136,9 +151,8 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
                 timings[str(cell["depth"])] += time.time() - started
         for cell in todo:
             key = str(cell["depth"])
-            record = store.add(cell, accuracy=float(np.mean(results[key])), correct=int(sum(results[key])),
-                               n=samples, seconds=round(timings[key], 3))
-            out.append(record)
+            prints = [fingerprint(d.at(cell["depth"]).prompt_ids, d.answer_ids) for d in draws]
+            out.append(_record(store, cell, results[key], prints, seed, timings[key]))
             ev.tick()
     return out
 
@@ -162,30 +176,13 @@ def _needle_reuse(ev, draw: tasks.DepthSample, index: int, cells, results, timin
         timings[str(cell["depth"])] += share + time.time() - started
 
 
-def crop_to(cache, length: int) -> None:
-    """Shorten a transformers cache to ``length`` tokens (transformers 5 takes a negative count to
-    remove; 4.x took the length to keep)."""
-    import inspect
-
-    extra = cache.get_seq_length() - length
-    if extra <= 0:
-        return
-    if "tokens_to_remove" in inspect.signature(cache.crop).parameters:
-        cache.crop(-extra)
-    else:
-        cache.crop(length)
-
-
-def _score_continuation(ev, cache, prefix: list[int], rest: list[int], draw: tasks.DepthSample) -> bool:
+def _score_continuation(ev, cache, prefix: list[int], rest: list[int], draw: tasks.DepthSample) -> Scored:
     """Score the prompt ``prefix + rest``, whose ``prefix`` is in ``cache``; the cache is left at the prefix."""
-    cut = len(prefix)
     device = next(ev.model.parameters()).device
     if ev.scoring == "forced":
-        answer = torch.tensor([draw.answer_ids], device=device)
-        pred = answer_logits(ev.model, torch.tensor([rest], device=device), answer, cache).argmax(-1).cpu()
-        crop_to(cache, cut)
-        return bool(torch.equal(pred[0], torch.tensor(draw.answer_ids)))
+        return forced_scores(ev.model, [TaskSample(draw.task, rest, draw.answer, draw.answer_ids)], ev.pad,
+                             cache=cache)[0]
     full = torch.tensor([prefix + rest], device=device)
-    text = generate_after(ev.model, ev.tokenizer, full, cache, len(draw.answer_ids) + 4, ev.pad)[0]
-    crop_to(cache, cut)
-    return tasks.score_text("needle", draw.answer, text)
+    [(hits, logprob)], [text] = generate_scored(ev.model, ev.tokenizer, full, [draw.answer_ids], cache, ev.pad,
+                                                len(draw.answer_ids) + 4)
+    return Scored(tasks.score_text("needle", draw.answer, text), logprob, len(hits), hits)

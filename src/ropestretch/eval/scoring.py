@@ -1,64 +1,100 @@
 """Scoring retrieval prompts: teacher-forced (argmax over the answer span) or by greedy generation
-and string match. Prompts of equal length are batched; long ones are prefilled through the KV
-cache in chunks, with logits only over the answer (:mod:`ropestretch.eval.prefill`)."""
+and string match. Either way every sample also gets the gold answer's teacher-forced
+log-likelihood, the continuous measure LongRoPE2 calls needle-driven perplexity, which separates
+models that a right/wrong count cannot. Long prompts are prefilled through the KV cache in chunks,
+with logits only over the answer (:mod:`ropestretch.eval.prefill`)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ropestretch.data.tasks import TaskSample, score_text
-from ropestretch.eval.prefill import answer_logits, cache_kwargs, new_cache, prefill
+from ropestretch.eval.prefill import answer_logits, crop_to, new_cache
 
 
-def _pad(rows: Sequence[Sequence[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class Scored:
+    """One sample's result: right or wrong, and the gold answer's teacher-forced log-likelihood
+    (natural log, summed over its ``tokens`` tokens). ``hits``: per answer token, whether the argmax
+    there is the answer token (the forced score is their conjunction)."""
+
+    correct: bool
+    logprob: float
+    tokens: int
+    hits: tuple[bool, ...] = ()
+
+
+def fingerprint(prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> str:
+    """A short hash of a prompt and its answer, token for token: two runs pair a sample only if
+    theirs agree (another seed, tokenizer or prompt form gives another one)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(",".join(map(str, prompt_ids)).encode())
+    h.update(b"|" + ",".join(map(str, answer_ids)).encode())
+    return h.hexdigest()
+
+
+def _pad_right(rows: Sequence[Sequence[int]], pad: int) -> torch.Tensor:
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if left:
-            ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-        else:
-            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-    return ids, mask
+    return torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+def _answer_scores(logits: torch.Tensor, answers: Sequence[Sequence[int]]) -> list[tuple[tuple[bool, ...], float]]:
+    """Per row of ``logits`` ``(batch, A, vocab)`` over right-padded answers: the argmax hits on the
+    row's own answer tokens and the answer's summed log-probability (computed in float32)."""
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+    pred = logp.argmax(-1)
+    out = []
+    for row, answer in enumerate(answers):
+        gold = torch.tensor(answer)
+        n = len(answer)
+        out.append((tuple((pred[row, :n] == gold).tolist()), float(logp[row, torch.arange(n), gold].sum())))
+    return out
+
+
+def _by_length(samples: Sequence[TaskSample]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(len(s.prompt_ids), []).append(i)
+    return groups
 
 
 @torch.no_grad()
-def forced_hits(model, samples: Sequence[TaskSample], pad: int = 0) -> list[list[bool]]:
-    """Per sample, per answer token: does the argmax at that position equal it?
+def forced_scores(model, samples: Sequence[TaskSample], pad: int = 0, cache=None) -> list[Scored]:
+    """Teacher-forced: right when the argmax at every answer position is the answer token.
 
     Samples of one prompt length share one chunked prefill; answers of different lengths are padded
     on the right (a padded position only follows the real ones, so it changes none of them).
+    ``cache``: tokens that precede every prompt (the needle sweep's shared prefix), left as it was.
     """
-    out: list[list[bool]] = [[] for _ in samples]
-    by_length: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_length.setdefault(len(s.prompt_ids), []).append(i)
-    device = _device(model)
-    for indices in by_length.values():
+    out: list[Scored | None] = [None] * len(samples)
+    device = next(model.parameters()).device
+    for indices in _by_length(samples).values():
+        answers = [samples[i].answer_ids for i in indices]
         prompt = torch.tensor([samples[i].prompt_ids for i in indices], device=device)
-        answers, _ = _pad([samples[i].answer_ids for i in indices], pad, left=False)
-        pred = answer_logits(model, prompt, answers.to(device)).argmax(-1).cpu()
-        for row, i in enumerate(indices):
-            n = len(samples[i].answer_ids)
-            out[i] = (pred[row, :n] == torch.tensor(samples[i].answer_ids)).tolist()
-    return out
+        held = cache.get_seq_length() if cache is not None else 0
+        logits = answer_logits(model, prompt, _pad_right(answers, pad).to(device), cache)
+        if cache is not None:
+            crop_to(cache, held)
+        for i, (hits, logprob) in zip(indices, _answer_scores(logits, answers)):
+            out[i] = Scored(all(hits), logprob, len(hits), hits)
+    return out  # type: ignore[return-value]
 
 
 def forced_correct(model, samples: Sequence[TaskSample], pad: int = 0) -> list[bool]:
     """Per sample: does the argmax at every answer position equal the answer token?"""
-    return [all(hits) for hits in forced_hits(model, samples, pad)]
+    return [s.correct for s in forced_scores(model, samples, pad)]
 
 
 @torch.no_grad()
 def generate_after(model, tokenizer, prompt: torch.Tensor, cache, max_new_tokens: int, pad: int) -> list[str]:
     """Greedy continuations of ``prompt`` ``(batch, P)``, the first tokens of which ``cache`` may
     already hold: the rest but the last token is prefilled in chunks, then ``generate`` continues."""
+    from ropestretch.eval.prefill import cache_kwargs, prefill
+
     held = cache.get_seq_length()
     if prompt.shape[1] - 1 > held:
         prefill(model, prompt[:, held:-1], cache)
@@ -69,17 +105,42 @@ def generate_after(model, tokenizer, prompt: torch.Tensor, cache, max_new_tokens
 
 
 @torch.no_grad()
+def generate_scored(model, tokenizer, prompt: torch.Tensor, answers: Sequence[Sequence[int]], cache, pad: int,
+                    max_new_tokens: int) -> tuple[list[tuple[tuple[bool, ...], float]], list[str]]:
+    """The gold answers' forced scores and the greedy continuations of ``prompt`` ``(batch, P)``, whose
+    first tokens ``cache`` may already hold; the cache is left holding just those. One prefill
+    serves both: the answer is scored on top of it, cropped off, and generation continues there."""
+    held = cache.get_seq_length()
+    logits = answer_logits(model, prompt[:, held:], _pad_right(answers, pad).to(prompt.device), cache)
+    forced = _answer_scores(logits, answers)
+    crop_to(cache, prompt.shape[1] - 1)  # the prompt but its last token, where generate_after continues
+    texts = generate_after(model, tokenizer, prompt, cache, max_new_tokens, pad)
+    crop_to(cache, held)
+    return forced, texts
+
+
+@torch.no_grad()
+def generated_scores(model, tokenizer, samples: Sequence[TaskSample], max_new_tokens: int | None = None,
+                     pad: int = 0) -> tuple[list[Scored], list[str]]:
+    """Greedy generation, then string match (first integer, or substring); with each sample's
+    forced answer log-likelihood from the same prefill. Prompts of one length run as one batch."""
+    budget = max_new_tokens or max(len(s.answer_ids) for s in samples) + 4
+    device = next(model.parameters()).device
+    scored: list[Scored | None] = [None] * len(samples)
+    texts: list[str] = [""] * len(samples)
+    for indices in _by_length(samples).values():
+        prompt = torch.tensor([samples[i].prompt_ids for i in indices], device=device)
+        answers = [samples[i].answer_ids for i in indices]
+        forced, generated = generate_scored(model, tokenizer, prompt, answers, new_cache(model), pad, budget)
+        for i, (hits, logprob), text in zip(indices, forced, generated):
+            s = samples[i]
+            scored[i] = Scored(score_text(s.task, s.answer, text), logprob, len(hits), hits)
+            texts[i] = text
+    return scored, texts  # type: ignore[return-value]
+
+
 def generated_correct(model, tokenizer, samples: Sequence[TaskSample], max_new_tokens: int | None = None,
                       pad: int = 0) -> tuple[list[bool], list[str]]:
-    """Per sample: greedy generation, then string match (first integer, or substring)."""
-    budget = max_new_tokens or max(len(s.answer_ids) for s in samples) + 4
-    device = _device(model)
-    if len({len(s.prompt_ids) for s in samples}) == 1:  # the usual case: one chunked prefill for all
-        prompt = torch.tensor([s.prompt_ids for s in samples], device=device)
-        texts = generate_after(model, tokenizer, prompt, new_cache(model), budget, pad)
-    else:
-        ids, mask = _pad([s.prompt_ids for s in samples], pad, left=True)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget,
-                             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-    return [score_text(s.task, s.answer, t) for s, t in zip(samples, texts)], texts
+    """Per sample: right by greedy generation and string match, and the generated text."""
+    scored, texts = generated_scores(model, tokenizer, samples, max_new_tokens, pad)
+    return [s.correct for s in scored], texts

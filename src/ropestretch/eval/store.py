@@ -30,11 +30,13 @@ def recorded_path(value: str | None, folder: str | Path) -> str | None:
 def run_arguments(test: str, model: str, lengths: list[int], samples: int, seed: int, text: str | None = None,
                   depths: list[float] | None = None, positions: list[float] | None = None,
                   scoring: str = "forced", mode: str = "truncate", stride: int | None = None,
-                  prompt: str | None = None, *, folder: str | Path) -> dict[str, Any]:
+                  prompt: str | None = None, *, dtype: str, folder: str | Path) -> dict[str, Any]:
     """The arguments a test's results depend on, as recorded in the run folder: a rerun with the
-    same ones resumes, different ones are refused. Only the fields the test uses are kept."""
+    same ones resumes, different ones are refused. Only the fields the test uses are kept.
+    ``dtype`` is the one the model runs in (``fp32``, ``bf16``, ``fp16``), not ``auto``: folders
+    from before it was recorded are refused a rerun, since what they ran in is unknown."""
     args: dict[str, Any] = {"model": recorded_path(model, folder), "lengths": lengths,
-                            "samples": samples, "seed": seed, "text": recorded_path(text, folder)}
+                            "samples": samples, "seed": seed, "text": recorded_path(text, folder), "dtype": dtype}
     if test in ("passkey", "needle"):
         args["depths"] = depths
     if test == "needle":

@@ -1,0 +1,111 @@
+"""Two eval runs over the same prompts, compared sample by sample.
+
+A sample's identity is (seed, length, depth or gold position, index), and its result row carries a
+fingerprint of the prompt it was asked. Two runs of a test pair up on the samples both hold when
+they were scored the same way, with the same seed, and every common sample has the same
+fingerprint; otherwise :func:`pair_runs` says in one line why they do not. Paired, their
+differences are given per length and depth band (:data:`BANDS`): the accuracy difference with
+McNemar's exact p, and the answer log-likelihood difference with a paired bootstrap interval
+(:mod:`ropestretch.stats`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ropestretch.stats import mcnemar_exact, paired_bootstrap
+
+# depth bands in percent (kv: the gold position x 100); both ends of each band included
+BANDS: dict[str, tuple[tuple[float, float], ...]] = {
+    "all": ((0.0, 100.0),),
+    "ends": ((0.0, 10.0), (90.0, 100.0)),
+    "middle": ((25.0, 75.0),),
+}
+BAND_TEXT = {"all": "all", "ends": "0-10, 90-100%", "middle": "25-75%"}
+
+
+def place(test: str, cell: dict[str, Any]) -> float | None:
+    """Where in the context a cell asks, in percent: the depth, the gold position, or None (lines)."""
+    if test in ("passkey", "needle"):
+        return float(cell["depth"])
+    if test == "kv":
+        return 100.0 * float(cell["gold"])
+    return None
+
+
+def in_band(band: str, where: float | None) -> bool:
+    if where is None:
+        return band == "all"
+    return any(low <= where <= high for low, high in BANDS[band])
+
+
+def per_sample(run: dict[str, Any], test: str) -> dict[tuple, dict[str, Any]] | str:
+    """A run's samples of ``test`` keyed by (length, place, index), or why it has none."""
+    rows = run["results"].get(test) or []
+    if not rows:
+        return f"`{run['label']}` has no {test} results"
+    if any(not isinstance(r.get("samples"), list) for r in rows):
+        return f"`{run['label']}` predates per-sample records (rerun it into a new folder to pair it)"
+    return {(r["cell"]["length"], place(test, r["cell"]), s["i"]): s for r in rows for s in r["samples"]}
+
+
+@dataclass
+class Pairing:
+    """The samples two runs share on one test, in the same order for both."""
+
+    test: str
+    a: str
+    b: str
+    keys: list[tuple]
+    left: list[dict[str, Any]]
+    right: list[dict[str, Any]]
+    only_a: int  # samples the other run lacks
+    only_b: int
+
+
+def pair_runs(a: dict[str, Any], b: dict[str, Any], test: str) -> Pairing | str:
+    """The paired samples of runs ``a`` and ``b`` on ``test``, or one line saying why they are unpaired."""
+    why = f"`{a['label']}` and `{b['label']}` are unpaired on {test}"
+    sa, sb = per_sample(a, test), per_sample(b, test)
+    for side in (sa, sb):
+        if isinstance(side, str):
+            return f"{why}: {side}"
+    args_a, args_b = a["args"].get(test, {}), b["args"].get(test, {})
+    for field, what in (("scoring", "scoring"), ("seed", "seeds")):
+        if args_a.get(field) != args_b.get(field):
+            return f"{why}: different {what} ({args_a.get(field)} and {args_b.get(field)})"
+    common = sorted(set(sa) & set(sb), key=lambda k: (k[0], -1 if k[1] is None else k[1], k[2]))
+    if not common:
+        return f"{why}: no sample in common (other lengths, depths or sample counts)"
+    differ = sum(sa[k].get("prompt") != sb[k].get("prompt") for k in common)
+    if differ:
+        return (f"{why}: their prompts differ at {differ} of {len(common)} common samples (another tokenizer, "
+                "prompt form or haystack text)")
+    return Pairing(test, a["label"], b["label"], common, [sa[k] for k in common], [sb[k] for k in common],
+                   len(sa) - len(common), len(sb) - len(common))
+
+
+def per_token(sample: dict[str, Any]) -> float:
+    return float(sample["logprob"]) / max(1, int(sample["tokens"]))
+
+
+def differences(p: Pairing) -> list[dict[str, Any]]:
+    """Per length, then per band that holds samples: n pairs, both accuracies, the discordant
+    counts with McNemar's exact p, and the mean difference of per-token answer log-likelihood
+    (a - b) with its paired bootstrap interval."""
+    out = []
+    bands = ("all", "ends", "middle") if p.test != "lines" else ("all",)
+    for length in sorted({k[0] for k in p.keys}):
+        for band in bands:
+            idx = [j for j, k in enumerate(p.keys) if k[0] == length and in_band(band, k[1])]
+            if not idx or (band != "all" and len(idx) == sum(k[0] == length for k in p.keys)):
+                continue  # an empty band, or one that holds every sample of the length (as "all" does)
+            ra = [bool(p.left[j]["correct"]) for j in idx]
+            rb = [bool(p.right[j]["correct"]) for j in idx]
+            only_a, only_b, pvalue = mcnemar_exact(ra, rb)
+            diff, low, high = paired_bootstrap([per_token(p.left[j]) for j in idx], [per_token(p.right[j]) for j in idx])
+            out.append({"length": length, "band": band, "n": len(idx), "acc_a": sum(ra) / len(idx),
+                        "acc_b": sum(rb) / len(idx), "only_a": only_a, "only_b": only_b, "p": pvalue,
+                        "loglik_diff": diff, "low": low, "high": high})
+    return out

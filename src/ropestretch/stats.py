@@ -1,0 +1,76 @@
+"""The statistics reports print, each one scipy's: Wilson intervals for rates, Student-t intervals
+for means, McNemar's exact test and a paired bootstrap for two runs over the same prompts. This
+module only picks the methods and the confidence level, and handles the sizes they are undefined at."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+CONFIDENCE = 0.95
+RESAMPLES = 9999
+
+
+def wilson(correct: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval of a rate ``correct / n`` (Wilson 1927): unlike the normal
+    approximation it stays inside [0, 1] and is not empty at 0 of n or n of n."""
+    from scipy.stats import binomtest
+
+    if n <= 0:
+        return math.nan, math.nan
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """The mean and its Student-t interval; the interval is NaN below two values."""
+    from scipy.stats import ttest_1samp
+
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan
+    if np.ptp(x) == 0:  # no spread: the interval is the point (scipy would return NaN)
+        return mean, mean, mean
+    ci = ttest_1samp(x, 0.0).confidence_interval(confidence_level=CONFIDENCE)
+    return mean, float(ci.low), float(ci.high)
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
+    """McNemar's exact test of two paired right/wrong series: the counts right only in ``a`` and
+    right only in ``b``, and the two-sided p of the binomial test of those discordant pairs at 1/2
+    (1.0 when there are none)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 0, 0, 1.0
+    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
+    """The mean of ``a - b`` over pairs and its paired bootstrap percentile interval (pairs are
+    resampled together, so what the two share cancels); NaN below two pairs."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    if a.size == 0:
+        return math.nan, math.nan, math.nan
+    diff = float((a - b).mean())
+    if a.size < 2:
+        return diff, math.nan, math.nan
+    if np.ptp(a - b) == 0:
+        return diff, diff, diff
+    res = bootstrap((a, b), lambda x, y, axis=-1: np.mean(x - y, axis=axis), paired=True, vectorized=True,
+                    n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
+                    rng=np.random.default_rng(seed))
+    return diff, float(res.confidence_interval.low), float(res.confidence_interval.high)
