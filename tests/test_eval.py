@@ -103,12 +103,47 @@ def test_cache_continuation_equals_full_forward(lm):
     torch.testing.assert_close(tail, full[:, 70:], rtol=1e-4, atol=1e-4)
 
 
-def test_needle_prefix_reuse_matches_from_scratch(lm, haystack, tmp_path):
+@pytest.mark.parametrize("scoring", ["forced", "generate"])
+def test_needle_prefix_reuse_matches_from_scratch(lm, haystack, tmp_path, scoring):
+    """The same samples, right or wrong alike, with the same answer log-likelihoods and prompts."""
     model, tok = lm
-    ev = Evaluator(model, tok, "forced", batch_size=4, haystack=haystack)
+    ev = Evaluator(model, tok, scoring, batch_size=4, haystack=haystack)
     a = run_needle(ev, RunStore(tmp_path / "a", "needle", {}), [200], [0, 40, 100], 4, seed=1, reuse_prefix=True)
     b = run_needle(ev, RunStore(tmp_path / "b", "needle", {}), [200], [0, 40, 100], 4, seed=1, reuse_prefix=False)
     assert [r["correct"] for r in a] == [r["correct"] for r in b]
+    for ra, rb in zip(a, b):
+        assert [(s["i"], s["correct"], s["prompt"], s["tokens"]) for s in ra["samples"]] == \
+            [(s["i"], s["correct"], s["prompt"], s["tokens"]) for s in rb["samples"]]
+        assert [s["logprob"] for s in ra["samples"]] == pytest.approx([s["logprob"] for s in rb["samples"]], abs=1e-3)
+        assert ra["seed"] == 1 and len({s["prompt"] for s in ra["samples"]}) == 4
+
+
+def test_answer_loglik_is_the_models_own_under_both_scorings(lm, haystack):
+    """Per sample, the gold answer's log-likelihood equals one plain forward over prompt + answer,
+    under forced and generate scoring alike; and scoring the answer first leaves generation as it
+    is without (the same text as a plain ``generate``)."""
+    from ropestretch.eval.scoring import forced_scores, generated_scores
+
+    model, tok = lm
+    rng = np.random.default_rng(0)
+    samples = [tasks.passkey(tok, haystack, 150, d, rng) for d in (0, 50, 100)] + [tasks.needle(tok, haystack, 120, 30, rng)]
+    pad = tok.pad_token_id
+    forced = forced_scores(model, samples, pad)
+    generated, texts = generated_scores(model, tok, samples, pad=pad)
+    budget = max(len(s.answer_ids) for s in samples) + 4  # what generate scoring allows every sample
+    for s, f, g, text in zip(samples, forced, generated, texts):
+        ids = torch.tensor([s.prompt_ids + s.answer_ids])
+        p, a = len(s.prompt_ids), torch.tensor(s.answer_ids)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, p - 1:-1].float(), -1)
+            plain = model.generate(input_ids=ids[:, :p], attention_mask=torch.ones(1, p, dtype=torch.long),
+                                   max_new_tokens=budget, do_sample=False, pad_token_id=pad,
+                                   eos_token_id=tok.eos_token_id)
+        reference = float(logp[torch.arange(len(a)), a].sum())
+        assert f.logprob == pytest.approx(reference, abs=1e-4) and g.logprob == pytest.approx(reference, abs=1e-4)
+        assert f.tokens == g.tokens == len(a) and f.correct == bool((logp.argmax(-1) == a).all())
+        assert text == tok.decode(plain[0, p:], skip_special_tokens=True)
+    assert len({f.logprob for f in forced}) == len(samples)  # not one constant
 
 
 def test_needle_samples_draw_their_own_haystack_and_key(lm, haystack):

@@ -134,20 +134,9 @@ def from_gguf(path: str | os.PathLike, quiet: bool = False) -> Path:
 
 def from_hub(model_id: str) -> Path:
     """A hub model's snapshot: the local hub cache first, else a download when the hub is reachable."""
-    from ropestretch.rope.config import check_hub_reachable, looks_like_hub_id
+    from ropestretch.hub import looks_like_hub_id, snapshot
 
     if not looks_like_hub_id(model_id):
         raise UsageError(f"no such model folder, GGUF file or bundled model: {model_id} "
                          f"(bundled: {', '.join(BUNDLED)}; a hub id looks like owner/name)")
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-    try:
-        return Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass
-    check_hub_reachable(model_id)
-    try:
-        return Path(snapshot_download(model_id, allow_patterns=patterns))
-    except Exception as err:  # unknown, gated or private repo, network failure: one message
-        raise UsageError(f"could not fetch hub model {model_id!r} ({type(err).__name__})") from None
+    return snapshot(model_id, ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"])

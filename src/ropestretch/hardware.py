@@ -93,7 +93,7 @@ def cpu_bf16() -> bool:
 def resolve_dtype(name: str, device: str) -> str:
     """``auto`` is bf16 on a CUDA GPU that has it and on a CPU with native bf16 (:func:`cpu_bf16`),
     else fp32; bf16 and fp16 are checked against the device. bf16 asked for on a CPU without it
-    runs, with one warning line."""
+    runs, with one warning line (:func:`warn_if_emulated`)."""
     import torch
 
     name = (name or "auto").strip()
@@ -107,10 +107,15 @@ def resolve_dtype(name: str, device: str) -> str:
     if name == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise UsageError(f"--dtype bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
                          "use fp16 or fp32")
-    if name == "bf16" and device == "cpu" and not cpu_bf16():
+    return name
+
+
+def warn_if_emulated(where: Placement) -> None:
+    """One warning line when bf16 is to run on a CPU that emulates it; said as the model loads, so
+    a command refused for another reason prints only its error."""
+    if where.dtype == "bf16" and where.device == "cpu" and not cpu_bf16():
         print("ropestretch: warning: this CPU has no native bf16 (no AMX or AVX512-BF16, as torch reports it), so "
               "torch emulates bf16 here; --dtype fp32 will be faster", file=sys.stderr)
-    return name
 
 
 def check_attention(name: str, device: str) -> str:

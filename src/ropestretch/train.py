@@ -541,6 +541,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
                                 **position_options(cfg))  # validates the sampler options too
     rows, data_line = build_samples(cfg, tokenizer, length)
     set_seed(cfg.seed)
+    from ropestretch.hardware import warn_if_emulated
+
+    warn_if_emulated(placement_of(cfg))
     model = load_model(cfg, raw_config, scaled)
 
     out = Path(cfg.out)

@@ -8,8 +8,12 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write report.md and figures from eval run folders",
                        description="Read one or more eval run folders and write report.md with a table per test "
-                       "and PNG figures (needle heatmap, accuracy by gold position, perplexity vs length), "
-                       "several runs side by side.")
+                       "(each accuracy with its 95%% Wilson interval and n, the answer log-likelihood with its "
+                       "interval) and PNG figures (accuracy by depth with interval bars, needle heatmap, accuracy "
+                       "by gold position, perplexity vs length), several runs side by side. Runs over the same "
+                       "prompts (same seed) are compared sample by sample: McNemar's exact test and a paired "
+                       "bootstrap interval, by length and depth band; runs that cannot be paired are named with "
+                       "the reason. The tables are printed too.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="where to write report.md (default: the first run folder)")
     p.set_defaults(run=run)
@@ -18,5 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ropestretch.report import write_report
 
-    print(f"wrote {write_report(args.runs, args.out)}")
+    path = write_report(args.runs, args.out)
+    print("\n".join(line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("![")))
+    print(f"wrote {path}")
     return 0

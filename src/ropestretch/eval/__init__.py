@@ -35,11 +35,12 @@ def load_for_eval(model_dir: str, trust_remote_code: bool = False, placement=Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from ropestretch.hardware import Placement
+    from ropestretch.hardware import Placement, warn_if_emulated
     from ropestretch.rope.export import quiet_engine_keys
 
     quiet_engine_keys()
     placement = placement or Placement("cpu", "fp32")
+    warn_if_emulated(placement)
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)

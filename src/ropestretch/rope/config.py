@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,15 +282,6 @@ def rope_config_from_dict(config: Mapping[str, Any]) -> RopeConfig:
     return rope.replace(other_layers=others)
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def looks_like_hub_id(text: str) -> bool:
-    """``owner/name`` that is not a path a user meant as a file."""
-    looks_like_path = text.endswith(".json") or text.startswith((".", "/", "~")) or os.sep + os.sep in text
-    return bool(_HUB_ID.match(text)) and not looks_like_path
-
-
 def load_config_dict(source: str | os.PathLike) -> dict[str, Any]:
     """Read a ``config.json`` from a file, a model folder, a GGUF file or bundled model (see
     :mod:`ropestretch.checkpoints`), or a Hugging Face hub id.
@@ -300,6 +290,7 @@ def load_config_dict(source: str | os.PathLike) -> dict[str, Any]:
     offline, or for an unknown id, it fails with one clear :class:`UsageError`.
     """
     from ropestretch.checkpoints import BUNDLED, is_gguf, resolve_model
+    from ropestretch.hub import download_config, looks_like_hub_id
 
     text = str(source)
     path = Path(source).expanduser()
@@ -312,7 +303,7 @@ def load_config_dict(source: str | os.PathLike) -> dict[str, Any]:
     elif not path.exists():
         if not looks_like_hub_id(text):
             raise UsageError(f"no such config file or model folder: {source}")
-        path = Path(_download_config(text))
+        path = Path(download_config(text))
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
@@ -322,43 +313,6 @@ def load_config_dict(source: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise UsageError(f"{path} must hold a JSON object")
     return config
-
-
-def check_hub_reachable(model_id: str) -> None:
-    """One clear UsageError when the hub cannot be reached (offline, HF_HUB_OFFLINE)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        if constants.HF_HUB_OFFLINE:
-            raise OSError("HF_HUB_OFFLINE is set")
-        socket.getaddrinfo(host, 443)
-    except OSError as err:
-        raise UsageError(
-            f"cannot reach the model hub for {model_id!r} ({err}); pass a local model folder, config.json or .gguf file"
-        ) from None
-
-
-def _download_config(model_id: str) -> str:
-    """``config.json`` of a hub model: from the local cache, else from the hub when it is reachable."""
-    import logging
-
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(model_id, "config.json", local_files_only=True)
-    except Exception:
-        pass
-    check_hub_reachable(model_id)
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    try:
-        return hf_hub_download(model_id, "config.json")
-    except Exception as err:  # unknown, gated or private repo, network failure: one message
-        reason = type(err).__name__
-        raise UsageError(f"could not fetch config.json of hub model {model_id!r} ({reason})") from None
 
 
 def load_rope_config(source: str | os.PathLike | Mapping[str, Any]) -> RopeConfig:
