@@ -9,6 +9,24 @@ from pathlib import Path
 from typing import Any
 
 
+def read_json(path: str | Path, what: str = "a ropestretch record") -> Any:
+    """The JSON in ``path``, or one :class:`UsageError` naming the file when it cannot be read,
+    is not UTF-8, is not JSON, or nests too deeply for Python's parser."""
+    from ropestretch.errors import UsageError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path} is not UTF-8 text (byte {err.start}); it is not {what}") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); it is not {what}") from None
+    except (ValueError, RecursionError):
+        raise UsageError(f"{path} is not JSON that can be read (nested too deeply); it is not {what}") from None
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Every complete line of ``path`` ([] if absent); a line cut short by a kill is skipped."""
     from ropestretch.errors import UsageError
@@ -26,7 +44,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     for line in text.splitlines():
         try:
             rows.append(json.loads(line))
-        except ValueError:
+        except (ValueError, RecursionError):  # cut short by a kill, or nested past what Python parses
             continue
     return rows
 

@@ -192,7 +192,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     from ropestretch.data.tasks import Haystack
     from ropestretch.eval.perplexity import token_stream
 
-    out = Path(cfg.out)
+    from ropestretch.resources import named_path
+
+    out = named_path(cfg.out, "--out")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; choose a new folder")
     if out.exists() and any(out.iterdir()):

@@ -5,7 +5,7 @@ for two or more runs over the same prompts, their paired differences (:mod:`rope
 
 from __future__ import annotations
 
-import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import numpy as np
 
 from ropestretch.compare import BAND_TEXT, differences, pair_runs, per_token
 from ropestretch.errors import UsageError
-from ropestretch.eval.store import ARGS_FILE, read_results
+from ropestretch.eval.store import ARGS_FILE, RESULTS_FILE, read_results
 from ropestretch.stats import mean_interval, wilson
 
 RETRIEVAL = (("passkey", "Passkey retrieval"), ("needle", "Needle in a haystack"), ("lines", "LongChat-Lines"),
@@ -22,24 +22,66 @@ RETRIEVAL = (("passkey", "Passkey retrieval"), ("needle", "Needle in a haystack"
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:
+    """A run folder's arguments, results and (for a ropestretch checkpoint) its model's record, every
+    row checked before any is reported: a hand-edited or damaged line is one error naming it."""
+    from ropestretch.jsonl import read_json
+
     folder = Path(folder)
     if not (folder / ARGS_FILE).is_file():
         raise UsageError(f"{folder} is not an eval run folder (no {ARGS_FILE})")
-    try:
-        args = json.loads((folder / ARGS_FILE).read_text(encoding="utf-8"))
-        if not isinstance(args, dict) or not all(isinstance(v, dict) for v in args.values()):
-            raise ValueError
-    except (ValueError, UnicodeDecodeError):
-        raise UsageError(f"{folder / ARGS_FILE} is not a ropestretch run record") from None
+    args = read_json(folder / ARGS_FILE, "a ropestretch run record")
+    if not isinstance(args, dict) or not all(isinstance(v, dict) for v in args.values()):
+        raise UsageError(f"{folder / ARGS_FILE} is not a ropestretch run record")
     results: dict[str, list[dict]] = defaultdict(list)
-    for row in read_results(folder):
+    for number, row in enumerate(read_results(folder), 1):
+        problem = row_problem(row)
+        if problem:
+            raise UsageError(f"{folder / RESULTS_FILE}: line {number} {problem}")
         results[row["test"]].append(row)
     model = next((a.get("model") for a in args.values() if a.get("model")), None)
-    meta = {}
+    meta: dict[str, Any] = {}
+    if model is not None and not isinstance(model, str):
+        raise UsageError(f"{folder / ARGS_FILE}: model must be a path or name, got {model!r}")
     where = (folder / model) if model and not Path(model).is_absolute() else Path(model or ".")
     if model and (where / "ropestretch.json").is_file():  # run records keep paths relative to the run folder
-        meta = json.loads((where / "ropestretch.json").read_text())
+        meta = read_json(where / "ropestretch.json", "a ropestretch model record")
+        if not isinstance(meta, dict) or (meta.get("train_seconds") is not None and not all(
+                _number(meta.get(k)) for k in ("train_seconds", "window", "target"))):
+            raise UsageError(f"{where / 'ropestretch.json'} is not a ropestretch model record")
     return {"folder": folder, "label": folder.name, "args": args, "results": dict(results), "meta": meta}
+
+
+def _number(x: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and low <= x <= high
+
+
+def _count(x: Any, low: int = 0) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int) and x >= low
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with a result row for the report to use it, or None."""
+    test, cell = row["test"], row["cell"]
+    if not _count(cell.get("length"), 1):
+        return "has no cell length (a positive integer)"
+    if test == "ppl":
+        return None if _number(row.get("ppl"), 0) and row["ppl"] > 0 else "has no perplexity (a positive number)"
+    if test not in ("passkey", "needle", "lines", "kv"):
+        return None  # another test's row: not reported, not in the way
+    if test in ("passkey", "needle") and not _number(cell.get("depth"), 0, 100):
+        return "has no depth in [0, 100]"
+    if test == "kv" and not _number(cell.get("gold"), 0, 1):
+        return "has no gold position in [0, 1]"
+    if not (_number(row.get("accuracy"), 0, 1) and _count(row.get("correct")) and _count(row.get("n"), 1)
+            and row["correct"] <= row["n"]):
+        return "needs accuracy (0 to 1), correct and n (counts, correct <= n)"
+    samples = row.get("samples")
+    if samples is not None and not (isinstance(samples, list) and len(samples) == row["n"] and all(
+            isinstance(x, dict) and _count(x.get("i")) and isinstance(x.get("correct"), bool)
+            and _number(x.get("logprob")) and _count(x.get("tokens"), 1) and isinstance(x.get("prompt"), str)
+            for x in samples)):
+        return "has samples that are not n records of i, correct, logprob, tokens and prompt"
+    return None
 
 
 def _fmt(x: float | None, pct: bool = True) -> str:
@@ -100,7 +142,9 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> Pa
     if len(set(labels)) != len(labels):
         for r in runs:
             r["label"] = str(r["folder"])
-    out = Path(out) if out else runs[0]["folder"]
+    from ropestretch.resources import named_path
+
+    out = named_path(out, "--out") if out is not None else runs[0]["folder"]
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; report writes report.md and figures into a folder")
     previous = out / "report.md"

@@ -263,7 +263,7 @@ def check_out_dir(cfg: TrainConfig) -> bool:
         previous = json.loads(record.read_text(encoding="utf-8"))["identity"]
         if not isinstance(previous, dict):
             raise ValueError
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         raise UsageError(f"{record} is unreadable; choose a new output folder") from None
     differs = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
     if differs:
@@ -502,10 +502,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     import contextlib
 
-    from ropestretch.resources import folder_lock
+    from ropestretch.resources import folder_lock, named_path, outside
     from ropestretch.rope.export import quiet_engine_keys
 
     quiet_engine_keys()
+    named_path(cfg.out, "--out")
+    outside(cfg.out, {"model folder": model_dir(cfg), "data folder": cfg.data if Path(cfg.data).is_dir() else None},
+            "--out")
     main_process = int(os.environ.get("RANK", "0")) == 0
     with folder_lock(cfg.out, "train") if main_process else contextlib.nullcontext():
         return _train(cfg)

@@ -92,17 +92,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def default_lengths(model: str) -> list[int]:
     """The window doubling up to the target for a ropestretch checkpoint, else 1x to 8x its window."""
-    import json
     from pathlib import Path
+
+    from ropestretch.errors import UsageError
+    from ropestretch.jsonl import read_json
 
     meta = Path(model) / "ropestretch.json"
     if meta.is_file():
-        record = json.loads(meta.read_text())
-        n, target = record["window"], record["target"]
+        record = read_json(meta, "a ropestretch model record")
+        n, target = (record.get("window"), record.get("target")) if isinstance(record, dict) else (None, None)
     else:
-        config = json.loads((Path(model) / "config.json").read_text()) if (Path(model) / "config.json").is_file() else {}
-        n = int(config.get("max_position_embeddings", 2048))
-        target = 8 * n
+        config = read_json(Path(model) / "config.json", "a model config") if (Path(model) / "config.json").is_file() else {}
+        n = config.get("max_position_embeddings", 2048) if isinstance(config, dict) else None
+        target = 8 * n if isinstance(n, int) else None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 24 for v in (n, target)):
+        raise UsageError(f"cannot tell {model}'s window and target for the default lengths; pass --lengths")
     lengths = [n]
     while lengths[-1] < target:
         lengths.append(min(target, lengths[-1] * 2))
@@ -121,13 +125,17 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.eval import RunStore, load_eval_tokenizer, load_for_eval
     from ropestretch.eval.store import run_arguments
     from ropestretch.hardware import placement
-    from ropestretch.resources import folder_lock
+    from ropestretch.resources import folder_lock, named_path, outside
 
     # everything that can be wrong is checked before the run folder is touched
     where = placement(args.device, args.dtype, args.device_map, args.attn_implementation)
+    named_path(args.out, "--out")
     model_dir = resolve_model(args.model)  # a missing folder, a bad GGUF, an unreachable hub: one line
+    outside(args.out, {"model folder": model_dir}, "--out")  # before the lock: nothing is left in the model
     lengths = args.lengths or default_lengths(model_dir)
     depths = getattr(args, "depths", None) or [round(float(x), 1) for x in np.linspace(0, 100, 10)]
+    if args.text is not None and not args.text.strip():
+        raise UsageError("--text is empty; give a text file or folder, or leave --text out for the built-in prose")
     if args.text and not Path(args.text).exists():
         raise UsageError(f"no such text file or folder: {args.text}")
     tokenizer = load_eval_tokenizer(str(model_dir), args.trust_remote_code)
@@ -154,12 +162,13 @@ def run(args: argparse.Namespace) -> int:
 def fitting_batch(model_dir, length: int, batch: int, where) -> int:
     """The largest batch up to ``batch`` whose KV cache at ``length`` fits beside the weights; a
     request that does not fit even one sample is refused with its estimate."""
-    import json
     from pathlib import Path
 
     from ropestretch.resources import available_memory, check_fits, kv_cache_bytes
 
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    from ropestretch.jsonl import read_json
+
+    config = read_json(Path(model_dir) / "config.json", "a model config")
     weights = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
     per_sample = kv_cache_bytes(config, length, 2 if where.dtype in ("bf16", "fp16") else 4)
     if where.device != "cpu":  # on a GPU the host only holds the weights once
@@ -209,8 +218,12 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     from ropestretch.eval.lmeval import run_lm_eval as go
     from ropestretch.hardware import placement
 
+    from ropestretch.resources import named_path, outside
+
     where = placement(args.device, args.dtype, args.device_map, args.attn_implementation)
+    named_path(args.out, "--out")
     model_dir = resolve_model(args.model)  # fail in one line for a missing model, before lm-eval starts
+    outside(args.out, {"model folder": model_dir}, "--out")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     summary = go(str(model_dir), tasks, Path(args.out), max_length=args.max_length, include_path=args.include_path,
                  batch_size=args.batch_size, limit=args.limit, backend=args.backend, placement=where)

@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.positions import sample_length
     from ropestretch.resources import check_fits, new_file
 
-    if args.out:
+    if args.out is not None:
         new_file(args.out, ".npy", "--out")
-    if args.plot:
+    if args.plot is not None:
         new_file(args.plot, ".png", "--plot")
     width = sample_length(args.method, args.window, args.target) if args.target >= args.window else args.window
     check_fits(args.samples * width * 8 * 3 + args.target * 24,

@@ -37,14 +37,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ropestretch.errors import UsageError
+    from pathlib import Path
+
     from ropestretch.resources import new_file
     from ropestretch.rope import angle_distribution, base_inv_freq, load_rope_config, method_disturbance, rope_frequencies, scale
     from ropestretch.rope.distribution import check_bins
     from ropestretch.rope.export import rope_scaling
 
     check_bins(args.bins)
-    if args.plot:
-        new_file(args.plot, ".png", "--plot")
+    if args.plot is not None:
+        new_file(args.plot, ".png", "--plot", {"model folder": args.config if Path(args.config).is_dir() else None})
     rope = load_rope_config(args.config)
     dp_options = dict(bins=args.bins, threshold=args.threshold, n_hat=args.n_hat, reverse=args.reverse)
     dprope = scale(rope, "dprope", args.target, **dp_options)

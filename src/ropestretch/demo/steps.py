@@ -59,9 +59,12 @@ class Demo:
     :meth:`run` holds the folder's lock."""
 
     def __init__(self, out: str | Path, plan: DemoPlan, base: str | Path = BASE_MODEL, progress: bool = True):
-        self.out, self.plan, self.base, self.progress = Path(out), plan, Path(base), progress
+        from ropestretch.resources import named_path, outside
+
+        self.out, self.plan, self.base, self.progress = named_path(out, "--out"), plan, Path(base), progress
         if not (self.base / "config.json").is_file():
             raise UsageError(f"base model not found at {self.base}")
+        outside(self.out, {"base model folder": self.base}, "--out")
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out} is a file")
         self.timings: dict[str, float] = {}

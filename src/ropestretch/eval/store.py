@@ -85,7 +85,7 @@ class RunStore:
             if not isinstance(recorded, dict):
                 raise ValueError
             return recorded
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise UsageError(f"{path} is unreadable; use another run folder") from None
 
     def _record_args(self) -> None:

@@ -29,6 +29,8 @@ _REQUIRED = {
 }
 _NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
             "attention_factor", "short_mscale", "long_mscale")
+LARGEST = 1e6  # no RoPE option of a real model comes near it; past it, logs and products overflow
+LARGEST_WINDOW = 1 << 40  # tokens
 _ALIASES = {"su": "longrope"}  # Phi-3's first name for LongRoPE
 
 
@@ -115,9 +117,38 @@ def is_finite_number(value: Any) -> bool:
 
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value != int(value) or value <= 0:
-        raise UsageError(f"config field {what} must be a positive integer, got {value!r}")
+            or value != int(value) or value <= 0 or value > LARGEST_WINDOW:
+        raise UsageError(f"config field {what} must be a positive integer up to 2**40, got {_shown(value)}")
     return int(value)
+
+
+def _shown(value: Any) -> str:
+    """A config value as a message shows it: short, on one line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_fields(config: Mapping[str, Any], where: str = "config") -> None:
+    """The type and range of every field the reader takes from a config section, checked before
+    any arithmetic (so a hostile value is one line, never a traceback deep in the math):
+    ``layer_types`` a list of names, ``rope_type``/``type`` a name, numbers finite and in range,
+    ``truncate`` a bool, sizes positive integers."""
+    layer_types = config.get("layer_types")
+    if layer_types is not None and not (isinstance(layer_types, list) and all(isinstance(t, str) for t in layer_types)):
+        raise UsageError(f"{where}: layer_types must be a list of layer type names, got {_shown(layer_types)}")
+    for key in ("rope_type", "type"):
+        value = config.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{where}: {key} must be a name such as 'yarn', got {_shown(value)}")
+    for key in _NUMBERS:
+        value = config.get(key)
+        if value is not None and (not is_finite_number(value) or not 0 < value <= LARGEST):
+            raise UsageError(f"{where}: {key} must be a positive number up to {LARGEST:g}, got {_shown(value)}")
+    if config.get("truncate") is not None and not isinstance(config["truncate"], bool):
+        raise UsageError(f"{where}: truncate must be true or false, got {_shown(config['truncate'])}")
+    for key in ("original_max_position_embeddings",):
+        if config.get(key) is not None:
+            _positive_int(config[key], key)
 
 
 def text_section(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -170,15 +201,11 @@ def _check_scaling(rope_type: str, scaling: dict[str, Any], pairs: int, where: s
     for name in _REQUIRED[rope_type]:
         if scaling.get(name) is None:
             raise UsageError(f"{where}: rope type {rope_type!r} needs {name}")
-    for name in _NUMBERS:
-        value = scaling.get(name)
-        if value is not None and (not is_finite_number(value) or value <= 0):
-            raise UsageError(f"{where}: {name} must be a positive number, got {value!r}")
     for name in ("short_factor", "long_factor"):
         if name in scaling:
             values = scaling[name]
-            if not isinstance(values, (list, tuple)) or not all(is_finite_number(v) and v > 0 for v in values):
-                raise UsageError(f"{where}: {name} must be a list of positive numbers")
+            if not isinstance(values, (list, tuple)) or not all(is_finite_number(v) and 0 < v <= LARGEST for v in values):
+                raise UsageError(f"{where}: {name} must be a list of positive numbers up to {LARGEST:g}")
             if len(values) != pairs:
                 raise UsageError(f"{where}: {name} has {len(values)} values for {pairs} rotary pairs")
             scaling[name] = tuple(float(v) for v in values)
@@ -186,6 +213,7 @@ def _check_scaling(rope_type: str, scaling: dict[str, Any], pairs: int, where: s
 
 def _one_rope(params: Mapping[str, Any], config: Mapping[str, Any], fam: Family, window: int, head_dim: int,
               model_type: str, theta_default: float, layer_type: str | None, where: str) -> RopeConfig:
+    check_fields(params, where)
     params = dict(params)
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
     params.pop("type", None)
@@ -229,7 +257,9 @@ def rope_config_from_dict(config: Mapping[str, Any]) -> RopeConfig:
     """
     if not isinstance(config, Mapping):
         raise UsageError("a model config must be a JSON object")
+    check_fields(config)
     config = with_class_defaults(text_section(config))
+    check_fields(config)
     model_type = str(config.get("model_type", ""))
     fam = family(model_type)
     params, scaling = config.get("rope_parameters"), config.get("rope_scaling")
@@ -310,6 +340,9 @@ def load_config_dict(source: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"cannot read {path}: {err}") from None
     except json.JSONDecodeError as err:
         raise UsageError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (ValueError, RecursionError):  # a number too long for int(), nesting past Python's parser
+        raise UsageError(f"{path} is JSON that cannot be read as a model config (nested too deeply, or a number "
+                         "too long)") from None
     if not isinstance(config, dict):
         raise UsageError(f"{path} must hold a JSON object")
     return config

@@ -167,25 +167,26 @@ def apply_to_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike
     built in a temporary sibling folder and renamed into place, so an interruption leaves
     either nothing or a complete checkpoint.
     """
-    src, dst = Path(model_dir), Path(out_dir)
+    from ropestretch.resources import STAGING_MARK, new_folder, staging_folder
+
+    src = Path(model_dir)
     if not (src / "config.json").is_file():
         raise UsageError(f"{src} is not a model folder (no config.json)")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise UsageError(f"output folder {dst} already exists and is not empty; choose a new one")
-    if dst.resolve() == src.resolve():
-        raise UsageError("output folder must differ from the model folder")
+    dst = new_folder(out_dir, "--out", {"model folder": src})
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    tmp = dst.with_name(f".{dst.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for item in src.iterdir():
-        if item.name in ("config.json", METADATA_FILE, "source.json") or item.name.startswith("."):
-            continue
-        _copy_item(item, tmp / item.name)
-    (tmp / "config.json").write_text(config_json(exported_config(config, scaled)))
-    (tmp / METADATA_FILE).write_text(json.dumps(metadata(scaled, **record), indent=2) + "\n")
-    if dst.exists():
-        dst.rmdir()
-    tmp.rename(dst)
+    tmp = staging_folder(dst)
+    try:
+        for item in src.iterdir():
+            if item.name in ("config.json", METADATA_FILE, "source.json") or item.name.startswith("."):
+                continue
+            _copy_item(item, tmp / item.name)
+        (tmp / "config.json").write_text(config_json(exported_config(config, scaled)))
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata(scaled, **record), indent=2) + "\n")
+        (tmp / STAGING_MARK).unlink()
+        if dst.exists():
+            dst.rmdir()
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # made by this call: nothing of it is left behind
+        raise
     return dst
