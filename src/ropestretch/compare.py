@@ -2,11 +2,10 @@
 
 A sample's identity is (seed, length, depth or gold position, index), and its result row carries a
 fingerprint of the prompt it was asked. Two runs of a test pair up on the samples both hold when
-they were scored the same way, with the same seed, and every common sample has the same
-fingerprint; otherwise :func:`pair_runs` says in one line why they do not. Paired, their
-differences are given per length and depth band (:data:`BANDS`): the accuracy difference with
-McNemar's exact p, and the answer log-likelihood difference with a paired bootstrap interval
-(:mod:`ropestretch.stats`).
+they were scored the same way, share a seed, and every common sample has the same fingerprint;
+otherwise :func:`pair_runs` says in one line why they do not. Paired, their differences are given
+per length and depth band (:data:`BANDS`): the accuracy difference with McNemar's exact p, and the
+answer log-likelihood difference with a paired bootstrap interval (:mod:`ropestretch.stats`).
 """
 
 from __future__ import annotations
@@ -41,13 +40,14 @@ def in_band(band: str, where: float | None) -> bool:
 
 
 def per_sample(run: dict[str, Any], test: str) -> dict[tuple, dict[str, Any]] | str:
-    """A run's samples of ``test`` keyed by (length, place, index), or why it has none."""
+    """A run's samples of ``test`` keyed by their identity (seed, length, place, index), or why it
+    has none. A run may hold rows of several seeds (a study that adds samples with a new seed)."""
     rows = run["results"].get(test) or []
     if not rows:
         return f"`{run['label']}` has no {test} results"
     if any(not isinstance(r.get("samples"), list) for r in rows):
         return f"`{run['label']}` predates per-sample records (rerun it into a new folder to pair it)"
-    return {(r["cell"]["length"], place(test, r["cell"]), s["i"]): s for r in rows for s in r["samples"]}
+    return {(r.get("seed"), r["cell"]["length"], place(test, r["cell"]), s["i"]): s for r in rows for s in r["samples"]}
 
 
 @dataclass
@@ -71,11 +71,13 @@ def pair_runs(a: dict[str, Any], b: dict[str, Any], test: str) -> Pairing | str:
     for side in (sa, sb):
         if isinstance(side, str):
             return f"{why}: {side}"
-    args_a, args_b = a["args"].get(test, {}), b["args"].get(test, {})
-    for field, what in (("scoring", "scoring"), ("seed", "seeds")):
-        if args_a.get(field) != args_b.get(field):
-            return f"{why}: different {what} ({args_a.get(field)} and {args_b.get(field)})"
-    common = sorted(set(sa) & set(sb), key=lambda k: (k[0], -1 if k[1] is None else k[1], k[2]))
+    scoring_a, scoring_b = a["args"].get(test, {}).get("scoring"), b["args"].get(test, {}).get("scoring")
+    if scoring_a != scoring_b:
+        return f"{why}: different scoring ({scoring_a} and {scoring_b})"
+    seeds_a, seeds_b = sorted({k[0] for k in sa}), sorted({k[0] for k in sb})
+    if set(seeds_a).isdisjoint(seeds_b):
+        return f"{why}: different seeds ({', '.join(map(str, seeds_a))} and {', '.join(map(str, seeds_b))})"
+    common = sorted(set(sa) & set(sb), key=lambda k: (k[0], k[1], -1 if k[2] is None else k[2], k[3]))
     if not common:
         return f"{why}: no sample in common (other lengths, depths or sample counts)"
     differ = sum(sa[k].get("prompt") != sb[k].get("prompt") for k in common)
@@ -96,10 +98,10 @@ def differences(p: Pairing) -> list[dict[str, Any]]:
     (a - b) with its paired bootstrap interval."""
     out = []
     bands = ("all", "ends", "middle") if p.test != "lines" else ("all",)
-    for length in sorted({k[0] for k in p.keys}):
+    for length in sorted({k[1] for k in p.keys}):
         for band in bands:
-            idx = [j for j, k in enumerate(p.keys) if k[0] == length and in_band(band, k[1])]
-            if not idx or (band != "all" and len(idx) == sum(k[0] == length for k in p.keys)):
+            idx = [j for j, k in enumerate(p.keys) if k[1] == length and in_band(band, k[2])]
+            if not idx or (band != "all" and len(idx) == sum(k[1] == length for k in p.keys)):
                 continue  # an empty band, or one that holds every sample of the length (as "all" does)
             ra = [bool(p.left[j]["correct"]) for j in idx]
             rb = [bool(p.right[j]["correct"]) for j in idx]

@@ -151,12 +151,21 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> Pa
     if previous.is_file() and not previous.read_text(encoding="utf-8", errors="replace").startswith("# ropestretch"):
         raise UsageError(f"{previous} exists and is not a ropestretch report; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.md"
+    path.write_text("\n".join(["# ropestretch report", "", "Runs: " + ", ".join(f"`{r['label']}`" for r in runs), ""]
+                              + render(runs, out)))
+    return path
+
+
+def render(runs: list[dict[str, Any]], out: Path) -> list[str]:
+    """The report's sections (markdown lines) for loaded runs (:func:`load_run`'s dicts, or any with
+    its keys: label, args, results, meta), writing the figures into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = ["# ropestretch report", "", "Runs: " + ", ".join(f"`{r['label']}`" for r in runs), ""]
+    parts: list[str] = []
     trained = [r for r in runs if r["meta"].get("train_seconds") is not None]
     if trained:
         parts += ["## Training cost", "", _table(
@@ -193,9 +202,7 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> Pa
         fig.savefig(out / "ppl-vs-length.png", dpi=110)
         plt.close(fig)
         parts += ["![perplexity vs length](ppl-vs-length.png)", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(parts))
-    return path
+    return parts
 
 
 def _heatmap(plt, rows: list[dict], title: str, path: Path) -> None:

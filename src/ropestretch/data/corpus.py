@@ -29,26 +29,37 @@ def builtin_documents(max_docs: int | None = None) -> list[str]:
     """Real English prose that needs no download: the ``pydoc_data`` topics (the language reference)
     and the docstrings of the standard library's pure-Python modules, read from source without
     importing them. Deterministic for a given Python version."""
-    import pydoc_data.topics
-
-    docs = [text.strip() for _, text in sorted(pydoc_data.topics.topics.items()) if len(text) > 200]
-    stdlib = Path(os.__file__).parent
-    for path in sorted(stdlib.glob("*.py")):
+    docs = language_reference()
+    for path in sorted(Path(os.__file__).parent.glob("*.py")):
         if max_docs is not None and len(docs) >= max_docs:
             break
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, OSError):
-            continue
-        parts = []
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) > 80 and not doc.lstrip().startswith((">>>", "$")):
-                    parts.append(doc.strip())
-        if parts:
-            docs.append("\n\n".join(parts))
+        text = module_docstrings(path)
+        if text:
+            docs.append(text)
     return docs[:max_docs] if max_docs is not None else docs
+
+
+def language_reference() -> list[str]:
+    """The ``pydoc_data`` topics: Python's language reference, one document per topic."""
+    import pydoc_data.topics
+
+    return [text.strip() for _, text in sorted(pydoc_data.topics.topics.items()) if len(text) > 200]
+
+
+def module_docstrings(path: Path) -> str | None:
+    """A Python source file's module, class and function docstrings of some length (prose, not
+    doctest sessions), joined; None when it has none or does not parse."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
+        return None
+    parts = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc) > 80 and not doc.lstrip().startswith((">>>", "$")):
+                parts.append(doc.strip())
+    return "\n\n".join(parts) or None
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
