@@ -1,0 +1,81 @@
+"""GGUF out: `ropestretch apply` from the bundled SmolLM2 .gguf to a new .gguf for llama.cpp. Every
+tensor is copied byte for byte, the RoPE is written in llama.cpp's own keys (or its per-pair
+rope_freqs tensor), and what llama.cpp cannot express is one line. That llama.cpp runs these files
+at the frequencies transformers computes is `make engines`' check (benchmarks/engine_check.py)."""
+
+import numpy as np
+import pytest
+
+from clihelp import assert_one_line_error, run_cli
+from ropestretch.checkpoints import bundled_file, resolve_model
+from ropestretch.rope import load_rope_config, scale
+
+NAME = "smollm2-135m-instruct"
+
+
+def fields(reader):
+    return {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+
+
+@pytest.fixture(scope="module")
+def source():
+    import gguf
+
+    return gguf.GGUFReader(str(bundled_file(NAME)))
+
+
+@pytest.mark.parametrize("scaling", ["yarn", "dprope", "linear", "ntk"])
+def test_apply_writes_a_gguf_with_the_scaled_rope(tmp_path, source, scaling):
+    import gguf
+
+    out = tmp_path / f"{scaling}.gguf"
+    code, text, err = run_cli("apply", "--model", NAME, "--scaling", scaling, "--target", 32768, "--out", out)
+    assert code == 0, err
+    written = gguf.GGUFReader(str(out))
+    before, after = fields(source), fields(written)
+    scaled = scale(load_rope_config(resolve_model(NAME)), scaling, 32768)
+    assert after["llama.context_length"] == 32768
+    expected = {"yarn": {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0,
+                         "llama.rope.scaling.original_context_length": 8192, "llama.rope.freq_base": 1e5},
+                "linear": {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0},
+                "ntk": {"llama.rope.scaling.type": "none", "llama.rope.freq_base": pytest.approx(scaled.exported.base,
+                                                                                                  rel=1e-6)},
+                "dprope": {"llama.rope.scaling.type": "none", "llama.rope.freq_base": 1e5}}[scaling]
+    assert {k: after[k] for k in expected} == expected
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert all(k.startswith(("llama.rope.", "llama.context_length")) for k in changed), changed
+    tensors = {t.name: t for t in written.tensors}
+    for t in source.tensors:  # quantized weights unchanged, byte for byte
+        assert tensors[t.name].tensor_type == t.tensor_type and np.array_equal(tensors[t.name].data, t.data)
+    if scaling == "dprope":  # per-pair divisors of the base frequencies, as llama.cpp divides by them
+        freqs = np.asarray(tensors["rope_freqs.weight"].data)
+        np.testing.assert_allclose(freqs, np.asarray(scaled.factors), rtol=1e-6)
+        assert set(np.round(freqs, 6)) <= {1.0, 4.0} and 1.0 in freqs and 4.0 in freqs
+    else:
+        assert "rope_freqs.weight" not in tensors
+    assert text.startswith(f"wrote {out}") and len(text.strip().splitlines()) == 1
+
+
+def test_what_llama_cpp_cannot_express_or_ropestretch_cannot_write_is_one_line(tmp_path, tiny_lm_dir):
+    import gguf
+
+    assert_one_line_error(run_cli("apply", "--model", NAME, "--scaling", "dynamic", "--target", 32768,
+                                  "--out", tmp_path / "d.gguf"), "llama.cpp has no dynamic NTK")
+    taken = tmp_path / "taken.gguf"
+    taken.write_bytes(b"mine")
+    assert_one_line_error(run_cli("apply", "--model", NAME, "--scaling", "yarn", "--target", 32768, "--out", taken),
+                          "already exists")
+    assert taken.read_bytes() == b"mine"
+    assert_one_line_error(run_cli("apply", "--model", tiny_lm_dir, "--scaling", "yarn", "--target", 256,
+                                  "--out", tmp_path / "t.gguf"), "copies a .gguf model")
+    other = tmp_path / "qwen.gguf"
+    writer = gguf.GGUFWriter(str(other), "qwen2")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert_one_line_error(run_cli("apply", "--model", other, "--scaling", "yarn", "--target", 32768,
+                                  "--out", tmp_path / "q.gguf"), "is qwen2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen.gguf", "taken.gguf"]
