@@ -6,7 +6,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: setup test demo
+.PHONY: setup test demo engines
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,8 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks engines
 	$(BIN)/pytest
 
 demo: setup
 	$(BIN)/ropestretch demo --out demo-out
+
+# vLLM's CPU build and llama.cpp in their own venv (.venv-engines; about 2.5 GB and a 4-minute
+# llama.cpp build the first time), then every export served by them against transformers
+engines:
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" bash engines/setup.sh
+	.venv-engines/bin/python engines/check.py

