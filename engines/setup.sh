@@ -20,7 +20,7 @@ if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
   "$PIP" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 "$PIP" install -q -e . "$TORCH"
-"$PIP" install -q "gguf>=0.10" "scipy>=1.15"
+"$PIP" install -q "gguf>=0.17" "scipy>=1.15"
 if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   # llama.cpp from source (PyPI has no wheels). Not -march=native: ggml's AMX path, which a native
   # build compiles on a CPU that has AMX, crashes on prompts longer than one token; the vector

@@ -118,32 +118,36 @@ def test_needle_prefix_reuse_matches_from_scratch(lm, haystack, tmp_path, scorin
         assert ra["seed"] == 1 and len({s["prompt"] for s in ra["samples"]}) == 4
 
 
-def test_answer_loglik_is_the_models_own_under_both_scorings(lm, haystack):
+def assert_scores_are_the_models_own(model, tok, samples):
     """Per sample, the gold answer's log-likelihood equals one plain forward over prompt + answer,
     under forced and generate scoring alike; and scoring the answer first leaves generation as it
-    is without (the same text as a plain ``generate``)."""
+    is without (the same text as a plain ``generate`` with the sample's own budget, however the
+    samples are batched)."""
     from ropestretch.eval.scoring import forced_scores, generated_scores
 
-    model, tok = lm
-    rng = np.random.default_rng(0)
-    samples = [tasks.passkey(tok, haystack, 150, d, rng) for d in (0, 50, 100)] + [tasks.needle(tok, haystack, 120, 30, rng)]
     pad = tok.pad_token_id
     forced = forced_scores(model, samples, pad)
     generated, texts = generated_scores(model, tok, samples, pad=pad)
-    budget = max(len(s.answer_ids) for s in samples) + 4  # what generate scoring allows every sample
     for s, f, g, text in zip(samples, forced, generated, texts):
         ids = torch.tensor([s.prompt_ids + s.answer_ids])
         p, a = len(s.prompt_ids), torch.tensor(s.answer_ids)
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=ids).logits[0, p - 1:-1].float(), -1)
             plain = model.generate(input_ids=ids[:, :p], attention_mask=torch.ones(1, p, dtype=torch.long),
-                                   max_new_tokens=budget, do_sample=False, pad_token_id=pad,
+                                   max_new_tokens=len(a) + 4, do_sample=False, pad_token_id=pad,
                                    eos_token_id=tok.eos_token_id)
         reference = float(logp[torch.arange(len(a)), a].sum())
         assert f.logprob == pytest.approx(reference, abs=1e-4) and g.logprob == pytest.approx(reference, abs=1e-4)
         assert f.tokens == g.tokens == len(a) and f.correct == bool((logp.argmax(-1) == a).all())
         assert text == tok.decode(plain[0, p:], skip_special_tokens=True)
     assert len({f.logprob for f in forced}) == len(samples)  # not one constant
+
+
+def test_answer_loglik_is_the_models_own_under_both_scorings(lm, haystack):
+    model, tok = lm
+    rng = np.random.default_rng(0)
+    samples = [tasks.passkey(tok, haystack, 150, d, rng) for d in (0, 50, 100)] + [tasks.needle(tok, haystack, 120, 30, rng)]
+    assert_scores_are_the_models_own(model, tok, samples)
 
 
 def test_needle_samples_draw_their_own_haystack_and_key(lm, haystack):
@@ -266,3 +270,30 @@ def test_lm_eval_local_task(tiny_lm_dir, tmp_path):
     assert "tiny_copy" in summary["results"] and 0 <= summary["results"]["tiny_copy"]["acc,none"] <= 1
     assert_one_line_error(run_cli("eval", "lm-eval", "--model", tiny_lm_dir, "--out", out, "--tasks", "no_such_task",
                                   "--include-path", tasks_dir), "unknown lm-eval tasks")
+
+
+def test_scoring_crops_the_cache_of_a_sliding_window_model(tiny_lm_dir, haystack, tmp_path):
+    """Local attention (Mistral's window, Gemma's sliding layers): scoring the answer and cropping the
+    cache back, and the needle sweep's shared prefix, give what a fresh prefill gives."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    from conftest import tiny_llama_config
+    from ropestretch.eval.prefill import new_cache
+
+    tok = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    torch.manual_seed(0)
+    settings = {k: v for k, v in tiny_llama_config(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                                   eos_token_id=tok.eos_token_id).items()
+                if k not in ("architectures", "model_type")}
+    model = MistralForCausalLM(MistralConfig(**settings, sliding_window=32)).eval()
+    assert any(type(layer).__name__ == "DynamicSlidingWindowLayer" for layer in new_cache(model).layers)
+    rng = np.random.default_rng(0)
+    assert_scores_are_the_models_own(model, tok, [tasks.passkey(tok, haystack, 150, d, rng) for d in (0, 50, 100)])
+    for scoring in ("generate", "forced"):
+        ev = Evaluator(model, tok, scoring, batch_size=2, haystack=haystack)
+        a = run_needle(ev, RunStore(tmp_path / f"a{scoring}", "needle", {}), [150], [0, 50, 100], 2, seed=1)
+        b = run_needle(ev, RunStore(tmp_path / f"b{scoring}", "needle", {}), [150], [0, 50, 100], 2, seed=1,
+                       reuse_prefix=False)
+        for ra, rb in zip(a, b):
+            assert [s["correct"] for s in ra["samples"]] == [s["correct"] for s in rb["samples"]]
+            assert [s["logprob"] for s in ra["samples"]] == pytest.approx([s["logprob"] for s in rb["samples"]], abs=1e-3)

@@ -93,7 +93,7 @@ def test_report_pairs_runs_over_the_same_prompts(runs):
     assert re.search(r"\| base \| \d+% \[\d+-\d+\], n = 12 \| \d+% \[\d+-\d+\], n = 12 \|", report)
     assert re.search(r"\| yarn \| -\d\.\d\d \[-\d\.\d\d, -?\d\.\d\d\], n = 12 \|", report)  # answer log-likelihood
     assert "### Passkey retrieval: `base` - `yarn`, 24 paired samples" in report
-    rows = re.findall(r"^\| (256|512) \| (all|0-10, 90-100%|25-75%) \| (\d+) \| (\d+)% \| (\d+)% \| .* \| (\d+) / (\d+) \| "
+    rows = re.findall(r"^\| (256|512) \| (all|0-10, 90-100%|25-75%) \| (\d+) \(\3\) \| (\d+)% \| (\d+)% \| .* \| (\d+) / (\d+) \| "
                       r"([\d.e+-]+) \| ([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\] \|$", report, re.M)
     assert [(r[0], r[1], r[2]) for r in rows] == [("256", "all", "12"), ("256", "0-10, 90-100%", "8"), ("256", "25-75%", "4"),
                                                   ("512", "all", "12"), ("512", "0-10, 90-100%", "8"), ("512", "25-75%", "4")]
@@ -179,3 +179,17 @@ def test_bf16_agrees_with_fp32_on_the_tiny_model():
     ppl16 = math.exp(torch.nn.functional.cross_entropy(l16, target))
     assert abs(ppl16 / ppl32 - 1) < 0.01
     assert (l16.argmax(-1) == l32.argmax(-1)).float().mean() >= 0.97
+
+
+def test_needle_draws_are_the_bootstrap_units():
+    """A needle draw placed at three depths is one unit: the interval is over 4 draws, not 12 samples."""
+    from ropestretch.compare import Pairing, differences
+
+    keys = [(0, 512, d, i) for i in range(4) for d in (25.0, 50.0, 75.0)]
+    left = [{"correct": True, "logprob": -1.0 - i, "tokens": 1} for (_, _, _, i) in keys]
+    right = [{"correct": i % 2 == 0, "logprob": -2.0 - i, "tokens": 1} for (_, _, _, i) in keys]
+    needle = differences(Pairing("needle", "a", "b", keys, left, right, 0, 0))
+    passkey = differences(Pairing("passkey", "a", "b", keys, left, right, 0, 0))
+    assert [(d["band"], d["n"], d["units"]) for d in needle] == [("all", 12, 4)]  # middle = all here: one row
+    assert passkey[0]["units"] == 12 and needle[0]["loglik_diff"] == pytest.approx(1.0)
+    assert (needle[0]["only_a"], needle[0]["only_b"]) == (6, 0)

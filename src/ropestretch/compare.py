@@ -95,7 +95,9 @@ def per_token(sample: dict[str, Any]) -> float:
 def differences(p: Pairing) -> list[dict[str, Any]]:
     """Per length, then per band that holds samples: n pairs, both accuracies, the discordant
     counts with McNemar's exact p, and the mean difference of per-token answer log-likelihood
-    (a - b) with its paired bootstrap interval."""
+    (a - b) with its paired bootstrap interval. The bootstrap resamples independent units: for the
+    needle, one draw (its haystack, key and number) placed at every depth is one unit, its depths'
+    differences averaged; for the other tests every sample is drawn on its own."""
     out = []
     bands = ("all", "ends", "middle") if p.test != "lines" else ("all",)
     for length in sorted({k[1] for k in p.keys}):
@@ -106,8 +108,14 @@ def differences(p: Pairing) -> list[dict[str, Any]]:
             ra = [bool(p.left[j]["correct"]) for j in idx]
             rb = [bool(p.right[j]["correct"]) for j in idx]
             only_a, only_b, pvalue = mcnemar_exact(ra, rb)
-            diff, low, high = paired_bootstrap([per_token(p.left[j]) for j in idx], [per_token(p.right[j]) for j in idx])
-            out.append({"length": length, "band": band, "n": len(idx), "acc_a": sum(ra) / len(idx),
-                        "acc_b": sum(rb) / len(idx), "only_a": only_a, "only_b": only_b, "p": pvalue,
-                        "loglik_diff": diff, "low": low, "high": high})
+            units: dict[tuple, list[int]] = {}
+            for j in idx:
+                seed, _, where, i = p.keys[j]
+                units.setdefault((seed, i) if p.test == "needle" else (seed, where, i), []).append(j)
+            unit_a = [sum(per_token(p.left[j]) for j in js) / len(js) for js in units.values()]
+            unit_b = [sum(per_token(p.right[j]) for j in js) / len(js) for js in units.values()]
+            diff, low, high = paired_bootstrap(unit_a, unit_b)
+            out.append({"length": length, "band": band, "n": len(idx), "units": len(units),
+                        "acc_a": sum(ra) / len(idx), "acc_b": sum(rb) / len(idx), "only_a": only_a, "only_b": only_b,
+                        "p": pvalue, "loglik_diff": diff, "low": low, "high": high})
     return out

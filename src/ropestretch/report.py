@@ -65,7 +65,9 @@ def row_problem(row: dict[str, Any]) -> str | None:
     if not _count(cell.get("length"), 1):
         return "has no cell length (a positive integer)"
     if test == "ppl":
-        return None if _number(row.get("ppl"), 0) and row["ppl"] > 0 else "has no perplexity (a positive number)"
+        value = row.get("ppl")  # NaN or infinity: a run that overflowed, reported as "-"
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (math.isnan(value) or value > 0)
+        return None if ok else "has no perplexity (a positive number)"
     if test not in ("passkey", "needle", "lines", "kv"):
         return None  # another test's row: not reported, not in the way
     if test in ("passkey", "needle") and not _number(cell.get("depth"), 0, 100):
@@ -75,12 +77,16 @@ def row_problem(row: dict[str, Any]) -> str | None:
     if not (_number(row.get("accuracy"), 0, 1) and _count(row.get("correct")) and _count(row.get("n"), 1)
             and row["correct"] <= row["n"]):
         return "needs accuracy (0 to 1), correct and n (counts, correct <= n)"
+    if row.get("seed") is not None and not _count(row["seed"]):
+        return "has a seed that is not a non-negative integer"
     samples = row.get("samples")
     if samples is not None and not (isinstance(samples, list) and len(samples) == row["n"] and all(
             isinstance(x, dict) and _count(x.get("i")) and isinstance(x.get("correct"), bool)
             and _number(x.get("logprob")) and _count(x.get("tokens"), 1) and isinstance(x.get("prompt"), str)
-            for x in samples)):
-        return "has samples that are not n records of i, correct, logprob, tokens and prompt"
+            for x in samples) and len({x["i"] for x in samples}) == len(samples)
+            and sum(x["correct"] for x in samples) == row["correct"]):
+        return "has samples that are not n records of i (each once), correct (adding up to the row's), logprob, " \
+               "tokens and prompt"
     return None
 
 
@@ -211,8 +217,11 @@ def _heatmap(plt, rows: list[dict], title: str, path: Path) -> None:
     lengths = sorted({r["cell"]["length"] for r in rows})
     depths = sorted({r["cell"]["depth"] for r in rows})
     grid = np.full((len(depths), len(lengths)), np.nan)
-    for r in rows:
-        grid[depths.index(r["cell"]["depth"]), lengths.index(r["cell"]["length"])] = r["accuracy"]
+    for d in depths:  # rows of several seeds for one cell are pooled
+        for n in lengths:
+            k, total = _counts([r for r in rows if r["cell"]["depth"] == d and r["cell"]["length"] == n])
+            if total:
+                grid[depths.index(d), lengths.index(n)] = k / total
     cmap = LinearSegmentedColormap.from_list("rg", ["#c0392b", "#f1c40f", "#1e8449"])
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(lengths), 1.0 + 0.4 * len(depths)))
     im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto")
@@ -311,10 +320,11 @@ def _paired_section(runs: list[dict]) -> list[str]:
                     "are left out)")
                 parts += [f"### {title}: `{a['label']}` - `{b['label']}`, {len(pairing.keys)} paired samples{extra}",
                           "", _table(
-                              ["length", "depths", "n pairs", f"accuracy {a['label']}", f"accuracy {b['label']}",
+                              ["length", "depths", "n pairs (independent)", f"accuracy {a['label']}",
+                               f"accuracy {b['label']}",
                                "difference", "right only in each", "McNemar exact p",
                                "log-likelihood per token, difference [95% paired bootstrap]"],
-                              [[str(d["length"]), BAND_TEXT[d["band"]], str(d["n"]), f"{100 * d['acc_a']:.0f}%",
+                              [[str(d["length"]), BAND_TEXT[d["band"]], f"{d['n']} ({d['units']})", f"{100 * d['acc_a']:.0f}%",
                                 f"{100 * d['acc_b']:.0f}%", f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points",
                                 f"{d['only_a']} / {d['only_b']}", f"{d['p']:.3g}",
                                 f"{d['loglik_diff']:+.3f}" + (f" [{d['low']:+.3f}, {d['high']:+.3f}]"
@@ -324,7 +334,9 @@ def _paired_section(runs: list[dict]) -> list[str]:
         parts = ["## Paired comparisons", "",
                  "Runs over the same prompts (same seed, scoring and prompt fingerprints), compared sample by sample: "
                  "the accuracy difference with McNemar's exact test on the samples only one of them got right, and "
-                 "the difference of the answer's per-token log-likelihood with a 95% paired bootstrap interval. "
-                 "Depths: all; the ends (0-10% and 90-100%); the middle (25-75%).", ""] + parts
+                 "the difference of the answer's per-token log-likelihood with a 95% paired bootstrap interval over "
+                 "independent units (a needle draw placed at several depths is one unit, in brackets after n). "
+                 "McNemar's test counts every sample as independent, which a needle draw's depths are not: read its p "
+                 "as optimistic there. Depths: all; the ends (0-10% and 90-100%); the middle (25-75%).", ""] + parts
     return parts
 

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     where = placement(args.device, args.dtype, args.device_map, args.attn_implementation)
     named_path(args.out, "--out")
     model_dir = resolve_model(args.model)  # a missing folder, a bad GGUF, an unreachable hub: one line
-    outside(args.out, {"model folder": model_dir}, "--out")  # before the lock: nothing is left in the model
+    # before the lock, so nothing is left in either; results inside the text folder would become haystack
+    outside(args.out, {"model folder": model_dir, "text folder": args.text or None}, "--out")
     lengths = args.lengths or default_lengths(model_dir)
     depths = getattr(args, "depths", None) or [round(float(x), 1) for x in np.linspace(0, 100, 10)]
     if args.text is not None and not args.text.strip():

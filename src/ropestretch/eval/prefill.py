@@ -75,6 +75,12 @@ def new_cache(model):
     return DynamicCache(config=model.config)
 
 
+def can_crop(cache) -> bool:
+    """Whether ``cache`` can be cut back to a shorter prefix: not where it has sliding-window layers
+    (Gemma 2/3, Mistral's window), which drop what falls out of their window."""
+    return not any("Sliding" in type(layer).__name__ for layer in getattr(cache, "layers", []))
+
+
 def crop_to(cache, length: int) -> None:
     """Shorten a transformers cache to ``length`` tokens (transformers 5 takes a negative count to
     remove; 4.x took the length to keep)."""

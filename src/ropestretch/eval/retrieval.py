@@ -19,7 +19,7 @@ import torch
 
 from ropestretch.data import tasks
 from ropestretch.data.tasks import TaskSample
-from ropestretch.eval.prefill import crop_to, new_cache, prefill
+from ropestretch.eval.prefill import can_crop, crop_to, new_cache, prefill
 from ropestretch.eval.scoring import Scored, fingerprint, forced_scores, generate_scored, generated_scores
 from ropestretch.eval.store import RunStore
 
@@ -130,7 +130,9 @@ def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Gene
 def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, reuse_prefix: bool = True):
     """The needle grid. Each sample has its own haystack, shared by every depth: with
     ``reuse_prefix`` the keys and values of the haystack before its deepest needle are computed
-    once and cropped for each shallower depth, so each depth only runs what follows its needle."""
+    once and cropped for each shallower depth, so each depth only runs what follows its needle
+    (not for a model whose cache cannot be cropped: sliding-window layers drop the prefix)."""
+    reuse_prefix = reuse_prefix and can_crop(new_cache(ev.model))
     out = []
     for length in lengths:
         cells = [{"length": length, "depth": d} for d in depths]
@@ -183,6 +185,5 @@ def _score_continuation(ev, cache, prefix: list[int], rest: list[int], draw: tas
         return forced_scores(ev.model, [TaskSample(draw.task, rest, draw.answer, draw.answer_ids)], ev.pad,
                              cache=cache)[0]
     full = torch.tensor([prefix + rest], device=device)
-    [(hits, logprob)], [text] = generate_scored(ev.model, ev.tokenizer, full, [draw.answer_ids], cache, ev.pad,
-                                                len(draw.answer_ids) + 4)
+    [(hits, logprob)], [text] = generate_scored(ev.model, ev.tokenizer, full, [draw.answer_ids], cache, ev.pad)
     return Scored(tasks.score_text("needle", draw.answer, text), logprob, len(hits), hits)

@@ -6,6 +6,7 @@ with logits only over the answer (:mod:`ropestretch.eval.prefill`)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ropestretch.data.tasks import TaskSample, score_text
-from ropestretch.eval.prefill import answer_logits, crop_to, new_cache
+from ropestretch.eval.prefill import answer_logits, can_crop, crop_to, new_cache, prefill
 
 
 @dataclass(frozen=True)
@@ -90,48 +91,59 @@ def forced_correct(model, samples: Sequence[TaskSample], pad: int = 0) -> list[b
 
 
 @torch.no_grad()
-def generate_after(model, tokenizer, prompt: torch.Tensor, cache, max_new_tokens: int, pad: int) -> list[str]:
+def generate_after(model, tokenizer, prompt: torch.Tensor, cache, max_new_tokens: int | Sequence[int],
+                   pad: int) -> list[str]:
     """Greedy continuations of ``prompt`` ``(batch, P)``, the first tokens of which ``cache`` may
-    already hold: the rest but the last token is prefilled in chunks, then ``generate`` continues."""
-    from ropestretch.eval.prefill import cache_kwargs, prefill
+    already hold: the rest but the last token is prefilled in chunks, then ``generate`` continues.
+    ``max_new_tokens`` per row keeps each row's text to its own budget, whatever else is batched."""
+    from ropestretch.eval.prefill import cache_kwargs
 
     held = cache.get_seq_length()
     if prompt.shape[1] - 1 > held:
         prefill(model, prompt[:, held:-1], cache)
+    budgets = [max_new_tokens] * prompt.shape[0] if isinstance(max_new_tokens, int) else list(max_new_tokens)
     out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), **cache_kwargs(model, cache),
-                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                         max_new_tokens=max(budgets), do_sample=False, pad_token_id=pad,
                          eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.batch_decode(out[:, prompt.shape[1]:], skip_special_tokens=True)
+    new = out[:, prompt.shape[1]:]
+    return [tokenizer.decode(row[:budget], skip_special_tokens=True) for row, budget in zip(new, budgets)]
 
 
 @torch.no_grad()
 def generate_scored(model, tokenizer, prompt: torch.Tensor, answers: Sequence[Sequence[int]], cache, pad: int,
-                    max_new_tokens: int) -> tuple[list[tuple[tuple[bool, ...], float]], list[str]]:
+                    max_new_tokens: int | None = None) -> tuple[list[tuple[tuple[bool, ...], float]], list[str]]:
     """The gold answers' forced scores and the greedy continuations of ``prompt`` ``(batch, P)``, whose
     first tokens ``cache`` may already hold; the cache is left holding just those. One prefill
-    serves both: the answer is scored on top of it, cropped off, and generation continues there."""
+    serves both: the answer is scored on top of it, cropped off, and generation continues there
+    (a cache that cannot be cropped, of a sliding-window model, is copied for the scoring instead)."""
     held = cache.get_seq_length()
-    logits = answer_logits(model, prompt[:, held:], _pad_right(answers, pad).to(prompt.device), cache)
-    forced = _answer_scores(logits, answers)
-    crop_to(cache, prompt.shape[1] - 1)  # the prompt but its last token, where generate_after continues
-    texts = generate_after(model, tokenizer, prompt, cache, max_new_tokens, pad)
-    crop_to(cache, held)
-    return forced, texts
+    padded = _pad_right(answers, pad).to(prompt.device)
+    budgets = [max_new_tokens or len(a) + 4 for a in answers]
+    if can_crop(cache):
+        forced = _answer_scores(answer_logits(model, prompt[:, held:], padded, cache), answers)
+        crop_to(cache, prompt.shape[1] - 1)  # the prompt but its last token, where generate_after continues
+        texts = generate_after(model, tokenizer, prompt, cache, budgets, pad)
+        crop_to(cache, held)
+        return forced, texts
+    if prompt.shape[1] - 1 > held:
+        prefill(model, prompt[:, held:-1], cache)
+    forced = _answer_scores(answer_logits(model, prompt[:, -1:], padded, copy.deepcopy(cache)), answers)
+    return forced, generate_after(model, tokenizer, prompt, cache, budgets, pad)
 
 
 @torch.no_grad()
 def generated_scores(model, tokenizer, samples: Sequence[TaskSample], max_new_tokens: int | None = None,
                      pad: int = 0) -> tuple[list[Scored], list[str]]:
     """Greedy generation, then string match (first integer, or substring); with each sample's
-    forced answer log-likelihood from the same prefill. Prompts of one length run as one batch."""
-    budget = max_new_tokens or max(len(s.answer_ids) for s in samples) + 4
+    forced answer log-likelihood from the same prefill. Prompts of one length run as one batch;
+    each sample's text is its first ``max_new_tokens`` tokens (default: its answer's length + 4)."""
     device = next(model.parameters()).device
     scored: list[Scored | None] = [None] * len(samples)
     texts: list[str] = [""] * len(samples)
     for indices in _by_length(samples).values():
         prompt = torch.tensor([samples[i].prompt_ids for i in indices], device=device)
         answers = [samples[i].answer_ids for i in indices]
-        forced, generated = generate_scored(model, tokenizer, prompt, answers, new_cache(model), pad, budget)
+        forced, generated = generate_scored(model, tokenizer, prompt, answers, new_cache(model), pad, max_new_tokens)
         for i, (hits, logprob), text in zip(indices, forced, generated):
             s = samples[i]
             scored[i] = Scored(score_text(s.task, s.answer, text), logprob, len(hits), hits)

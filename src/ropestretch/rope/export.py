@@ -182,11 +182,11 @@ def apply_to_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike
             _copy_item(item, tmp / item.name)
         (tmp / "config.json").write_text(config_json(exported_config(config, scaled)))
         (tmp / METADATA_FILE).write_text(json.dumps(metadata(scaled, **record), indent=2) + "\n")
-        (tmp / STAGING_MARK).unlink()
         if dst.exists():
             dst.rmdir()
         tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # made by this call: nothing of it is left behind
         raise
+    (dst / STAGING_MARK).unlink()  # only now: a kill before the rename leaves a staging folder marked ours
     return dst

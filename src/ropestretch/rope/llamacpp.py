@@ -41,6 +41,8 @@ class GgufRope:
 def gguf_rope(scaled: Scaled) -> GgufRope:
     """``scaled`` as llama.cpp reads it, or a UsageError naming what llama.cpp lacks for it."""
     rope, exported = scaled.rope, scaled.exported
+    if scaled.target >= 1 << 32:
+        raise UsageError(f"GGUF stores the context length in 32 bits; a target of {scaled.target:,} does not fit")
     keys: dict[str, Any] = {"context_length": int(scaled.target), "rope.freq_base": float(rope.base),
                             "rope.scaling.type": "none", "rope.scaling.factor": 1.0}
     if rope.partial_rotary_factor != 1.0:
@@ -104,6 +106,9 @@ def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Sc
     if tmp.exists():
         raise UsageError(f"{tmp} is in the way of writing {dst}; move it or choose another --out")
     writer = gguf.GGUFWriter(str(tmp), arch, endianess=reader.endianess)
+    alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
+    if alignment is not None:  # the tensors' data is laid out at the source's alignment, as its key says
+        writer.data_alignment = int(alignment.contents())
     try:
         for item in reader.fields.values():
             if item.name == gguf.Keys.General.ARCHITECTURE or item.name.startswith("GGUF."):
