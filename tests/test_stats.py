@@ -93,8 +93,8 @@ def test_report_pairs_runs_over_the_same_prompts(runs):
     assert re.search(r"\| base \| \d+% \[\d+-\d+\], n = 12 \| \d+% \[\d+-\d+\], n = 12 \|", report)
     assert re.search(r"\| yarn \| -\d\.\d\d \[-\d\.\d\d, -?\d\.\d\d\], n = 12 \|", report)  # answer log-likelihood
     assert "### Passkey retrieval: `base` - `yarn`, 24 paired samples" in report
-    rows = re.findall(r"^\| (256|512) \| (all|0-10, 90-100%|25-75%) \| (\d+) \(\3\) \| (\d+)% \| (\d+)% \| .* \| (\d+) / (\d+) \| "
-                      r"([\d.e+-]+) \| ([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\] \|$", report, re.M)
+    rows = re.findall(r"^\| (256|512) \| (all|0-10, 90-100%|25-75%) \| (\d+) \(\3\) \| (\d+)% \| (\d+)% \| .* \| "
+                      r"(\d+) / (\d+) \| ([\d.e+-]+) \| ([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\] \|$", report, re.M)
     assert [(r[0], r[1], r[2]) for r in rows] == [("256", "all", "12"), ("256", "0-10, 90-100%", "8"), ("256", "25-75%", "4"),
                                                   ("512", "all", "12"), ("512", "0-10, 90-100%", "8"), ("512", "25-75%", "4")]
     # recompute one row from the run folders' samples: the same discordant counts and p

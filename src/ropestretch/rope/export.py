@@ -108,8 +108,9 @@ def engine_notes(scaled: Scaled) -> list[str]:
     new = scaled.exported
     if new.rope_type == "dynamic":
         notes.append("dynamic serves transformers, which recomputes the base per sequence length; vLLM does not run "
-                     "it at these frequencies (0.22 and later: the unscaled base and only N cached positions; 0.21 "
-                     "and earlier: one fixed base): for vLLM export with --scaling ntk or yarn")
+                     "it at these frequencies (0.22 and later: the unscaled base and only N cached positions, so "
+                     "log-probs turn NaN past the window, as measured on vLLM 0.32's CPU build; 0.21 and earlier: one "
+                     "fixed base), nor does llama.cpp: for them export with --scaling ntk or yarn")
     if new.rope_type == "linear" and new.window != scaled.target:
         notes.append(f"max_position_embeddings holds {new.window} (L / factor): vLLM's default maximum length is "
                      f"that times the factor, {scaled.target}; give other tools max_length {scaled.target}")
