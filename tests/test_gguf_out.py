@@ -24,7 +24,7 @@ def source():
     return gguf.GGUFReader(str(bundled_file(NAME)))
 
 
-@pytest.mark.parametrize("scaling", ["yarn", "dprope", "linear", "ntk"])
+@pytest.mark.parametrize("scaling", ["yarn", "dprope"])  # llama.cpp's own keys; the rope_freqs tensor
 def test_apply_writes_a_gguf_with_the_scaled_rope(tmp_path, source, scaling):
     import gguf
 
@@ -54,6 +54,38 @@ def test_apply_writes_a_gguf_with_the_scaled_rope(tmp_path, source, scaling):
     else:
         assert "rope_freqs.weight" not in tensors
     assert text.startswith(f"wrote {out}") and len(text.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("scaling,keys", [
+    ("linear", {"rope.scaling.type": "linear", "rope.scaling.factor": 4.0, "rope.freq_base": 1e5}),
+    ("ntk", {"rope.scaling.type": "none", "rope.scaling.factor": 1.0}),
+    ("none", {"rope.scaling.type": "none", "rope.scaling.factor": 1.0, "rope.freq_base": 1e5}),
+])
+def test_the_other_scalings_in_llama_cpp_terms(scaling, keys):
+    from ropestretch.rope.llamacpp import gguf_rope
+
+    scaled = scale(load_rope_config(resolve_model(NAME)), scaling, 32768)
+    rope = gguf_rope(scaled)
+    assert {k: rope.keys[k] for k in keys} == keys and rope.keys["context_length"] == 32768
+    assert rope.freq_factors is None
+    if scaling == "ntk":  # the larger base transformers' own ntk export holds
+        assert rope.keys["rope.freq_base"] == pytest.approx(scaled.exported.base) and scaled.exported.base > 4e5
+
+
+def test_a_scaling_on_top_of_llama3_goes_into_rope_freqs():
+    """Llama 3.1's own per-pair factors times the new scaling's, for llama.cpp to divide by; yarn on
+    top of it needs an attention factor with per-pair frequencies, which llama.cpp lacks."""
+    from conftest import REPO
+    from ropestretch.errors import UsageError
+    from ropestretch.rope.llamacpp import gguf_rope
+
+    rope = load_rope_config(f"{REPO}/examples/configs/families/llama-3.1-8b.json")
+    scaled = scale(rope, "dprope", 4 * rope.window)
+    written = gguf_rope(scaled)
+    np.testing.assert_allclose(written.freq_factors, np.asarray(scaled.factors), rtol=1e-6)
+    assert written.keys["rope.scaling.type"] == "none" and written.freq_factors.max() > 8  # llama3's 8 and more
+    with pytest.raises(UsageError, match="llama.cpp applies no attention factor"):
+        gguf_rope(scale(rope, "yarn", 4 * rope.window))
 
 
 def test_what_llama_cpp_cannot_express_or_ropestretch_cannot_write_is_one_line(tmp_path, tiny_lm_dir):
