@@ -256,7 +256,10 @@ def report(out: Path, docs: Path) -> Path:
                      "meta": records.get(variant, {})})
     seconds: dict = {}
     for r in rows:
-        seconds[r["cell"]] = seconds.get(r["cell"], 0.0) + r["row"].get("seconds", 0.0)
+        key = (r["variant"], r["cell"])
+        seconds[key] = seconds.get(key, 0.0) + r["row"].get("seconds", 0.0)
+    done = {(v, c) for v, c in seconds}
+    planned = [(v, c.name) for c in EVALS for v in c.variants]
     parts = [
         "# ropestretch report: SmolLM2-135M-Instruct fine-tuned at its 8K window to 32K", "",
         "Written by `python benchmarks/study_8k.py --out <out> --report docs/smollm2-8k` from every row measured so "
@@ -280,10 +283,12 @@ def report(out: Path, docs: Path) -> Path:
         "Each fine-tune, reproducible as:", "", "```bash"] + [train_command(v) for v in FINE_TUNES] + ["```", ""]
     parts += ["## Time of each part", "", _table(["part", "seconds"],
               [[f"fine-tune {v}", f"{records[v]['train_seconds']:.0f}"] for v in FINE_TUNES if v in records]
-              + [[f"eval {c}, all variants", f"{s:.0f}"] for c, s in sorted(seconds.items())]), ""]
-    planned = [f"{c.name} on {', '.join(c.variants)}" for c in EVALS]
-    parts += ["## Planned cells, most telling first", "", "\n".join(f"{i + 1}. {p}" for i, p in enumerate(planned)),
-              "", "A cell missing from the tables below has not run yet.", ""]
+              + [[f"eval {v} {c}", f"{s:.0f}"] for (v, c), s in seconds.items()]), ""]
+    parts += ["## Planned cells, most telling first", "",
+              f"{sum(p in done for p in planned)} of {len(planned)} variant cells have run (a cell missing from the "
+              "tables below has not); in order:", "",
+              "\n".join(f"{i + 1}. {c} on {v}" + (" (done)" if (v, c) in done else "") for i, (v, c) in enumerate(planned)),
+              ""]
     parts += render(runs, docs)
     path = docs / "report.md"
     write_whole(path, "\n".join(parts) + "\n")
