@@ -1,7 +1,7 @@
 """GGUF out: `ropestretch apply` from the bundled SmolLM2 .gguf to a new .gguf for llama.cpp. Every
 tensor is copied byte for byte, the RoPE is written in llama.cpp's own keys (or its per-pair
 rope_freqs tensor), and what llama.cpp cannot express is one line. That llama.cpp runs these files
-at the frequencies transformers computes is `make engines`' check (benchmarks/engine_check.py)."""
+at the frequencies transformers computes is `make engines`' check (engines/check.py)."""
 
 import numpy as np
 import pytest
@@ -89,7 +89,7 @@ def test_a_scaling_on_top_of_llama3_goes_into_rope_freqs():
 
 
 def test_what_llama_cpp_cannot_express_or_ropestretch_cannot_write_is_one_line(tmp_path, tiny_lm_dir):
-    import gguf
+    from tiny_models import tiny_gguf
 
     assert_one_line_error(run_cli("apply", "--model", NAME, "--scaling", "dynamic", "--target", 32768,
                                   "--out", tmp_path / "d.gguf"), "llama.cpp has no dynamic NTK")
@@ -100,14 +100,7 @@ def test_what_llama_cpp_cannot_express_or_ropestretch_cannot_write_is_one_line(t
     assert taken.read_bytes() == b"mine"
     assert_one_line_error(run_cli("apply", "--model", tiny_lm_dir, "--scaling", "yarn", "--target", 256,
                                   "--out", tmp_path / "t.gguf"), "copies a .gguf model")
-    other = tmp_path / "qwen.gguf"
-    writer = gguf.GGUFWriter(str(other), "qwen2")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    other = tiny_gguf(tmp_path / "qwen.gguf", "qwen2")
     assert_one_line_error(run_cli("apply", "--model", other, "--scaling", "yarn", "--target", 32768,
                                   "--out", tmp_path / "q.gguf"), "is qwen2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen.gguf", "taken.gguf"]

@@ -107,16 +107,9 @@ def test_train_on_the_real_model_with_short_rows(smollm2, tmp_path, text_dir):
 
 
 def test_bad_gguf_files_are_one_line(tmp_path):
-    import gguf
+    from tiny_models import tiny_gguf
 
-    bogus = tmp_path / "bogus.gguf"
-    writer = gguf.GGUFWriter(str(bogus), "bogusarch")
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    bogus = tiny_gguf(tmp_path / "bogus.gguf", "bogusarch")
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + bytes(100))
     for path, fragment in ((bogus, "architecture bogusarch is not supported"), (corrupt, "cannot read the GGUF"),

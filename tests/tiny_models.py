@@ -120,3 +120,18 @@ def forward_at(model, position: int, tokens: int = 1):
     pos = torch.arange(position - tokens + 1, position + 1)[None]
     with torch.no_grad():
         return model(input_ids=ids, position_ids=pos, use_cache=False).logits
+
+
+def tiny_gguf(path: Path, arch: str) -> Path:
+    """A one-tensor GGUF file of architecture ``arch`` (what a file ropestretch cannot use looks like)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
