@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
     from ropestretch.rope.export import apply_to_checkpoint, engine_notes
 
-    if str(args.out).lower().endswith(".gguf"):
-        _gguf_source(args.model)  # checked before the GGUF is dequantized to read its RoPE
+    source = _gguf_source(args.model) if str(args.out).lower().endswith(".gguf") else None  # before dequantizing
     model = resolve_model(args.model)
     rope = rope_config_from_dict(load_config_dict(model))
     options = {}
@@ -55,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.beta_fast is not None or args.beta_slow is not None:
         raise UsageError("--beta-fast and --beta-slow apply to --scaling yarn only")
     scaled = scale(rope, args.scaling, args.target, **options)
-    if str(args.out).lower().endswith(".gguf"):
-        return _to_gguf(args, scaled)
+    if source is not None:
+        return _to_gguf(args, source, scaled)
     out = apply_to_checkpoint(model, args.out, scaled, command="apply", model=args.model)
     print(f"wrote {out}: {args.scaling} scaling, window {rope.window} -> {args.target}, exported as "
           f"{scaled.exported.rope_type}" + (f" on top of the model's {rope.rope_type}" if scaled.composed else ""))
@@ -71,7 +70,9 @@ def _gguf_source(model: str):
 
     from ropestretch.checkpoints import BUNDLED, bundled_file, is_gguf
     from ropestretch.errors import UsageError
-    from ropestretch.rope.llamacpp import ARCHITECTURES, gguf_architecture
+    import gguf
+
+    from ropestretch.rope.llamacpp import writable_architecture
 
     if model in BUNDLED:
         source = bundled_file(model)
@@ -80,20 +81,17 @@ def _gguf_source(model: str):
     else:
         raise UsageError(f"--out ending in .gguf copies a .gguf model; {model} is not one (a checkpoint folder is "
                          "written as a folder)")
-    arch = gguf_architecture(source)
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"ropestretch writes GGUF files for the {', '.join(ARCHITECTURES)} architecture (Llama, "
-                         f"Mistral, SmolLM and their kin); {source.name} is {arch}")
+    writable_architecture(gguf.GGUFReader(str(source)), source.name)
     return source
 
 
-def _to_gguf(args: argparse.Namespace, scaled) -> int:
+def _to_gguf(args: argparse.Namespace, source, scaled) -> int:
     from ropestretch.resources import new_file
     from ropestretch.rope.llamacpp import gguf_rope, write_scaled_gguf
 
     gguf_rope(scaled)  # what llama.cpp cannot express is refused before anything is written
     out = new_file(args.out, ".gguf", "--out")
-    rope = write_scaled_gguf(_gguf_source(args.model), out, scaled)
+    rope = write_scaled_gguf(source, out, scaled)
     shown = ", ".join(f"{k} {v}" for k, v in rope.keys.items())
     extra = f", rope_freqs ({len(rope.freq_factors)} per-pair divisors)" if rope.freq_factors is not None else ""
     print(f"wrote {out}: {args.scaling} scaling, window {scaled.rope.window} -> {args.target} for llama.cpp ({shown}{extra})")

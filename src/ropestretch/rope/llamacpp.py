@@ -82,11 +82,17 @@ def gguf_rope(scaled: Scaled) -> GgufRope:
     return GgufRope(keys, np.asarray(scaled.factors, dtype=np.float32))
 
 
-def gguf_architecture(path: str | os.PathLike) -> str:
+def writable_architecture(reader, name: str) -> str:
+    """The architecture of a GGUF file (a ``gguf.GGUFReader``), or one line when ropestretch cannot
+    write it back."""
     import gguf
 
-    field_ = gguf.GGUFReader(str(path)).get_field(gguf.Keys.General.ARCHITECTURE)
-    return str(field_.contents()) if field_ is not None else "unknown"
+    field_ = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    arch = str(field_.contents()) if field_ is not None else "unknown"
+    if arch not in ARCHITECTURES:
+        raise UsageError(f"ropestretch writes GGUF files for the {', '.join(ARCHITECTURES)} architecture (Llama, "
+                         f"Mistral, SmolLM and their kin); {name} is {arch}")
+    return arch
 
 
 def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Scaled) -> GgufRope:
@@ -96,10 +102,7 @@ def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Sc
 
     src, dst = Path(src), Path(dst)
     reader = gguf.GGUFReader(str(src))
-    arch = str(reader.get_field(gguf.Keys.General.ARCHITECTURE).contents())
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"ropestretch writes GGUF files for the {', '.join(ARCHITECTURES)} architecture (Llama, "
-                         f"Mistral, SmolLM and their kin); {src.name} is {arch}")
+    arch = writable_architecture(reader, src.name)
     rope = gguf_rope(scaled)
     values = {f"{arch}.{k}": v for k, v in rope.keys.items()}
     tmp = dst.with_name(f".{dst.name}.partial")
