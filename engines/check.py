@@ -6,12 +6,14 @@
   prompt log-probabilities on a prompt past the original window against transformers loading the
   same folder. A difference above :data:`TOLERANCE` is a mismatch, and so is one from the unscaled
   model's that is not 10x larger (the control: a check that cannot tell them apart proves nothing).
-- **llama.cpp** (llama-cpp-python): the bundled SmolLM2 GGUF applied to a new GGUF per scaling
-  (``ropestretch apply --out X.gguf``), against transformers on the same dequantized weights with
-  the same RoPE, next-token agreement over a prompt past the original window. Both run the Q4_1
-  weights, llama.cpp with its quantized kernels, so the bar is the agreement the unmodified file
-  reaches inside its window, less :data:`GGUF_MARGIN`; and past the window, llama.cpp must agree
-  with the scaled model more than with the unscaled one (the control).
+- **llama.cpp** (llama-cpp-python): checkpoints converted by ``ropestretch gguf --type f32`` (the
+  tiny Llama under none, linear, ntk, yarn and dprope; Llama 3.1's llama3 RoPE alone and with
+  linear and dprope composed on top, through the ``rope_freqs`` tensor), their prompt log-probs
+  past the window against transformers to :data:`GGUF_TOLERANCE`, with the same control, and the
+  file's tokenizer against the checkpoint's. Then the real SmolLM2 GGUF applied GGUF to GGUF
+  (``ropestretch apply --out X.gguf``, its Q4_1 tensors kept): both sides run the quantized weights,
+  so the bar is next-token agreement, at least what the unmodified file reaches inside its window
+  less :data:`GGUF_MARGIN`, and past the window closer to the scaled model than to the unscaled one.
 
 A mismatch that docs/engines.md marks as known (:data:`KNOWN`) is printed as such; any other one
 makes the check exit 1. An engine missing from the venv is one line and exit 2.
@@ -20,7 +22,9 @@ makes the check exit 1. An engine missing from the venv is one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import json
 import os
 import sys
@@ -30,8 +34,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-TOLERANCE = 1e-3
+TOLERANCE = 1e-3  # vLLM against transformers, both fp32: max abs difference of a prompt token's log-prob
+GGUF_TOLERANCE = 2e-3  # llama.cpp f32 against transformers fp32 (yarn's measured worst is about 8e-4)
 GGUF_MARGIN = 0.03
+SMOLLM2_SCALINGS = ("yarn",)  # the real model's Q4_1 file applied GGUF to GGUF; each takes about 3 minutes
 WINDOW = 512  # the tiny family models' window: the prompt runs past it, at 4x
 KNOWN = {  # export -> what docs/engines.md says about it
     "tiny-llama dynamic": "vLLM keeps the unscaled base for dynamic (docs/engines.md): export ntk or yarn for vLLM",
@@ -148,14 +154,89 @@ def check_vllm(root: Path) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def check_llamacpp(root: Path) -> list[tuple[str, str, bool]]:
+def llamacpp_logits(gguf_file: Path, ids: list[int]):
+    """llama.cpp's logits at every position of ``ids`` (float64), its KV cache in f32 so that only
+    the engine's arithmetic differs from transformers'."""
     import numpy as np
-    import torch
     from llama_cpp import Llama
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    llm = Llama(model_path=str(gguf_file), n_ctx=len(ids) + 8, logits_all=True, n_threads=os.cpu_count() or 2,
+                verbose=False, n_batch=512, n_ubatch=512, type_k=0, type_v=0)  # 0: GGML_TYPE_F32
+    llm.eval(ids)
+    scores = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    llm.close()
+    return scores
+
+
+def llamacpp_exports(root: Path) -> list[tuple[str, Path, Path, int]]:
+    """(name, checkpoint folder, the unscaled model's folder, target) of every checkpoint converted
+    to GGUF: the tiny Llama under each scaling, and Llama 3.1's llama3 RoPE under scalings composed
+    on top of it (per-pair rope_freqs)."""
+    from ropestretch.rope import load_rope_config, scale
+    from ropestretch.rope.export import apply_to_checkpoint
+
+    out = []
+    for family, scalings in (("tiny-llama", ("none", "linear", "ntk", "yarn", "dprope")),
+                             ("llama-3.1-8b", ("none", "linear", "dprope"))):
+        base = REPO / "models" / "tiny-llama-256" if family == "tiny-llama" else family_model(
+            family, root / f"gguf-{family}-base", WINDOW)
+        rope = load_rope_config(base)
+        for scaling in scalings:
+            folder = apply_to_checkpoint(base, root / f"gguf-{family}-{scaling}", scale(rope, scaling, 4 * rope.window))
+            out.append((f"{family} {scaling}" + (" (llama3 + rope_freqs)" if family != "tiny-llama" else ""),
+                        folder, base, 4 * rope.window))
+    return out
+
+
+def check_llamacpp(root: Path) -> list[tuple[str, str, bool]]:
+    """Checkpoints converted by `ropestretch gguf --type f32`, their prompt log-probs past the window
+    against transformers to :data:`GGUF_TOLERANCE`; then the real SmolLM2 file applied GGUF to
+    GGUF (its Q4_1 tensors kept), by next-token agreement."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ropestretch.cli import main
+
+    def cli(argv: list[str]) -> int:  # the table stays the output: the command's own line is not printed
+        with contextlib.redirect_stdout(io.StringIO()):
+            return main(argv)
+
+    rows = []
+
+    def row(name: str, measured: str, ok: bool) -> None:
+        rows.append((name, measured, ok))
+        say(f"| llama.cpp | {name} | {measured} | {'ok' if ok else KNOWN.get(name, 'MISMATCH')} |")
+
+    for name, folder, base, target in llamacpp_exports(root):
+        gguf_file = root / f"{folder.name}.gguf"
+        started = time.time()
+        if cli(["gguf", "--model", str(folder), "--out", str(gguf_file), "--type", "f32"]) != 0:
+            row(name, "ropestretch gguf refused it", False)
+            continue
+        tok = AutoTokenizer.from_pretrained(folder)
+        ids = prompt(tok, 3 * target // 4)
+        logits = torch.from_numpy(llamacpp_logits(gguf_file, ids))
+        served = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].float()
+        worst = float((served - transformers_logprobs(folder, ids)).abs().max())
+        measured = f"max abs difference {worst:.1e} over {len(ids) - 1} positions"
+        ok = worst <= GGUF_TOLERANCE
+        if not name.startswith(("tiny-llama none", "llama-3.1-8b none")):  # the control, as for vLLM
+            apart = float((served - transformers_logprobs(base, ids)).abs().max())
+            measured += f" (unscaled: {apart:.1e})"
+            ok = ok and apart > 10 * GGUF_TOLERANCE
+        if name == "tiny-llama none":  # the file's tokenizer is the checkpoint's
+            text = " ".join(tok.decode(ids[:400]).split()[:60]) + " In 2024, x = f(3.14159); don't stop!"
+            same = llamacpp_tokens(gguf_file, text) == tok(text, add_special_tokens=False)["input_ids"]
+            measured += f"; tokenizer {'identical' if same else 'DIFFERS'} on {len(text)} characters"
+            ok = ok and same
+        row(name, measured + f", {time.time() - started:.0f} s", ok)
+        gguf_file.unlink()
+
+    # the real model: `ropestretch apply` from its .gguf to a .gguf, quantized tensors kept. Both sides
+    # run the Q4_1 weights (llama.cpp with its quantized kernels), so the bar is the agreement the
+    # unmodified file reaches inside its window, less GGUF_MARGIN; past the window, llama.cpp must
+    # agree with the scaled model more than with the unscaled one.
     from ropestretch.checkpoints import bundled_file, resolve_model
-    from ropestretch.cli import main as cli
     from ropestretch.rope import load_rope_config, scale
     from ropestretch.rope.export import apply_to_checkpoint
 
@@ -163,44 +244,49 @@ def check_llamacpp(root: Path) -> list[tuple[str, str, bool]]:
     rope = load_rope_config(base)
     tok = AutoTokenizer.from_pretrained(base)
 
-    def served(gguf_file: Path, ids: list[int]):
-        llm = Llama(model_path=str(gguf_file), n_ctx=len(ids) + 8, logits_all=True, n_threads=2, verbose=False,
-                    n_batch=512, n_ubatch=512)
-        llm.eval(ids)
-        top = np.asarray(llm.scores[: len(ids)]).argmax(-1)
-        del llm
-        return top
-
-    def expected(folder: Path, ids: list[int]):
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        with torch.no_grad():
-            return model(input_ids=torch.tensor([ids]), logits_to_keep=len(ids)).logits[0].argmax(-1).numpy()
+    def top(gguf_file: Path, ids: list[int]):
+        return llamacpp_logits(gguf_file, ids).argmax(-1)
 
     short = prompt(tok, rope.window // 4)
-    floor = float((served(source, short) == expected(base, short)).mean())  # the unmodified file in its window
-    say(f"| llama.cpp | SmolLM2 Q4_1 as shipped, {len(short)} tokens | next-token agreement {floor:.3f} | reference |")
+    floor = float((top(source, short) == transformers_argmax(base, short)).mean())
+    row(f"SmolLM2 Q4_1 as shipped, {len(short)} tokens", f"next-token agreement {floor:.3f}", True)
     ids = prompt(tok, rope.window + rope.window // 8)
     past = slice(rope.window, len(ids))  # where the scalings part from the unscaled model
-    unscaled = expected(base, ids)
-    rows = []
-    for scaling in ("linear", "ntk", "yarn", "dprope"):
+    unscaled = transformers_argmax(base, ids)
+    for scaling in SMOLLM2_SCALINGS:
+        started = time.time()
         gguf_file = root / f"smollm2-{scaling}.gguf"
         if cli(["apply", "--model", str(source), "--scaling", scaling, "--target", str(4 * rope.window),
                 "--out", str(gguf_file)]) != 0:
-            rows.append((f"smollm2 {scaling}", "apply refused", False))
+            row(f"smollm2 {scaling} (Q4_1)", "apply refused", False)
             continue
         folder = apply_to_checkpoint(base, root / f"smollm2-{scaling}", scale(rope, scaling, 4 * rope.window))
-        top = served(gguf_file, ids)
-        share = float((top == expected(folder, ids)).mean())
-        tail = float((top[past] == expected(folder, ids)[past]).mean())
-        control = float((top[past] == unscaled[past]).mean())  # llama.cpp's output against the model unscaled
+        served, expected = top(gguf_file, ids), transformers_argmax(folder, ids)
+        share, tail = float((served == expected).mean()), float((served[past] == expected[past]).mean())
+        control = float((served[past] == unscaled[past]).mean())
         ok = share >= floor - GGUF_MARGIN and tail > control + GGUF_MARGIN
-        measured = (f"next-token agreement {share:.3f} over {len(ids)} tokens; past the window {tail:.3f} "
-                    f"(unscaled: {control:.3f})")
-        rows.append((f"smollm2 {scaling}", measured, ok))
-        say(f"| llama.cpp | smollm2 {scaling} | {measured} | {'ok' if ok else 'MISMATCH'} |")
+        row(f"smollm2 {scaling} (Q4_1)", f"next-token agreement {share:.3f} over {len(ids)} tokens; past the window "
+            f"{tail:.3f} (unscaled: {control:.3f}), {time.time() - started:.0f} s", ok)
         gguf_file.unlink()
     return rows
+
+
+def transformers_argmax(folder: Path, ids: list[int]):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids]), logits_to_keep=len(ids)).logits[0].argmax(-1).numpy()
+
+
+def llamacpp_tokens(gguf_file: Path, text: str) -> list[int]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_file), vocab_only=True, verbose=False)
+    out = llm.tokenize(text.encode(), add_bos=False, special=False)
+    llm.close()
+    return out
 
 
 def main() -> int:

@@ -1,7 +1,9 @@
-"""GGUF out: `ropestretch apply` from the bundled SmolLM2 .gguf to a new .gguf for llama.cpp. Every
+"""GGUF out. `ropestretch apply` from the bundled SmolLM2 .gguf to a new .gguf for llama.cpp: every
 tensor is copied byte for byte, the RoPE is written in llama.cpp's own keys (or its per-pair
-rope_freqs tensor), and what llama.cpp cannot express is one line. That llama.cpp runs these files
-at the frequencies transformers computes is `make engines`' check (engines/check.py)."""
+rope_freqs tensor), and what llama.cpp cannot express is one line. `ropestretch gguf` (and apply
+from a folder to a .gguf): a transformers checkpoint converted, checked against transformers' own
+GGUF reader and rotary module. That llama.cpp runs these files at the frequencies transformers
+computes is `make engines`' check (engines/check.py)."""
 
 import numpy as np
 import pytest
@@ -98,9 +100,157 @@ def test_what_llama_cpp_cannot_express_or_ropestretch_cannot_write_is_one_line(t
     assert_one_line_error(run_cli("apply", "--model", NAME, "--scaling", "yarn", "--target", 32768, "--out", taken),
                           "already exists")
     assert taken.read_bytes() == b"mine"
-    assert_one_line_error(run_cli("apply", "--model", tiny_lm_dir, "--scaling", "yarn", "--target", 256,
-                                  "--out", tmp_path / "t.gguf"), "copies a .gguf model")
+    assert_one_line_error(run_cli("apply", "--model", NAME, "--scaling", "yarn", "--target", 32768, "--type", "q8_0",
+                                  "--out", tmp_path / "t.gguf"), "keeps its tensors")
+    assert_one_line_error(run_cli("apply", "--model", tiny_lm_dir, "--scaling", "yarn", "--target", 256, "--type",
+                                  "f16", "--out", tmp_path / "t"), "--type applies to an --out ending in .gguf")
     other = tiny_gguf(tmp_path / "qwen.gguf", "qwen2")
     assert_one_line_error(run_cli("apply", "--model", other, "--scaling", "yarn", "--target", 32768,
                                   "--out", tmp_path / "q.gguf"), "is qwen2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen.gguf", "taken.gguf"]
+
+
+# --- a transformers checkpoint written as GGUF (`ropestretch gguf`, apply to a .gguf from a folder) ---
+
+
+def llama_cpp_frequencies(values: dict, factors, pairs: int) -> tuple[np.ndarray, float]:
+    """The rotary frequencies and attention scale llama.cpp runs for these GGUF values, written from
+    ggml's rope (ggml_rope_yarn_corr_dims and rope_yarn): an independent reading of the keys."""
+    import math
+
+    base = values["llama.rope.freq_base"]
+    extrap = base ** -(np.arange(pairs) * 2 / (2 * pairs))
+    if factors is not None:
+        extrap = extrap / np.asarray(factors, dtype=np.float64)
+    kind = values.get("llama.rope.scaling.type", "none")
+    if kind == "none":
+        return extrap, 1.0
+    factor = values["llama.rope.scaling.factor"]
+    if kind == "linear":
+        return extrap / factor, 1.0
+    assert kind == "yarn"
+    orig = values["llama.rope.scaling.original_context_length"]
+
+    def dim(beta):
+        return 2 * pairs * math.log(orig / (beta * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(0, math.floor(dim(values["llama.rope.scaling.yarn_beta_fast"])))
+    high = min(2 * pairs - 1, math.ceil(dim(values["llama.rope.scaling.yarn_beta_slow"])))
+    mix = 1 - np.clip((np.arange(pairs) - low) / max(0.001, high - low), 0, 1)
+    return extrap / factor * (1 - mix) + extrap * mix, 1 + 0.1 * math.log(factor)
+
+
+def gguf_values(path):
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    tensors = {t.name: t for t in reader.tensors}
+    factors = tensors["rope_freqs.weight"].data if "rope_freqs.weight" in tensors else None
+    return fields(reader), tensors, factors
+
+
+@pytest.mark.parametrize("scaling", ["none", "linear", "ntk", "yarn", "dprope"])
+def test_a_checkpoint_folder_as_gguf_runs_its_own_rope_and_weights(tmp_path, scaling):
+    """The weights and tokenizer through transformers' own GGUF reader (it reads no scaling keys and
+    no rope_freqs, so it must give the unscaled model, or ntk's base, exactly); the RoPE read from
+    the keys as llama.cpp reads them, against the rotary module transformers builds for the folder."""
+    import torch
+    from conftest import REPO
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ropestretch.rope.export import apply_to_checkpoint
+
+    base = f"{REPO}/models/tiny-llama-256"
+    scaled = scale(load_rope_config(base), scaling, 1024)
+    folder = apply_to_checkpoint(base, tmp_path / "applied", scaled)
+    out = tmp_path / "m.gguf"
+    code, text, err = run_cli("apply", "--model", base, "--scaling", scaling, "--target", 1024, "--out", out,
+                              "--type", "f32")
+    assert code == 0 and text.startswith(f"wrote {out}: 38 tensors as f32"), err
+    values, tensors, factors = gguf_values(out)
+    assert values["llama.context_length"] == 1024 and values["tokenizer.ggml.pre"] == "smollm"
+    assert ("rope_freqs.weight" in tensors) == (scaling == "dprope")
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    rotary = model.model.rotary_emb
+    freqs, attention = llama_cpp_frequencies(values, factors, rotary.inv_freq.numel())
+    np.testing.assert_allclose(freqs, rotary.inv_freq.double().numpy(), rtol=1e-5)
+    assert attention == pytest.approx(float(rotary.attention_scaling), rel=1e-5)
+
+    read = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
+    same = folder if scaling in ("none", "ntk") else base
+    reference = AutoModelForCausalLM.from_pretrained(same, dtype=torch.float32).eval()
+    ids = torch.randint(3, 500, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(read(ids).logits, reference(ids).logits)
+    tok, gguf_tok = AutoTokenizer.from_pretrained(base), AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    text = "In 2024, x = f(3.14159); don't stop:\n\tnaive cafe"
+    assert gguf_tok(text)["input_ids"] == tok(text)["input_ids"]
+    assert values["tokenizer.ggml.tokens"] == tok.convert_ids_to_tokens(list(range(len(tok))))
+    assert values["tokenizer.chat_template"] == tok.chat_template
+
+
+def test_gguf_q8_0_and_f16_hold_the_weights_to_their_precision(tmp_path):
+    import gguf
+    import torch
+    from conftest import REPO
+    from safetensors.torch import load_file
+
+    base = f"{REPO}/models/tiny-llama-256"
+    weights = load_file(f"{base}/model.safetensors")
+    for kind in ("q8_0", "f16"):
+        out = tmp_path / f"{kind}.gguf"
+        code, text, err = run_cli("gguf", "--model", base, "--out", out, "--type", kind)
+        assert code == 0, err
+        _, tensors, _ = gguf_values(out)
+        t = tensors["blk.0.attn_v.weight"]
+        assert t.tensor_type.name == kind.upper()
+        back = gguf.quants.dequantize(t.data, t.tensor_type).reshape(t.data.shape[0], -1)
+        w = weights["model.layers.0.self_attn.v_proj.weight"].to(torch.float32).numpy()
+        step = np.abs(w).max() / 127 if kind == "q8_0" else np.abs(w).max() / 1024
+        assert np.abs(back - w).max() <= step and not np.array_equal(back, w)
+        assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+
+
+def test_gguf_of_llama_3_1_puts_its_rope_in_rope_freqs(tmp_path):
+    """Llama 3.1's llama3 RoPE, and dprope composed on top of it: per-pair divisors whose frequencies
+    are transformers' own; yarn on top needs an attention factor with them, which llama.cpp lacks."""
+    import torch
+    from tiny_models import build
+    from transformers import AutoModelForCausalLM
+
+    from ropestretch.rope.export import apply_to_checkpoint
+
+    base = build("llama-3.1-8b", tmp_path / "llama31", "hub")
+    rope = load_rope_config(base)
+    for name, folder in (("llama3", base),
+                         ("dprope", apply_to_checkpoint(base, tmp_path / "dprope", scale(rope, "dprope", 4 * rope.window)))):
+        out = tmp_path / f"{name}.gguf"
+        code, _, err = run_cli("gguf", "--model", folder, "--out", out, "--type", "f32")
+        assert code == 0, err
+        values, _, factors = gguf_values(out)
+        assert factors is not None and factors.max() >= 8  # llama3's low-frequency divisor, at least
+        rotary = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).model.rotary_emb
+        freqs, attention = llama_cpp_frequencies(values, factors, rotary.inv_freq.numel())
+        np.testing.assert_allclose(freqs, rotary.inv_freq.double().numpy(), rtol=1e-5)
+        assert float(rotary.attention_scaling) == pytest.approx(attention)
+    assert_one_line_error(run_cli("apply", "--model", base, "--scaling", "yarn", "--target", 4 * rope.window,
+                                  "--out", tmp_path / "y.gguf"), "applies only with its own yarn")
+
+
+def test_gguf_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_llama_dir, tiny_lm_dir):
+    from tiny_models import build
+
+    qwen = build("qwen2.5-7b", tmp_path / "qwen", "hub")
+    assert_one_line_error(run_cli("gguf", "--model", qwen, "--out", tmp_path / "q.gguf"), "is qwen2")
+    assert_one_line_error(run_cli("gguf", "--model", tiny_llama_dir, "--out", tmp_path / "t.gguf"),
+                          "has no tokenizer.json")
+    assert_one_line_error(run_cli("apply", "--model", tiny_lm_dir, "--scaling", "dynamic", "--target", 256,
+                                  "--out", tmp_path / "d.gguf"), "no dynamic NTK")
+    assert_one_line_error(run_cli("gguf", "--model", tiny_lm_dir, "--out", tiny_lm_dir / "x.gguf"), "inside the model")
+    assert_one_line_error(run_cli("gguf", "--model", tiny_lm_dir, "--out", tmp_path / "x.bin"), "takes a .gguf")
+    taken = tmp_path / "taken.gguf"
+    taken.write_bytes(b"mine")
+    assert_one_line_error(run_cli("gguf", "--model", tiny_lm_dir, "--out", taken), "already exists")
+    assert taken.read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen", "taken.gguf"]

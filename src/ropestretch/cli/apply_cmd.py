@@ -14,9 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Copy a checkpoint (a folder, a GGUF file dequantized once, or a hub model) to --out with the "
         "chosen RoPE scaling written into "
         "config.json (rope_parameters for transformers 5, rope_scaling for 4.x and vLLM) and a "
-        "ropestretch.json record. Stock transformers loads the result with no custom code. From a .gguf file to an "
-        "--out ending in .gguf, the GGUF file is copied for llama.cpp and Ollama instead: every tensor, quantized "
-        "or not, unchanged, and the RoPE metadata (and, for per-pair factors, the rope_freqs tensor) rewritten.",
+        "ropestretch.json record. Stock transformers loads the result with no custom code. To an --out ending in "
+        ".gguf, a GGUF file for llama.cpp and Ollama is written instead: from a .gguf model, a copy with every "
+        "tensor, quantized or not, unchanged, and the RoPE metadata (and, for per-pair factors, the rope_freqs "
+        "tensor) rewritten; from a checkpoint folder, the applied checkpoint converted as `ropestretch gguf` does.",
     )
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="model folder, .gguf file, bundled model name (smollm2-135m-instruct) or hub id (online)")
@@ -24,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, type=positive_int, metavar="L", help="target context length")
     p.add_argument("--out", required=True, metavar="DIR", help="new output folder (must not exist, or be empty); "
                    "or, from a .gguf model, a new .gguf file")
+    p.add_argument("--type", choices=["f16", "q8_0", "f32"], metavar="TYPE",
+                   help="a checkpoint folder to an --out ending in .gguf: its weights as f16 (default), q8_0 or f32 "
+                   "(as `ropestretch gguf`)")
     p.add_argument("--bins", type=int, default=360, metavar="B", help="dprope: histogram bins (default 360)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--threshold", type=finite_float, metavar="T", help="dprope: selection threshold (default 0)")
@@ -41,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
     from ropestretch.rope.export import apply_to_checkpoint, engine_notes
 
-    source = _gguf_source(args.model) if str(args.out).lower().endswith(".gguf") else None  # before dequantizing
+    to_gguf = str(args.out).lower().endswith(".gguf")
+    source = _gguf_source(args.model) if to_gguf else None  # before dequantizing
+    if args.type and source is not None:
+        raise UsageError("--type converts a checkpoint folder; a .gguf model keeps its tensors as they are")
+    if args.type and not to_gguf:
+        raise UsageError("--type applies to an --out ending in .gguf")
     model = resolve_model(args.model)
     rope = rope_config_from_dict(load_config_dict(model))
     options = {}
@@ -56,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     scaled = scale(rope, args.scaling, args.target, **options)
     if source is not None:
         return _to_gguf(args, source, scaled)
+    if to_gguf:
+        return _folder_to_gguf(args, model, scaled)
     out = apply_to_checkpoint(model, args.out, scaled, command="apply", model=args.model)
     print(f"wrote {out}: {args.scaling} scaling, window {rope.window} -> {args.target}, exported as "
           f"{scaled.exported.rope_type}" + (f" on top of the model's {rope.rope_type}" if scaled.composed else ""))
@@ -65,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _gguf_source(model: str):
-    """The .gguf file a GGUF output is copied from, or one line on why there is none."""
+    """The .gguf file a GGUF output is copied from (None when ``model`` is no GGUF file), or one line
+    on why ropestretch cannot write it back."""
     from pathlib import Path
 
     from ropestretch.checkpoints import BUNDLED, bundled_file, is_gguf
-    from ropestretch.errors import UsageError
     import gguf
 
     from ropestretch.rope.llamacpp import writable_architecture
@@ -79,8 +90,7 @@ def _gguf_source(model: str):
     elif is_gguf(model) and Path(model).is_file():
         source = Path(model)
     else:
-        raise UsageError(f"--out ending in .gguf copies a .gguf model; {model} is not one (a checkpoint folder is "
-                         "written as a folder)")
+        return None  # a checkpoint folder or hub id: applied, then converted
     writable_architecture(gguf.GGUFReader(str(source)), source.name)
     return source
 
@@ -95,4 +105,19 @@ def _to_gguf(args: argparse.Namespace, source, scaled) -> int:
     shown = ", ".join(f"{k} {v}" for k, v in rope.keys.items())
     extra = f", rope_freqs ({len(rope.freq_factors)} per-pair divisors)" if rope.freq_factors is not None else ""
     print(f"wrote {out}: {args.scaling} scaling, window {scaled.rope.window} -> {args.target} for llama.cpp ({shown}{extra})")
+    return 0
+
+
+def _folder_to_gguf(args: argparse.Namespace, model, scaled) -> int:
+    import tempfile
+
+    from ropestretch.cli.gguf_cmd import describe
+    from ropestretch.gguf_export import write_gguf
+    from ropestretch.resources import new_file
+    from ropestretch.rope.export import apply_to_checkpoint
+
+    out = new_file(args.out, ".gguf", "--out", reading={"model": model})
+    with tempfile.TemporaryDirectory(prefix="ropestretch-apply-") as tmp:
+        folder = apply_to_checkpoint(model, f"{tmp}/applied", scaled, command="apply", model=args.model)
+        print(describe(out, write_gguf(folder, out, args.type or "f16")))
     return 0

@@ -15,6 +15,8 @@ for byte, and every other metadata field unchanged.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,22 @@ class GgufRope:
     keys: dict[str, Any]
     freq_factors: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def yarn_keys(params: dict[str, Any], attention: float) -> dict[str, Any]:
+    """A yarn RoPE's parameters (transformers' names) in llama.cpp's keys, or one line where
+    llama.cpp would run it otherwise: it rounds the correction range and computes the attention
+    factor as ``1 + 0.1 ln s`` itself."""
+    factor = float(params["factor"])
+    if params.get("truncate") is False:
+        raise UsageError("this yarn RoPE does not round its correction range (truncate: false); llama.cpp always does")
+    if abs(attention - (0.1 * np.log(factor) + 1.0)) > 1e-4:
+        raise UsageError(f"yarn's attention factor here is {attention:.4f}; llama.cpp computes "
+                         f"{0.1 * np.log(factor) + 1.0:.4f} (1 + 0.1 ln s) and takes no other")
+    return {"rope.scaling.type": "yarn", "rope.scaling.factor": factor,
+            "rope.scaling.original_context_length": int(params["original_max_position_embeddings"]),
+            "rope.scaling.yarn_beta_fast": float(params.get("beta_fast", 32.0)),
+            "rope.scaling.yarn_beta_slow": float(params.get("beta_slow", 1.0))}
 
 
 def gguf_rope(scaled: Scaled) -> GgufRope:
@@ -66,20 +84,56 @@ def gguf_rope(scaled: Scaled) -> GgufRope:
         keys["rope.freq_base"] = float(exported.base)
         return GgufRope(keys)
     if scaled.scaling == "yarn":
-        params = exported.scaling
-        keys.update({"rope.scaling.type": "yarn", "rope.scaling.factor": float(params.get("factor", scaled.factor)),
-                     "rope.scaling.original_context_length": int(params["original_max_position_embeddings"]),
-                     "rope.scaling.yarn_beta_fast": float(params.get("beta_fast", 32.0)),
-                     "rope.scaling.yarn_beta_slow": float(params.get("beta_slow", 1.0))})
-        expected = 0.1 * np.log(float(keys["rope.scaling.factor"])) + 1.0
-        if abs(scaled.attention_factor - expected) > 1e-4:
-            raise UsageError(f"yarn's attention factor here is {scaled.attention_factor:.4f}; llama.cpp computes "
-                             f"{expected:.4f} (1 + 0.1 ln s) and takes no other")
+        keys.update(yarn_keys({"factor": scaled.factor, **exported.scaling}, scaled.attention_factor))
         return GgufRope(keys)
     if abs(scaled.attention_factor - 1.0) > 1e-6:
         raise UsageError(f"{scaled.scaling} scales attention by {scaled.attention_factor:.4f}, which llama.cpp cannot "
                          "apply together with per-pair frequencies")
     return GgufRope(keys, np.asarray(scaled.factors, dtype=np.float32))
+
+
+def transformers_rotary(config) -> tuple[np.ndarray, float]:
+    """The inverse frequencies (float64) and attention scaling of the rotary module transformers
+    builds for ``config`` (a ``PretrainedConfig``): what the checkpoint runs, read from transformers
+    itself rather than recomputed here."""
+    import importlib
+
+    name = config.model_type
+    module = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
+    rotary = next(getattr(module, n) for n in dir(module) if n.endswith("RotaryEmbedding"))(config=config)
+    return rotary.inv_freq.double().numpy(), float(rotary.attention_scaling)
+
+
+def checkpoint_rope(config) -> GgufRope:
+    """The RoPE a transformers checkpoint runs (``config``, a ``PretrainedConfig``), in llama.cpp's
+    terms: ``yarn`` and ``linear`` as llama.cpp's own scalings, an unscaled or NTK RoPE as its base,
+    and every other per-pair RoPE (Llama 3.1's llama3, a longrope or DPRoPE export) as
+    ``rope_freqs`` divisors of the frequencies transformers computes. One line where llama.cpp
+    cannot run it."""
+    inv, attention = transformers_rotary(config)
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    kind = params.get("rope_type", params.get("type", "default"))
+    theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    base = theta ** -(np.arange(len(inv), dtype=np.float64) * 2 / (2 * len(inv)))
+    keys: dict[str, Any] = {"context_length": int(config.max_position_embeddings), "rope.freq_base": theta,
+                            "rope.scaling.type": "none", "rope.scaling.factor": 1.0}
+    if "dynamic" in kind:
+        raise UsageError("llama.cpp has no dynamic NTK: its RoPE is fixed when the model loads. Apply ntk "
+                         "(one larger base, the same at every length) or yarn instead")
+    if kind == "yarn":
+        keys.update(yarn_keys(params, attention))
+        return GgufRope(keys)
+    if abs(attention - 1.0) > 1e-6:
+        raise UsageError(f"this checkpoint's {kind} RoPE scales attention by {attention:.4f}, which llama.cpp "
+                         "applies only with its own yarn")
+    if kind == "default" and np.allclose(inv, base, rtol=1e-6, atol=0):
+        return GgufRope(keys)
+    if kind == "linear" and np.allclose(inv, base / float(params["factor"]), rtol=1e-6, atol=0):
+        # max_position_embeddings of a linear export is the window before scaling, as vLLM reads it
+        keys.update({"context_length": int(round(config.max_position_embeddings * float(params["factor"]))),
+                     "rope.scaling.type": "linear", "rope.scaling.factor": float(params["factor"])})
+        return GgufRope(keys)
+    return GgufRope(keys, (base / inv).astype(np.float32))
 
 
 def writable_architecture(reader, name: str) -> str:
@@ -95,6 +149,36 @@ def writable_architecture(reader, name: str) -> str:
     return arch
 
 
+@contextmanager
+def gguf_writer(dst: Path, arch: str, **kwargs) -> Iterator:
+    """A ``gguf.GGUFWriter`` on a temporary file beside ``dst``, renamed to ``dst`` when the block
+    completes; on any error the partial file is removed and ``dst`` never appears."""
+    import gguf
+
+    tmp = dst.with_name(f".{dst.name}.partial")
+    if tmp.exists():
+        raise UsageError(f"{tmp} is in the way of writing {dst}; move it or choose another --out")
+    writer = gguf.GGUFWriter(str(tmp), arch, **kwargs)
+    try:
+        yield writer
+        writer.close()
+        tmp.rename(dst)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def add_rope_keys(writer, arch: str, rope: GgufRope) -> None:
+    """Write ``rope``'s metadata values under ``{arch}.``."""
+    import gguf
+
+    for key, value in rope.keys.items():
+        kind = (gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.UINT32
+                if isinstance(value, int) else gguf.GGUFValueType.FLOAT32)
+        writer.add_key_value(f"{arch}.{key}", value, kind)
+
+
 def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Scaled) -> GgufRope:
     """Copy the GGUF file ``src`` to ``dst`` (which must not exist) with ``scaled``'s RoPE. The file
     is written beside ``dst`` under a temporary name and renamed when complete."""
@@ -104,27 +188,19 @@ def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Sc
     reader = gguf.GGUFReader(str(src))
     arch = writable_architecture(reader, src.name)
     rope = gguf_rope(scaled)
-    values = {f"{arch}.{k}": v for k, v in rope.keys.items()}
-    tmp = dst.with_name(f".{dst.name}.partial")
-    if tmp.exists():
-        raise UsageError(f"{tmp} is in the way of writing {dst}; move it or choose another --out")
-    writer = gguf.GGUFWriter(str(tmp), arch, endianess=reader.endianess)
-    alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
-    if alignment is not None:  # the tensors' data is laid out at the source's alignment, as its key says
-        writer.data_alignment = int(alignment.contents())
-    try:
+    with gguf_writer(dst, arch, endianess=reader.endianess) as writer:
+        alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
+        if alignment is not None:  # the tensors' data is laid out at the source's alignment, as its key says
+            writer.data_alignment = int(alignment.contents())
         for item in reader.fields.values():
             if item.name == gguf.Keys.General.ARCHITECTURE or item.name.startswith("GGUF."):
                 continue  # written by the writer itself
-            if item.name in values or item.name.startswith(f"{arch}.rope.scaling."):
+            if item.name.removeprefix(f"{arch}.") in rope.keys or item.name.startswith(f"{arch}.rope.scaling."):
                 continue  # replaced below: a scaling the source had is not kept beside the new one
             kind = item.types[0]
             sub = item.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(item.name, item.contents(), kind, sub_type=sub)
-        for key, value in values.items():
-            kind = (gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.UINT32
-                    if isinstance(value, int) else gguf.GGUFValueType.FLOAT32)
-            writer.add_key_value(key, value, kind)
+        add_rope_keys(writer, arch, rope)
         tensors = [t for t in reader.tensors if not (t.name == ROPE_FREQS and rope.freq_factors is not None)]
         for t in tensors:
             writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
@@ -138,10 +214,4 @@ def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Sc
             writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
         if rope.freq_factors is not None:
             writer.write_tensor_data(rope.freq_factors)
-        writer.close()
-        tmp.rename(dst)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return rope
