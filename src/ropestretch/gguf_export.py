@@ -150,12 +150,12 @@ def _stored(t: _Tensor, kind: str) -> tuple[tuple, Any, int, Any]:
 
     n = int(np.prod(t.shape))
     if len(t.shape) == 1 or kind == "f32":
-        return t.shape, np.float32, 4 * n, gguf.GGMLQuantizationType.F32
+        return t.shape, np.dtype(np.float32), 4 * n, gguf.GGMLQuantizationType.F32
     if kind == "q8_0" and t.shape[-1] % Q8_BLOCK == 0:
         block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0]
         shape = (*t.shape[:-1], t.shape[-1] // block * size)
-        return shape, np.uint8, int(np.prod(shape)), gguf.GGMLQuantizationType.Q8_0
-    return t.shape, np.float16, 2 * n, gguf.GGMLQuantizationType.F16
+        return shape, np.dtype(np.uint8), int(np.prod(shape)), gguf.GGMLQuantizationType.Q8_0
+    return t.shape, np.dtype(np.float16), 2 * n, gguf.GGMLQuantizationType.F16
 
 
 def _data(t: _Tensor, kind: str) -> np.ndarray:
@@ -180,7 +180,7 @@ def write_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str =
     from transformers import AutoConfig
 
     from ropestretch.rope.export import quiet_engine_keys
-    from ropestretch.rope.llamacpp import ROPE_FREQS, add_rope_keys, checkpoint_rope, gguf_writer
+    from ropestretch.rope.llamacpp import add_rope_keys, checkpoint_rope, gguf_writer, write_tensors
 
     folder, out = Path(model_dir), Path(out)
     if kind not in TYPES:
@@ -221,18 +221,6 @@ def write_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str =
         writer.add_token_list(vocab.tokens)
         writer.add_token_types(vocab.types)
         gguf.SpecialVocab(folder, load_merges=True, n_vocab=config.vocab_size).add_to_gguf(writer, quiet=True)
-        for t in plan:
-            shape, dtype, nbytes, ggml = _stored(t, kind)
-            writer.add_tensor_info(t.name, shape, np.dtype(dtype), nbytes, ggml)
-        if rope.freq_factors is not None:
-            writer.add_tensor_info(ROPE_FREQS, rope.freq_factors.shape, rope.freq_factors.dtype,
-                                   rope.freq_factors.nbytes, gguf.GGMLQuantizationType.F32)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t in plan:
-            writer.write_tensor_data(_data(t, kind))
-        if rope.freq_factors is not None:
-            writer.write_tensor_data(rope.freq_factors)
+        write_tensors(writer, [(t.name, *_stored(t, kind)) for t in plan], lambda i: _data(plan[i], kind), rope)
     return {"architecture": arch, "type": kind, "rope": rope.keys, "rope_freqs": rope.freq_factors is not None,
             "tensors": len(plan), "bytes": out.stat().st_size, "pre_tokenizer": vocab.pre}

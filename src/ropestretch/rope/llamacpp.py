@@ -15,7 +15,7 @@ for byte, and every other metadata field unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,16 +202,27 @@ def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Sc
             writer.add_key_value(item.name, item.contents(), kind, sub_type=sub)
         add_rope_keys(writer, arch, rope)
         tensors = [t for t in reader.tensors if not (t.name == ROPE_FREQS and rope.freq_factors is not None)]
-        for t in tensors:
-            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-        if rope.freq_factors is not None:
-            writer.add_tensor_info(ROPE_FREQS, rope.freq_factors.shape, rope.freq_factors.dtype,
-                                   rope.freq_factors.nbytes, gguf.GGMLQuantizationType.F32)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t in tensors:
-            writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
-        if rope.freq_factors is not None:
-            writer.write_tensor_data(rope.freq_factors)
+        write_tensors(writer, [(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type) for t in tensors],
+                      lambda i: tensors[i].data, rope, reader.endianess)
     return rope
+
+
+def write_tensors(writer, infos: list[tuple], data: Callable[[int], np.ndarray], rope: GgufRope,
+                  endianess=None) -> None:
+    """The rest of a GGUF file whose metadata ``writer`` holds: tensor infos (name, numpy-side shape,
+    dtype, bytes, GGML type), then each tensor's data, ``data(i)``, made one at a time (in
+    ``endianess``, default the machine's), and ``rope``'s rope_freqs tensor last where it has one."""
+    import gguf
+
+    factors = rope.freq_factors
+    for info in infos:
+        writer.add_tensor_info(*info)
+    if factors is not None:
+        writer.add_tensor_info(ROPE_FREQS, factors.shape, factors.dtype, factors.nbytes, gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for i in range(len(infos)):
+        writer.write_tensor_data(data(i), tensor_endianess=endianess)
+    if factors is not None:
+        writer.write_tensor_data(factors)
