@@ -67,9 +67,11 @@ def test_train_interrupted_resumes_and_a_finished_run_never_changes(tiny_lm_dir,
             "--save-steps", 10, "--logging-steps", 1]
     proc = spawn(*argv)
     wait_until(proc, lambda: len(logged_steps(run)) >= 15)
+    os.killpg(proc.pid, signal.SIGSTOP)  # held still, so that it cannot finish while the second writer is tried
     # a second writer meanwhile: one line, and the running one is not disturbed
     assert_one_line_error(run_cli(*argv, "--resume"), "in use by another ropestretch process")
     os.killpg(proc.pid, sig)
+    os.killpg(proc.pid, signal.SIGCONT)
     code, _, err = finish(proc)
     if sig == signal.SIGINT:
         assert code == 130 and err.strip().splitlines()[-1] == "ropestretch train: interrupted", err
