@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import signal
 
 from ropestretch.cli import main
 
@@ -24,3 +25,10 @@ def assert_one_line_error(result, *fragments):
     assert len(lines) == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child the test interrupts: SIGINT back to its default, which Python turns
+    into KeyboardInterrupt. A background job of a non-interactive shell (CI started with ``&``)
+    inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from clihelp import sigint_default
 from conftest import REPO
 
 BASE = os.path.join(REPO, "models", "tiny-llama-256")
@@ -30,7 +31,7 @@ def test_quick_demo_writes_report_only_under_out_survives_interruptions_and_reus
 
     def interrupted(sig, ready):
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+                                text=True, start_new_session=True, preexec_fn=sigint_default)
         deadline = time.time() + 300
         while not ready():
             assert proc.poll() is None and time.time() < deadline, proc.communicate()

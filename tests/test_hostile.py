@@ -1,5 +1,5 @@
-"""Hostile use, one test per class: interruption (SIGINT and SIGKILL, each process in its own group,
-as a non-interactive shell ignores SIGINT for its background jobs), two writers on one folder,
+"""Hostile use, one test per class: interruption (SIGINT and SIGKILL, each process in its own group
+with SIGINT at its default, as a non-interactive shell ignores SIGINT for its background jobs), two writers on one folder,
 a finished run resumed, files the user named, corrupt inputs of every kind, requests too large for
 the machine, values that would be written as non-finite, and library noise on routine runs."""
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from clihelp import assert_one_line_error, run_cli
+from clihelp import assert_one_line_error, run_cli, sigint_default
 from conftest import LLAMA2_CONFIG, REPO, tiny_llama_config, write_json
 
 TRAIN = ["--target", 256, "--batch-size", 2, "--lr", 1e-3, "--cream-k", 4, "--no-progress"]
@@ -22,10 +22,12 @@ LIBRARY_NOISE = ("Warning", "warn(", "deprecated", "missing keys", "mtime")
 
 
 def spawn(*argv):
-    """``ropestretch ARGV`` in its own process group (so SIGINT reaches it as from a terminal)."""
+    """``ropestretch ARGV`` in its own process group, SIGINT at its default (so that SIGINT reaches it
+    as from a terminal, wherever the tests themselves were started)."""
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src"), PYTHONWARNINGS="default")
     return subprocess.Popen([sys.executable, "-m", "ropestretch", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env,
+                            preexec_fn=sigint_default)
 
 
 def finish(proc, timeout=300):
