@@ -188,18 +188,47 @@ def llamacpp_exports(root: Path) -> list[tuple[str, Path, Path, int]]:
     return out
 
 
+def cli(argv: list[str]) -> int:
+    """``ropestretch ARGV`` in this process, its own output line not printed (the table is the output)."""
+    from ropestretch.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(argv)
+
+
+def converted(name: str, folder: Path, base: Path, target: int, gguf_file: Path) -> tuple[str, bool]:
+    """One checkpoint converted by `ropestretch gguf --type f32` and run in llama.cpp: (what was
+    measured, whether it matches)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    started = time.time()
+    if cli(["gguf", "--model", str(folder), "--out", str(gguf_file), "--type", "f32"]) != 0:
+        return "ropestretch gguf refused it", False
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = prompt(tok, 3 * target // 4)
+    logits = torch.from_numpy(llamacpp_logits(gguf_file, ids))
+    served = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].float()
+    worst = float((served - transformers_logprobs(folder, ids)).abs().max())
+    measured = f"max abs difference {worst:.1e} over {len(ids) - 1} positions"
+    ok = worst <= GGUF_TOLERANCE
+    if not name.startswith(("tiny-llama none", "llama-3.1-8b none")):  # the control, as for vLLM
+        apart = float((served - transformers_logprobs(base, ids)).abs().max())
+        measured += f" (unscaled: {apart:.1e})"
+        ok = ok and apart > 10 * GGUF_TOLERANCE
+    if name == "tiny-llama none":  # the file's tokenizer is the checkpoint's
+        text = " ".join(tok.decode(ids[:400]).split()[:60]) + " In 2024, x = f(3.14159); don't stop!"
+        same = llamacpp_tokens(gguf_file, text) == tok(text, add_special_tokens=False)["input_ids"]
+        measured += f"; tokenizer {'identical' if same else 'DIFFERS'} on {len(text)} characters"
+        ok = ok and same
+    return measured + f", {time.time() - started:.0f} s", ok
+
+
 def check_llamacpp(root: Path) -> list[tuple[str, str, bool]]:
     """Checkpoints converted by `ropestretch gguf --type f32`, their prompt log-probs past the window
     against transformers to :data:`GGUF_TOLERANCE`; then the real SmolLM2 file applied GGUF to
     GGUF (its Q4_1 tensors kept), by next-token agreement."""
-    import torch
     from transformers import AutoTokenizer
-
-    from ropestretch.cli import main
-
-    def cli(argv: list[str]) -> int:  # the table stays the output: the command's own line is not printed
-        with contextlib.redirect_stdout(io.StringIO()):
-            return main(argv)
 
     rows = []
 
@@ -209,28 +238,11 @@ def check_llamacpp(root: Path) -> list[tuple[str, str, bool]]:
 
     for name, folder, base, target in llamacpp_exports(root):
         gguf_file = root / f"{folder.name}.gguf"
-        started = time.time()
-        if cli(["gguf", "--model", str(folder), "--out", str(gguf_file), "--type", "f32"]) != 0:
-            row(name, "ropestretch gguf refused it", False)
-            continue
-        tok = AutoTokenizer.from_pretrained(folder)
-        ids = prompt(tok, 3 * target // 4)
-        logits = torch.from_numpy(llamacpp_logits(gguf_file, ids))
-        served = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].float()
-        worst = float((served - transformers_logprobs(folder, ids)).abs().max())
-        measured = f"max abs difference {worst:.1e} over {len(ids) - 1} positions"
-        ok = worst <= GGUF_TOLERANCE
-        if not name.startswith(("tiny-llama none", "llama-3.1-8b none")):  # the control, as for vLLM
-            apart = float((served - transformers_logprobs(base, ids)).abs().max())
-            measured += f" (unscaled: {apart:.1e})"
-            ok = ok and apart > 10 * GGUF_TOLERANCE
-        if name == "tiny-llama none":  # the file's tokenizer is the checkpoint's
-            text = " ".join(tok.decode(ids[:400]).split()[:60]) + " In 2024, x = f(3.14159); don't stop!"
-            same = llamacpp_tokens(gguf_file, text) == tok(text, add_special_tokens=False)["input_ids"]
-            measured += f"; tokenizer {'identical' if same else 'DIFFERS'} on {len(text)} characters"
-            ok = ok and same
-        row(name, measured + f", {time.time() - started:.0f} s", ok)
-        gguf_file.unlink()
+        try:
+            row(name, *converted(name, folder, base, target, gguf_file))
+        except Exception as err:  # llama.cpp cannot load or run the file: its reason, in one line
+            row(name, f"failed: {str(err).strip().splitlines()[-1][:160]}", False)
+        gguf_file.unlink(missing_ok=True)
 
     # the real model: `ropestretch apply` from its .gguf to a .gguf, quantized tensors kept. Both sides
     # run the Q4_1 weights (llama.cpp with its quantized kernels), so the bar is the agreement the

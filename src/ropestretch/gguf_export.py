@@ -45,11 +45,13 @@ def _pre_signature(pre: dict | None) -> str:
     out = []
     for step in steps:
         kind = step.get("type")
-        if kind == "ByteLevel":
+        if kind == "ByteLevel" and step.get("add_prefix_space"):
+            out.append("ByteLevel+prefix-space")  # llama.cpp adds no prefix space to a BPE vocabulary
+        elif kind == "ByteLevel":
             out.append("ByteLevel+regex" if step.get("use_regex", True) else "ByteLevel")
         elif kind == "Digits":
             out.append("Digits(individual)" if step.get("individual_digits") else "Digits")
-        elif kind == "Split":
+        elif kind == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
             out.append(f"Split({(step.get('pattern') or {}).get('Regex', '?')})")
         else:
             out.append(str(kind))
@@ -83,6 +85,8 @@ def read_vocab(folder: Path, vocab_size: int) -> Vocab:
         raise UsageError(f"{path}: GGUF output covers byte-level BPE tokenizers (Llama 3, Qwen, SmolLM, GPT-2) "
                          "without a normalizer; convert this one with llama.cpp's convert_hf_to_gguf.py")
     pre = PRE_TOKENIZERS.get(signature)
+    if pre == "llama-bpe" and not model.get("ignore_merges"):
+        pre = None  # llama.cpp takes a whole word that is in the vocabulary as one token for llama-bpe
     if pre is None:
         raise UsageError(f"{path}: llama.cpp's name for the pre-tokenizer {signature[:80]} is not known to "
                          "ropestretch; convert with llama.cpp's convert_hf_to_gguf.py")
@@ -173,9 +177,12 @@ def _data(t: _Tensor, kind: str) -> np.ndarray:
     return np.ascontiguousarray(w.astype(dtype))
 
 
-def write_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str = "f16") -> dict[str, Any]:
+def write_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str = "f16",
+               config: dict[str, Any] | None = None, name: str | None = None) -> dict[str, Any]:
     """Write the checkpoint folder ``model_dir`` to the new GGUF file ``out`` with its weights as
-    ``kind`` (:data:`TYPES`). Returns what was written: architecture, RoPE keys, tensors, bytes."""
+    ``kind`` (:data:`TYPES`); ``config``: a config dict to use instead of the folder's (an applied
+    scaling, written without copying the weights); ``name``: ``general.name`` (default: the
+    folder's name). Returns what was written: architecture, RoPE keys, tensors, bytes."""
     import gguf
     from transformers import AutoConfig
 
@@ -186,7 +193,8 @@ def write_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str =
     if kind not in TYPES:
         raise UsageError(f"--type takes {', '.join(TYPES)}; got {kind}")
     quiet_engine_keys()
-    config = AutoConfig.from_pretrained(folder)
+    stored = AutoConfig.from_pretrained(folder)
+    config = stored if config is None else type(stored).from_dict(config)
     arch = ARCHITECTURE.get(config.model_type)
     if arch is None:
         raise UsageError(f"GGUF output covers the Llama architecture ({', '.join(ARCHITECTURE)}); {folder} is "
@@ -202,7 +210,7 @@ def write_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str =
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
     with gguf_writer(out, arch) as writer:
-        writer.add_name(folder.name)
+        writer.add_name(name or folder.name)
         writer.add_block_count(config.num_hidden_layers)
         writer.add_embedding_length(config.hidden_size)
         writer.add_feed_forward_length(config.intermediate_size)

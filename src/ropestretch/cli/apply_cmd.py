@@ -109,15 +109,18 @@ def _to_gguf(args: argparse.Namespace, source, scaled) -> int:
 
 
 def _folder_to_gguf(args: argparse.Namespace, model, scaled) -> int:
-    import tempfile
+    """The applied checkpoint as GGUF: its config with the scaling, its weights and tokenizer read
+    from ``model`` (nothing copied)."""
+    from pathlib import Path
 
     from ropestretch.cli.gguf_cmd import describe
     from ropestretch.gguf_export import write_gguf
     from ropestretch.resources import new_file
-    from ropestretch.rope.export import apply_to_checkpoint
+    from ropestretch.rope import load_config_dict
+    from ropestretch.rope.export import exported_config
 
     out = new_file(args.out, ".gguf", "--out", reading={"model": model})
-    with tempfile.TemporaryDirectory(prefix="ropestretch-apply-") as tmp:
-        folder = apply_to_checkpoint(model, f"{tmp}/applied", scaled, command="apply", model=args.model)
-        print(describe(out, write_gguf(folder, out, args.type or "f16")))
+    config = exported_config(load_config_dict(model), scaled)
+    name = f"{Path(str(args.model).rstrip('/')).name} {args.scaling} {args.target}"
+    print(describe(out, write_gguf(model, out, args.type or "f16", config=config, name=name)))
     return 0

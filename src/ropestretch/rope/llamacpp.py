@@ -2,8 +2,8 @@
 
 llama.cpp reads a model's RoPE from GGUF metadata and one optional tensor (``gguf`` package's
 names): ``{arch}.rope.freq_base``; ``{arch}.rope.scaling.type`` (``none``, ``linear``, ``yarn``)
-with ``.factor``, ``.original_context_length`` and YaRN's ``.yarn_beta_fast`` /
-``.yarn_beta_slow`` (it computes YaRN's ``1 + 0.1 ln s`` attention scale itself); and
+with ``.factor`` and ``.original_context_length`` (for yarn it computes the ``1 + 0.1 ln s``
+attention scale itself, and for this architecture reads no betas: it runs 32 and 1); and
 ``rope_freqs.weight``, one divisor per rotary pair on the base frequencies (how Llama 3.1's
 ``llama3`` RoPE is written). :func:`gguf_rope` says each scaling in those terms, natively where
 llama.cpp has the scaling and through ``rope_freqs`` where the frequencies are per pair (DPRoPE, a
@@ -40,20 +40,38 @@ class GgufRope:
     notes: list[str] = field(default_factory=list)
 
 
+LLAMA_CPP_BETAS = (32.0, 1.0)  # yarn's beta_fast and beta_slow as llama.cpp's llama architecture runs them
+
+
+def llama_cpp_yarn(theta: float, pairs: int, factor: float, original: int) -> np.ndarray:
+    """The inverse frequencies llama.cpp runs for yarn (ggml's rope: correction range rounded out,
+    a linear ramp between interpolated and extrapolated frequencies, betas 32 and 1)."""
+    def dim(beta: float) -> float:
+        return pairs * np.log(original / (beta * 2 * np.pi)) / np.log(theta)
+
+    low = max(0.0, np.floor(dim(LLAMA_CPP_BETAS[0])))
+    high = min(2 * pairs - 1.0, np.ceil(dim(LLAMA_CPP_BETAS[1])))
+    extrapolated = theta ** -(np.arange(pairs) / pairs)
+    mix = 1 - np.clip((np.arange(pairs) - low) / max(0.001, high - low), 0, 1)
+    return extrapolated / factor * (1 - mix) + extrapolated * mix
+
+
 def yarn_keys(params: dict[str, Any], attention: float) -> dict[str, Any]:
     """A yarn RoPE's parameters (transformers' names) in llama.cpp's keys, or one line where
-    llama.cpp would run it otherwise: it rounds the correction range and computes the attention
-    factor as ``1 + 0.1 ln s`` itself."""
+    llama.cpp would run it otherwise: it rounds the correction range, computes the attention factor
+    as ``1 + 0.1 ln s`` itself, and takes betas 32 and 1 whatever the file says."""
     factor = float(params["factor"])
     if params.get("truncate") is False:
         raise UsageError("this yarn RoPE does not round its correction range (truncate: false); llama.cpp always does")
+    betas = (float(params.get("beta_fast") or 32.0), float(params.get("beta_slow") or 1.0))
+    if betas != LLAMA_CPP_BETAS:
+        raise UsageError(f"yarn's betas here are {betas[0]:g} and {betas[1]:g}; llama.cpp's llama architecture reads no "
+                         "betas from the file and runs 32 and 1: export yarn with the default betas for llama.cpp")
     if abs(attention - (0.1 * np.log(factor) + 1.0)) > 1e-4:
         raise UsageError(f"yarn's attention factor here is {attention:.4f}; llama.cpp computes "
                          f"{0.1 * np.log(factor) + 1.0:.4f} (1 + 0.1 ln s) and takes no other")
     return {"rope.scaling.type": "yarn", "rope.scaling.factor": factor,
-            "rope.scaling.original_context_length": int(params["original_max_position_embeddings"]),
-            "rope.scaling.yarn_beta_fast": float(params.get("beta_fast", 32.0)),
-            "rope.scaling.yarn_beta_slow": float(params.get("beta_slow", 1.0))}
+            "rope.scaling.original_context_length": int(params["original_max_position_embeddings"])}
 
 
 def gguf_rope(scaled: Scaled) -> GgufRope:
@@ -100,7 +118,14 @@ def transformers_rotary(config) -> tuple[np.ndarray, float]:
 
     name = config.model_type
     module = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
-    rotary = next(getattr(module, n) for n in dir(module) if n.endswith("RotaryEmbedding"))(config=config)
+    architectures = getattr(config, "architectures", None)
+    prefix = architectures[0].split("For")[0] if architectures else name.capitalize()
+    cls = getattr(module, f"{prefix}RotaryEmbedding", None)
+    try:
+        rotary = cls(config=config)
+    except TypeError:  # no such class, or one of an older transformers that takes no config
+        raise UsageError(f"this transformers has no rotary module ropestretch can build from a config for "
+                         f"{name}; upgrade transformers (4.48 or later)") from None
     return rotary.inv_freq.double().numpy(), float(rotary.attention_scaling)
 
 
@@ -115,13 +140,29 @@ def checkpoint_rope(config) -> GgufRope:
     kind = params.get("rope_type", params.get("type", "default"))
     theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
     base = theta ** -(np.arange(len(inv), dtype=np.float64) * 2 / (2 * len(inv)))
-    keys: dict[str, Any] = {"context_length": int(config.max_position_embeddings), "rope.freq_base": theta,
+    # max_position_embeddings of a linear export is the window before scaling, as vLLM reads it
+    length = config.max_position_embeddings * (float(params["factor"]) if kind == "linear" else 1)
+    keys: dict[str, Any] = {"context_length": int(round(length)), "rope.freq_base": theta,
                             "rope.scaling.type": "none", "rope.scaling.factor": 1.0}
     if "dynamic" in kind:
         raise UsageError("llama.cpp has no dynamic NTK: its RoPE is fixed when the model loads. Apply ntk "
                          "(one larger base, the same at every length) or yarn instead")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if 2 * len(inv) != head_dim:
+        raise UsageError(f"GGUF output covers models that rotate the whole head; this one rotates {2 * len(inv)} of "
+                         f"{head_dim} dimensions")
+    if kind == "longrope" and list(params.get("short_factor") or []) != list(params.get("long_factor") or []):
+        raise UsageError("this longrope RoPE switches from its short to its long factors with the sequence length, "
+                         "which llama.cpp's llama architecture cannot; export dprope or yarn instead")
+    if keys["context_length"] >= 1 << 32:
+        raise UsageError(f"GGUF stores the context length in 32 bits; {keys['context_length']:,} does not fit")
     if kind == "yarn":
         keys.update(yarn_keys(params, attention))
+        served = llama_cpp_yarn(theta, len(inv), keys["rope.scaling.factor"],
+                                keys["rope.scaling.original_context_length"])
+        if not np.allclose(served, inv, rtol=1e-5, atol=0):
+            raise UsageError("llama.cpp's yarn, from this config's factor and original window, gives other "
+                             "frequencies than transformers does for it; export it again with ropestretch apply")
         return GgufRope(keys)
     if abs(attention - 1.0) > 1e-6:
         raise UsageError(f"this checkpoint's {kind} RoPE scales attention by {attention:.4f}, which llama.cpp "
@@ -129,9 +170,7 @@ def checkpoint_rope(config) -> GgufRope:
     if kind == "default" and np.allclose(inv, base, rtol=1e-6, atol=0):
         return GgufRope(keys)
     if kind == "linear" and np.allclose(inv, base / float(params["factor"]), rtol=1e-6, atol=0):
-        # max_position_embeddings of a linear export is the window before scaling, as vLLM reads it
-        keys.update({"context_length": int(round(config.max_position_embeddings * float(params["factor"]))),
-                     "rope.scaling.type": "linear", "rope.scaling.factor": float(params["factor"])})
+        keys.update({"rope.scaling.type": "linear", "rope.scaling.factor": float(params["factor"])})
         return GgufRope(keys)
     return GgufRope(keys, (base / inv).astype(np.float32))
 
@@ -162,11 +201,26 @@ def gguf_writer(dst: Path, arch: str, **kwargs) -> Iterator:
     try:
         yield writer
         writer.close()
-        tmp.rename(dst)
+        _publish(tmp, dst)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _publish(tmp: Path, dst: Path) -> None:
+    """``tmp`` renamed to ``dst`` unless ``dst`` appeared meanwhile (a hard link cannot overwrite)."""
+    appeared = UsageError(f"{dst} appeared while it was being written; it is left as it is")
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise appeared from None
+    except OSError:  # a filesystem without hard links
+        if dst.exists():
+            raise appeared from None
+        tmp.rename(dst)
+        return
+    tmp.unlink()
 
 
 def add_rope_keys(writer, arch: str, rope: GgufRope) -> None:
