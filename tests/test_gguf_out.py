@@ -246,7 +246,7 @@ def test_gguf_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_llama_dir,
     assert_one_line_error(run_cli("gguf", "--model", tiny_llama_dir, "--out", tmp_path / "t.gguf"),
                           "has no tokenizer.json")
     assert_one_line_error(run_cli("apply", "--model", tiny_lm_dir, "--scaling", "dynamic", "--target", 256,
-                                  "--out", tmp_path / "d.gguf"), "no dynamic NTK")
+                                  "--out", tmp_path / "new" / "d.gguf"), "no dynamic NTK")  # no folder left behind
     assert_one_line_error(run_cli("gguf", "--model", tiny_lm_dir, "--out", tiny_lm_dir / "x.gguf"), "inside the model")
     assert_one_line_error(run_cli("gguf", "--model", tiny_lm_dir, "--out", tmp_path / "x.bin"), "takes a .gguf")
     taken = tmp_path / "taken.gguf"

@@ -113,14 +113,18 @@ def staging_folder(dst: Path) -> Path:
     return tmp
 
 
-def new_file(path: str | os.PathLike, suffix: str, what: str, reading: dict | None = None) -> Path:
+def new_file(path: str | os.PathLike, suffix: str, what: str, reading: dict | None = None,
+             create: bool = True) -> Path:
     """An output file the user named: the right suffix, not there yet (nothing is overwritten),
-    outside every folder being read (:func:`outside`), and its folder created if missing."""
+    outside every folder being read (:func:`outside`), and its folder created if missing (with
+    ``create``; without, the writer creates it once nothing can refuse the run any more)."""
     path = outside(named_path(path, what), reading or {}, what)
     if not str(path).lower().endswith(suffix):
         raise UsageError(f"{what} takes a {suffix} file name, got {path}")
     if path.exists():
         raise UsageError(f"{path} already exists; choose a new file name")
+    if not create:
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -100,7 +100,7 @@ def _to_gguf(args: argparse.Namespace, source, scaled) -> int:
     from ropestretch.rope.llamacpp import gguf_rope, write_scaled_gguf
 
     gguf_rope(scaled)  # what llama.cpp cannot express is refused before anything is written
-    out = new_file(args.out, ".gguf", "--out")
+    out = new_file(args.out, ".gguf", "--out", create=False)
     rope = write_scaled_gguf(source, out, scaled)
     shown = ", ".join(f"{k} {v}" for k, v in rope.keys.items())
     extra = f", rope_freqs ({len(rope.freq_factors)} per-pair divisors)" if rope.freq_factors is not None else ""
@@ -119,7 +119,7 @@ def _folder_to_gguf(args: argparse.Namespace, model, scaled) -> int:
     from ropestretch.rope import load_config_dict
     from ropestretch.rope.export import exported_config
 
-    out = new_file(args.out, ".gguf", "--out", reading={"model": model})
+    out = new_file(args.out, ".gguf", "--out", reading={"model": model}, create=False)
     config = exported_config(load_config_dict(model), scaled)
     name = f"{Path(str(args.model).rstrip('/')).name} {args.scaling} {args.target}"
     print(describe(out, write_gguf(model, out, args.type or "f16", config=config, name=name)))

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.resources import new_file
 
     model = resolve_model(args.model)
-    out = new_file(args.out, ".gguf", "--out", reading={"model": model})
+    out = new_file(args.out, ".gguf", "--out", reading={"model": model}, create=False)
     print(describe(out, write_gguf(model, out, args.type)))
     return 0
 

@@ -197,6 +197,10 @@ def gguf_writer(dst: Path, arch: str, **kwargs) -> Iterator:
     tmp = dst.with_name(f".{dst.name}.partial")
     if tmp.exists():
         raise UsageError(f"{tmp} is in the way of writing {dst}; move it or choose another --out")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the folder of {dst}: {err.strerror}") from None
     writer = gguf.GGUFWriter(str(tmp), arch, **kwargs)
     try:
         yield writer
