@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _gguf_source(model: str):
-    """The .gguf file a GGUF output is copied from (None when ``model`` is no GGUF file), or one line
-    on why ropestretch cannot write it back."""
+    """The .gguf file a GGUF output is copied from and a reader open on it (None when ``model`` is no
+    GGUF file), or one line on why ropestretch cannot write it back."""
     from pathlib import Path
 
     from ropestretch.checkpoints import BUNDLED, bundled_file, is_gguf
@@ -91,8 +91,9 @@ def _gguf_source(model: str):
         source = Path(model)
     else:
         return None  # a checkpoint folder or hub id: applied, then converted
-    writable_architecture(gguf.GGUFReader(str(source)), source.name)
-    return source
+    reader = gguf.GGUFReader(str(source))
+    writable_architecture(reader, source.name)
+    return source, reader
 
 
 def _to_gguf(args: argparse.Namespace, source, scaled) -> int:
@@ -101,7 +102,8 @@ def _to_gguf(args: argparse.Namespace, source, scaled) -> int:
 
     gguf_rope(scaled)  # what llama.cpp cannot express is refused before anything is written
     out = new_file(args.out, ".gguf", "--out", create=False)
-    rope = write_scaled_gguf(source, out, scaled)
+    path, reader = source
+    rope = write_scaled_gguf(path, out, scaled, reader=reader)
     shown = ", ".join(f"{k} {v}" for k, v in rope.keys.items())
     extra = f", rope_freqs ({len(rope.freq_factors)} per-pair divisors)" if rope.freq_factors is not None else ""
     print(f"wrote {out}: {args.scaling} scaling, window {scaled.rope.window} -> {args.target} for llama.cpp ({shown}{extra})")

@@ -74,19 +74,25 @@ def yarn_keys(params: dict[str, Any], attention: float) -> dict[str, Any]:
             "rope.scaling.original_context_length": int(params["original_max_position_embeddings"])}
 
 
+def _check_runnable(kind: str, context_length: float, partial: str | None) -> None:
+    """What neither GGUF source can write: a context length over 32 bits, a RoPE that rotates part
+    of the head (``partial``: how much it rotates), dynamic NTK."""
+    if context_length >= 1 << 32:
+        raise UsageError(f"GGUF stores the context length in 32 bits; {int(context_length):,} does not fit")
+    if partial:
+        raise UsageError(f"GGUF output covers models that rotate the whole head; this one rotates {partial}")
+    if "dynamic" in kind:
+        raise UsageError("llama.cpp has no dynamic NTK: its RoPE is fixed when the model loads. Apply ntk "
+                         "(one larger base, the same at every length) or yarn instead")
+
+
 def gguf_rope(scaled: Scaled) -> GgufRope:
     """``scaled`` as llama.cpp reads it, or a UsageError naming what llama.cpp lacks for it."""
     rope, exported = scaled.rope, scaled.exported
-    if scaled.target >= 1 << 32:
-        raise UsageError(f"GGUF stores the context length in 32 bits; a target of {scaled.target:,} does not fit")
+    _check_runnable(scaled.scaling, scaled.target,
+                    f"{rope.partial_rotary_factor:g} of it" if rope.partial_rotary_factor != 1.0 else None)
     keys: dict[str, Any] = {"context_length": int(scaled.target), "rope.freq_base": float(rope.base),
                             "rope.scaling.type": "none", "rope.scaling.factor": 1.0}
-    if rope.partial_rotary_factor != 1.0:
-        raise UsageError("GGUF output covers models that rotate the whole head; this one rotates "
-                         f"{rope.partial_rotary_factor:g} of it")
-    if scaled.scaling == "dynamic":
-        raise UsageError("llama.cpp has no dynamic NTK: its RoPE is fixed when the model loads. Apply ntk "
-                         "(one larger base, the same at every length) or yarn instead")
     if not rope.plain:  # Llama 3.1's llama3, or another scaling already in the model: per-pair divisors
         if abs(scaled.attention_factor - 1.0) > 1e-6:
             raise UsageError(f"{scaled.scaling} on top of the model's {rope.rope_type} RoPE scales attention by "
@@ -139,23 +145,16 @@ def checkpoint_rope(config) -> GgufRope:
     params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     kind = params.get("rope_type", params.get("type", "default"))
     theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
-    base = theta ** -(np.arange(len(inv), dtype=np.float64) * 2 / (2 * len(inv)))
+    base = theta ** -(np.arange(len(inv), dtype=np.float64) / len(inv))
     # max_position_embeddings of a linear export is the window before scaling, as vLLM reads it
-    length = config.max_position_embeddings * (float(params["factor"]) if kind == "linear" else 1)
-    keys: dict[str, Any] = {"context_length": int(round(length)), "rope.freq_base": theta,
-                            "rope.scaling.type": "none", "rope.scaling.factor": 1.0}
-    if "dynamic" in kind:
-        raise UsageError("llama.cpp has no dynamic NTK: its RoPE is fixed when the model loads. Apply ntk "
-                         "(one larger base, the same at every length) or yarn instead")
+    length = round(config.max_position_embeddings * (float(params["factor"]) if kind == "linear" else 1))
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if 2 * len(inv) != head_dim:
-        raise UsageError(f"GGUF output covers models that rotate the whole head; this one rotates {2 * len(inv)} of "
-                         f"{head_dim} dimensions")
+    _check_runnable(kind, length, f"{2 * len(inv)} of {head_dim} dimensions" if 2 * len(inv) != head_dim else None)
     if kind == "longrope" and list(params.get("short_factor") or []) != list(params.get("long_factor") or []):
         raise UsageError("this longrope RoPE switches from its short to its long factors with the sequence length, "
                          "which llama.cpp's llama architecture cannot; export dprope or yarn instead")
-    if keys["context_length"] >= 1 << 32:
-        raise UsageError(f"GGUF stores the context length in 32 bits; {keys['context_length']:,} does not fit")
+    keys: dict[str, Any] = {"context_length": int(length), "rope.freq_base": theta,
+                            "rope.scaling.type": "none", "rope.scaling.factor": 1.0}
     if kind == "yarn":
         keys.update(yarn_keys(params, attention))
         served = llama_cpp_yarn(theta, len(inv), keys["rope.scaling.factor"],
@@ -237,13 +236,14 @@ def add_rope_keys(writer, arch: str, rope: GgufRope) -> None:
         writer.add_key_value(f"{arch}.{key}", value, kind)
 
 
-def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Scaled) -> GgufRope:
-    """Copy the GGUF file ``src`` to ``dst`` (which must not exist) with ``scaled``'s RoPE. The file
-    is written beside ``dst`` under a temporary name and renamed when complete."""
+def write_scaled_gguf(src: str | os.PathLike, dst: str | os.PathLike, scaled: Scaled, reader=None) -> GgufRope:
+    """Copy the GGUF file ``src`` to ``dst`` (which must not exist) with ``scaled``'s RoPE; ``reader``:
+    a ``gguf.GGUFReader`` already open on ``src``, if the caller has one. The file is written beside
+    ``dst`` under a temporary name and renamed when complete."""
     import gguf
 
     src, dst = Path(src), Path(dst)
-    reader = gguf.GGUFReader(str(src))
+    reader = reader or gguf.GGUFReader(str(src))
     arch = writable_architecture(reader, src.name)
     rope = gguf_rope(scaled)
     with gguf_writer(dst, arch, endianess=reader.endianess) as writer:
