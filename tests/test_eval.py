@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from clihelp import assert_one_line_error, run_cli
 from ropestretch import UsageError
@@ -14,6 +15,7 @@ from ropestretch.data import tasks
 from ropestretch.eval import Evaluator, RunStore, run_needle, run_ppl
 from ropestretch.eval.perplexity import nll_sum
 from ropestretch.eval.prefill import crop_to
+from ropestretch.eval.retrieval import cell_rng
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +186,11 @@ def test_perplexity_counts_only_scored_tokens(lm, tmp_path):
     assert rec["tokens"] == 3 * 64 - 1 and math.isclose(rec["ppl"], math.exp(rec["nll"]))
     [rec] = run_ppl(ev, RunStore(tmp_path / "q", "ppl", {}), stream, [64], samples=3, seed=0)
     assert rec["tokens"] == 3 * 63
+    # truncate: each window's per-token NLL, batched by two, as the window scored alone
+    starts = cell_rng(0, "ppl", 64).integers(0, len(stream) - 64, 3)
+    alone = [nll_sum(model, torch.tensor([stream[s:s + 64]])) for s in starts]
+    assert rec["windows"] == pytest.approx([t / c for t, c in alone], rel=1e-4)
+    assert rec["nll"] == pytest.approx(sum(t for t, _ in alone) / (3 * 63), rel=1e-4)
 
 
 def test_run_folder_skips_finished_cells_and_refuses_other_arguments(tmp_path):
@@ -221,6 +228,12 @@ def test_eval_cli_resume_report_and_bad_input(tiny_lm_dir, tmp_path):
         assert title in report
     for png in ("needle-run.png", "kv-by-position.png", "ppl-vs-length.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    # perplexity with its interval over the windows: exp of the t interval of their mean NLL
+    [ppl64] = [r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())
+               if r["test"] == "ppl" and r["cell"]["length"] == 64]
+    w = np.array(ppl64["windows"])
+    half = stats.t.ppf(0.975, len(w) - 1) * w.std(ddof=1) / math.sqrt(len(w))
+    assert f"{math.exp(w.mean()):.2f} [{math.exp(w.mean() - half):.2f}-{math.exp(w.mean() + half):.2f}], n = 2" in report
     # bad input: one line, exit 2, existing results untouched
     before = (run / "results.jsonl").read_text()
     assert_one_line_error(run_cli("eval", "passkey", *common, *legacy, "--lengths", "128", "--depths", "0,100",

@@ -154,6 +154,7 @@ def edit_first_line(run, change):
     (lambda r: r.update(correct=30), "line 1 needs accuracy"),  # more right than asked
     (lambda r: r["cell"].update(depth="mid"), "line 1 has no depth"),
     (lambda r: r.update(samples=[{"i": 0}]), "line 1 has samples"),
+    (lambda r: r.update(test="ppl", ppl=3.0, windows=["x"]), "line 1 has windows"),
 ])
 def test_report_on_hand_edited_results(tmp_path, run_folder, change, fragment):
     edit_first_line(run_folder, change)

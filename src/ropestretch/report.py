@@ -67,6 +67,10 @@ def row_problem(row: dict[str, Any]) -> str | None:
     if test == "ppl":
         value = row.get("ppl")  # NaN or infinity: a run that overflowed, reported as "-"
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (math.isnan(value) or value > 0)
+        windows = row.get("windows")
+        if ok and windows is not None and not (isinstance(windows, list) and windows
+                                               and all(_number(w, 0) for w in windows)):
+            return "has windows that are not a list of per-token NLLs (non-negative numbers)"
         return None if ok else "has no perplexity (a positive number)"
     if test not in ("passkey", "needle", "lines", "kv"):
         return None  # another test's row: not reported, not in the way
@@ -134,6 +138,19 @@ def _loglik(rows: list[dict]) -> str:
     return f"{mean:.2f}{interval}, n = {len(values)}"
 
 
+def _perplexity(rows: list[dict]) -> str:
+    """The perplexity over result rows of one length; with per-window records, its 95% interval over
+    windows and their n (``11.03 [10.21-11.92], n = 4``)."""
+    if not rows:
+        return "-"
+    if not all(r.get("windows") for r in rows):
+        return _fmt(float(np.mean([r["ppl"] for r in rows])), pct=False)
+    windows = [w for r in rows for w in r["windows"]]
+    mean, low, high = mean_interval(windows)
+    interval = f" [{math.exp(low):.2f}-{math.exp(high):.2f}]" if np.isfinite(low) else ""
+    return f"{math.exp(mean):.2f}{interval}, n = {len(windows)}"
+
+
 def _rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = None) -> list[dict]:
     """The rows of one length; with ``depths``, only those whose depth lies in that range."""
     return [r for r in rows if r["cell"]["length"] == length
@@ -192,8 +209,11 @@ def render(runs: list[dict[str, Any]], out: Path) -> list[str]:
         lengths = sorted({row["cell"]["length"] for r in have for row in r["results"]["ppl"]})
         parts += ["## Perplexity vs length", "", _table(
             ["run"] + [str(n) for n in lengths],
-            [[r["label"]] + [_fmt(_by(r["results"]["ppl"], "length", "ppl").get(n), pct=False) for n in lengths]
+            [[r["label"]] + [_perplexity([x for x in r["results"]["ppl"] if x["cell"]["length"] == n]) for n in lengths]
              for r in have]), ""]
+        if any(row.get("windows") for r in have for row in r["results"]["ppl"]):
+            parts += ["With a 95% interval over the windows scored (exp of the Student-t interval of their mean "
+                      "per-token NLL) and their n.", ""]
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in have:
             by_len = _by(r["results"]["ppl"], "length", "ppl")

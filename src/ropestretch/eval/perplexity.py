@@ -9,7 +9,7 @@ import time
 import torch
 
 from ropestretch.errors import UsageError
-from ropestretch.eval.prefill import sequence_nll
+from ropestretch.eval.prefill import row_nll, sequence_nll
 
 
 def token_stream(tokenizer, documents: list[str]) -> list[int]:
@@ -27,7 +27,8 @@ def nll_sum(model, ids: torch.Tensor, scored_from: int = 0) -> tuple[float, int]
 
 def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode: str = "truncate",
             stride: int | None = None):
-    """Per length: ``truncate`` scores ``samples`` windows of that length drawn from the stream;
+    """Per length: ``truncate`` scores ``samples`` windows of that length drawn from the stream
+    (each window's per-token NLL kept as ``windows``, for an interval over windows);
     ``sliding`` scores a span of ``samples * length`` tokens with windows of that length moved by
     ``stride`` (default length / 2), each token scored once with as much context as the window gives."""
     from ropestretch.eval.retrieval import cell_rng
@@ -38,17 +39,19 @@ def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode
         if store.finished(cell):
             ev.tick()
             continue
-        started = time.time()
+        started, extra = time.time(), {}
         rng = cell_rng(seed, "ppl", length)
         if mode == "truncate":
             if len(stream) < length + 1:
                 raise UsageError(f"the text has {len(stream)} tokens, fewer than one window of {length}")
             starts = rng.integers(0, len(stream) - length, samples)
-            total, count = 0.0, 0
+            total, count, windows = 0.0, 0, []
             for i in range(0, samples, ev.batch_size):
                 ids = torch.tensor([stream[s:s + length] for s in starts[i:i + ev.batch_size]])
-                t, c = nll_sum(ev.model, ids)
-                total, count = total + t, count + c
+                rows, per_row = row_nll(ev.model, ids.to(next(ev.model.parameters()).device))
+                total, count = total + sum(rows), count + per_row * len(rows)
+                windows += [round(t / per_row, 6) for t in rows]
+            extra["windows"] = windows
         else:
             step = stride or max(1, length // 2)
             span = min(len(stream), samples * length)
@@ -66,6 +69,6 @@ def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode
                     break
         nll = total / count
         out.append(store.add(cell, nll=nll, ppl=math.exp(nll), tokens=count, mode=mode,
-                             seconds=round(time.time() - started, 3)))
+                             seconds=round(time.time() - started, 3), **extra))
         ev.tick()
     return out

@@ -106,23 +106,31 @@ def answer_logits(model, prompt: torch.Tensor, answer: torch.Tensor, cache=None,
 
 
 @torch.no_grad()
-def sequence_nll(model, ids: torch.Tensor, scored_from: int = 0, chunk: int | None = None) -> tuple[float, int]:
-    """Summed negative log-likelihood of tokens ``scored_from + 1 ..`` of each row of ``ids``, and
-    their count, prefilled chunk by chunk with logits only where tokens are scored."""
+def row_nll(model, ids: torch.Tensor, scored_from: int = 0, chunk: int | None = None) -> tuple[list[float], int]:
+    """Per row of ``ids``: the summed negative log-likelihood of tokens ``scored_from + 1 ..``, and
+    how many tokens each row scores, prefilled chunk by chunk with logits only where tokens are scored."""
     cache = new_cache(model)
     batch, total = ids.shape
     vocab = model.get_output_embeddings().weight.shape[0]
     size = chunk_size(model, chunk)
     # the logits of one call stay bounded; a length-dependent RoPE needs the whole sequence in one call
     size = total if size is None else max(1, min(size, LOGIT_BUDGET // max(1, vocab * batch)))
-    nll, count = 0.0, 0
+    nll, count = torch.zeros(batch, dtype=torch.float64), 0
     for start in range(0, total - 1, size):
         end = min(total - 1, start + size)  # positions start..end-1 predict tokens start+1..end
         scored = max(0, end - max(start, scored_from))
         logits = forward_keep(model, ids[:, start:end], cache, max(1, scored))
         if scored:
             target = ids[:, end - scored + 1:end + 1]
-            nll += float(torch.nn.functional.cross_entropy(logits[:, -scored:].float().reshape(-1, logits.shape[-1]),
-                                                           target.reshape(-1), reduction="sum"))
-            count += target.numel()
-    return nll, count
+            losses = torch.nn.functional.cross_entropy(logits[:, -scored:].float().reshape(-1, logits.shape[-1]),
+                                                       target.reshape(-1), reduction="none")
+            nll += losses.view(batch, scored).double().sum(1).cpu()
+            count += scored
+    return nll.tolist(), count
+
+
+def sequence_nll(model, ids: torch.Tensor, scored_from: int = 0, chunk: int | None = None) -> tuple[float, int]:
+    """Summed negative log-likelihood of tokens ``scored_from + 1 ..`` of every row of ``ids``, and
+    their count (:func:`row_nll` over all rows)."""
+    rows, per_row = row_nll(model, ids, scored_from, chunk)
+    return sum(rows), per_row * len(rows)
