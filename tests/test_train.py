@@ -51,18 +51,18 @@ def test_checkpoint_is_standard_and_matches_in_process_model(tiny_lm_dir, text_d
 
 
 KILLER = textwrap.dedent("""
-    import os, signal, sys
+    import os, signal, sys, time
     import ropestretch.train as T
     from transformers import Trainer, TrainerCallback
     mode, step = sys.argv[1], int(sys.argv[2])
-    if mode == "step":  # SIGKILL right after optimizer step `step`
-        orig = T._callbacks
-        class Kill(TrainerCallback):
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step == step:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        T._callbacks = lambda *a: orig(*a) + [Kill()]
-    else:  # SIGKILL in the middle of writing checkpoint `step`: weights written, trainer state not
+    orig = T._callbacks
+    class Slow(TrainerCallback):  # the killed process takes >= 0.2 s a step, for the record's time to count it
+        def on_step_end(self, args, state, control, **kw):
+            time.sleep(0.2)
+            if mode == "step" and state.global_step == step:  # SIGKILL right after optimizer step `step`
+                os.kill(os.getpid(), signal.SIGKILL)
+    T._callbacks = lambda *a: [Slow()] + orig(*a)
+    if mode == "save":  # SIGKILL in the middle of writing checkpoint `step`: weights written, trainer state not
         orig_save = Trainer._save_optimizer_and_scheduler
         def save(self, output_dir):
             if self.state.global_step == step:
@@ -103,6 +103,11 @@ def test_sigkill_and_resume_matches_straight_run(tiny_lm_dir, text_dir, tmp_path
     steps = [json.loads(x)["step"] for x in (killed / "log.jsonl").read_text().splitlines()
              if "loss" in json.loads(x)]
     assert steps == list(range(1, 21))  # what the lost steps logged was dropped on resume
+    # the record's time counts both processes: the first one's clock at its last kept step, then the second's
+    log = [json.loads(x) for x in (killed / "log.jsonl").read_text().splitlines()]
+    restart = next(i for i in range(1, len(log)) if log[i]["elapsed_s"] < log[i - 1]["elapsed_s"])
+    record = json.loads((killed / "ropestretch.json").read_text())
+    assert record["train_seconds"] >= log[restart - 1]["elapsed_s"] >= 0.2 * 10
 
 
 def test_lora_merged_with_embeddings_and_norms(tiny_lm_dir, text_dir, tmp_path):

@@ -580,7 +580,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     if main_process:
         print(f"ropestretch train: {cfg.positions} positions x {cfg.scaling} scaling, window {rope.window} -> "
               f"{cfg.target}, rows of {length} tokens; {data_line}", file=sys.stderr)
-    resume_from = None
+    resume_from, earlier = None, 0.0
     if cfg.resume:
         resume_from = latest_complete_checkpoint(out / CHECKPOINTS) if main_process else None
         if distributed:
@@ -596,6 +596,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
             done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
             kept = [r for r in _read_log(out) if r.get("step", 0) <= done]  # drop what the lost steps logged
             (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in kept))
+            earlier = logged_seconds(kept)
     quiet = _TrainerNoiseFilter(trainer.model)
     loggers = [logging.getLogger(name) for name in ("transformers.trainer", "transformers.trainer_utils")]
     for logger in loggers:
@@ -627,7 +628,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
         scaled, positions=cfg.positions, position_options=position_options(cfg), sample_length=length,
         training=dataclasses.asdict(cfg), final_loss=losses[-1]["loss"] if losses else None,
         steps=trainer.state.global_step, train_tokens=tokens_per_step * cfg.steps,
-        train_seconds=round(seconds, 2), train_loss=result.training_loss, data=data_line, world_size=trainer.args.world_size,
+        train_seconds=round(earlier + seconds, 2), train_loss=result.training_loss, data=data_line, world_size=trainer.args.world_size,
         precision=precision,  # what --dtype auto resolved to on this machine
     )
     for item in staging.iterdir():
@@ -666,6 +667,21 @@ def _checkpointing_arg(on: bool) -> dict[str, bool]:
     name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(
         TrainingArguments.__init__).parameters else "gradient_checkpointing"
     return {name: on}
+
+
+def logged_seconds(log: list[dict]) -> float:
+    """The seconds a run's logged steps took, over every process that ran them: a resumed run's
+    clock (``elapsed_s``) restarts, so each earlier process adds its last kept record's time (the
+    steps it lost to the interruption were dropped from the log, and are not counted)."""
+    total, last = 0.0, 0.0
+    for record in log:
+        elapsed = record.get("elapsed_s")
+        if elapsed is None:
+            continue
+        if elapsed < last:
+            total += last
+        last = elapsed
+    return total + last
 
 
 def _read_log(out: Path) -> list[dict]:
