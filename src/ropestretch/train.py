@@ -628,7 +628,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
         scaled, positions=cfg.positions, position_options=position_options(cfg), sample_length=length,
         training=dataclasses.asdict(cfg), final_loss=losses[-1]["loss"] if losses else None,
         steps=trainer.state.global_step, train_tokens=tokens_per_step * cfg.steps,
-        train_seconds=round(earlier + seconds, 2), train_loss=result.training_loss, data=data_line, world_size=trainer.args.world_size,
+        train_seconds=round(earlier + seconds, 2), train_loss=result.training_loss, data=data_line,
+        world_size=trainer.args.world_size,
         precision=precision,  # what --dtype auto resolved to on this machine
     )
     for item in staging.iterdir():
