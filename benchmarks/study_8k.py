@@ -93,6 +93,15 @@ EVALS = (
     *(Cell("needle", COMPARED, 32768, 1, seed, (25.0, 50.0, 75.0)) for seed in range(4, 8)),
 )
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "smollm2-8k"
+# the summary's columns (test, length, depths, heading): a column shows once any variant has a row in it
+SUMMARY = (("ppl", 4096, None, "ppl 4K"), ("passkey", 4096, None, "passkey 4K"),
+           ("needle", 16384, None, "needle 16K"), ("needle", 16384, (25.0, 75.0), "needle 16K, depths 25-75%"),
+           ("loglik", 16384, None, "needle 16K, answer log-lik/token"),
+           ("needle", 32768, (25.0, 75.0), "needle 32K, depths 25-75%"), ("passkey", 16384, None, "passkey 16K"),
+           ("passkey", 32768, None, "passkey 32K"), ("ppl", 32768, None, "ppl 32K"))
+PAIRS = (("cream-yarn", "pose-yarn"), ("cream-yarn", "plain-yarn"), ("pose-yarn", "plain-yarn"),
+         ("cream-dprope", "cream-yarn"))
+README_BLOCK = ("<!-- study-8k: written by benchmarks/study_8k.py --readme -->", "<!-- study-8k: end -->")
 
 
 def say(message: str) -> None:
@@ -246,7 +255,56 @@ def training_records(out: Path, docs: Path) -> dict:
     return records
 
 
-def report(out: Path, docs: Path) -> Path:
+def summary(runs: list[dict]) -> list[str]:
+    """One row per variant over :data:`SUMMARY`'s columns (rates with their 95% interval and n), and
+    the paired middle-depth needle differences of :data:`PAIRS` at each length."""
+    from ropestretch.compare import differences, pair_runs
+    from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table
+
+    def value(run: dict, test: str, length: int, depths) -> str | None:
+        rows = run["results"].get("needle" if test == "loglik" else test, [])
+        rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else _rows_at(rows, length, depths)
+        if not rows:
+            return None
+        return {"ppl": _perplexity, "loglik": _loglik}.get(test, _rate)(rows)
+
+    table = {r["label"]: {c[3]: value(r, *c[:3]) for c in SUMMARY} for r in runs}
+    columns = [c[3] for c in SUMMARY if any(table[r][c[3]] for r in table)]
+    if not columns:
+        return []
+    parts = [_table(["variant"] + columns, [[label] + [row[c] or "-" for c in columns] for label, row in table.items()]),
+             ""]
+    by_label = {r["label"]: r for r in runs}
+    paired = []
+    for a, b in PAIRS:
+        if a not in by_label or b not in by_label:
+            continue
+        pairing = pair_runs(by_label[a], by_label[b], "needle")
+        if isinstance(pairing, str):
+            continue
+        paired += [[f"{a} - {b}", str(d["length"]), f"{d['n']} ({d['units']})",
+                    f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points", f"{d['only_a']} / {d['only_b']}", f"{d['p']:.2g}",
+                    f"{d['loglik_diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"]
+                   for d in differences(pairing) if d["band"] == "middle"]
+    if paired:
+        parts += ["Paired on the same needle prompts, depths 25-75%:", "", _table(
+            ["difference", "length", "n pairs (draws)", "accuracy", "right only in each", "McNemar p",
+             "answer log-lik/token [95% paired bootstrap]"], paired), ""]
+    return parts
+
+
+def write_readme(readme: Path, lines: list[str]) -> None:
+    """Replace the README's study block (between :data:`README_BLOCK`'s markers) with ``lines``."""
+    text = readme.read_text(encoding="utf-8")
+    begin, end = README_BLOCK
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        sys.exit(f"{readme} has no study block: one line {begin} and, after it, one line {end}")
+    head, rest = text.split(begin)
+    tail = rest.split(end)[1]
+    write_whole(readme, head + "\n".join([begin] + lines + [end]) + tail)
+
+
+def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
     from ropestretch.report import _table, render
 
     rows = collect(out, docs / "results.jsonl")
@@ -300,12 +358,21 @@ def report(out: Path, docs: Path) -> Path:
     parts += ["## Time of each part", "", _table(["part", "seconds"],
               [[f"fine-tune {v}", f"{records[v]['train_seconds']:.0f}"] for v in FINE_TUNES if v in records]
               + [[f"eval {v} {c}", f"{s:.0f}"] for (v, c), s in seconds.items()]), ""]
+    order = [v for v in ("base",) + COMPARED if any(v in c.variants for c in EVALS)]
     parts += ["## Planned cells, most telling first", "",
               f"{sum(p in done for p in planned)} of {len(planned)} variant cells have run (a cell missing from the "
-              "tables below has not); in order:", "",
-              "\n".join(f"{i + 1}. {c} on {v}" + (" (done)" if (v, c) in done else "") for i, (v, c) in enumerate(planned)),
+              "tables below has not). A row per cell, in the order they first run (`x`: done, `.`: to run):", "",
+              _table(["cell"] + order, [[name] + [("x" if (v, name) in done else ".") if (v, name) in planned else ""
+                                                  for v in order] for name in dict.fromkeys(c for _, c in planned)]),
               ""]
+    head = summary(runs)
+    parts[parts.index("## Setup"):parts.index("## Setup")] = ["## Summary", ""] + head if head else []
     parts += render(runs, docs)
+    if readme is not None:
+        when = time.strftime("%Y-%m-%d")
+        write_readme(readme, head + [f"Written {when} by `python benchmarks/study_8k.py --out <out> --report "
+                                     f"docs/smollm2-8k --readme README.md` from {len(rows)} result rows; "
+                                     "rates with their 95% Wilson interval and n."])
     path = docs / "report.md"
     write_whole(path, "\n".join(parts) + "\n")
     return path
@@ -315,13 +382,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/smollm2-8k", help="working folder: data, checkpoints, run folders")
     parser.add_argument("--report", metavar="DOCS", help="write the report from what has finished, then stop")
+    parser.add_argument("--readme", metavar="README", help="with --report: also write the summary into this README's "
+                        "study block (between its study-8k markers)")
     parser.add_argument("--no-train", dest="train", action="store_false", help="evaluate what exists, train nothing")
     parser.add_argument("--prepare", action="store_true",
                         help="write the training text (<out>/data/train, what the report's train commands read), then stop")
     args = parser.parse_args()
+    if args.readme and not args.report:
+        parser.error("--readme goes with --report")
     out = Path(args.out).expanduser()
     if args.report:
-        print(f"wrote {report(out, Path(args.report))}")
+        print(f"wrote {report(out, Path(args.report), Path(args.readme) if args.readme else None)}")
         return
     if args.prepare:
         print(f"wrote {training_text(out)}")

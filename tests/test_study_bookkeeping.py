@@ -95,3 +95,57 @@ def test_heldout_recipe_has_no_passkey_rows_and_the_same_budget(study):
     assert "passkey" in dict(full.mix) and "passkey" not in dict(held.mix)
     assert (full.steps, full.batch_size, full.row_length, full.rows) == (held.steps, held.batch_size,
                                                                          held.row_length, held.rows)
+
+
+SCRIPT_8K = SCRIPT.parent / "study_8k.py"
+
+
+@pytest.fixture(scope="module")
+def study8k():
+    spec = importlib.util.spec_from_file_location("study_8k", SCRIPT_8K)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study_8k"] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("study_8k", None)
+
+
+def _needle_row(depth, right, logprobs, seed=0):
+    samples = [{"i": i, "correct": r, "logprob": lp, "tokens": 2, "prompt": f"p{seed}-{depth}-{i}"}
+               for i, (r, lp) in enumerate(zip(right, logprobs))]
+    return {"test": "needle", "cell": {"length": 16384, "depth": depth}, "accuracy": sum(right) / len(right),
+            "correct": sum(right), "n": len(right), "seed": seed, "samples": samples}
+
+
+def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(study8k, tmp_path):
+    """The summary's rates and paired middle-depth differences, checked against counts made here, and
+    the README block replaced in place (the rest of the README untouched), or refused without markers."""
+    cream = [_needle_row(d, [True, True, d != 50.0], [-1.0, -1.0, -3.0]) for d in (0.0, 25.0, 50.0, 75.0, 100.0)]
+    pose = [_needle_row(d, [d == 100.0, False, False], [-2.0, -2.0, -2.0]) for d in (0.0, 25.0, 50.0, 75.0, 100.0)]
+    ppl = {"test": "ppl", "cell": {"length": 4096}, "ppl": 10.0, "windows": [2.0, 2.4, 2.2, 2.6]}
+    runs = [{"label": label, "args": {"needle": {"scoring": "generate"}}, "meta": {},
+             "results": {"needle": rows, **({"ppl": [ppl]} if label == "cream-yarn" else {})}}
+            for label, rows in (("cream-yarn", cream), ("pose-yarn", pose))]
+    lines = study8k.summary(runs)
+    table = "\n".join(lines)
+    # cream: middle depths 25/50/75 x 3 samples, 8 right (50% misses one); pose: 1 of 15, at 100%
+    assert "| cream-yarn | 9.97 [" in table and "93% [70-99], n = 15" in table and "89% [57-98], n = 9" in table
+    assert "| pose-yarn | - | 7% [1-30], n = 15 | 0% [0-30], n = 9 | -1.00 [-1.00, -1.00], n = 15 |" in table
+    # paired, middle band: 9 pairs over 3 draws, cream right alone in 8, pose in 0; log-lik (-1-1-3)/3/2 - (-1)
+    paired = table[table.index("Paired on the same needle prompts, depths 25-75%:"):]
+    [pair] = [x for x in paired.splitlines() if x.startswith("| cream-yarn - pose-yarn")]
+    cells = [c.strip() for c in pair.strip("|").split("|")]
+    assert cells[1:5] == ["16384", "9 (3)", "+89 points", "8 / 0"]
+    assert float(cells[5]) == pytest.approx(2 * 0.5 ** 8, rel=0.01)  # McNemar exact, 8 discordant one way
+    assert cells[6].startswith("+0.17 [")
+    readme = tmp_path / "README.md"
+    begin, end = study8k.README_BLOCK
+    readme.write_text(f"# title\n\nbefore\n{begin}\nold table\n{end}\nafter\n")
+    study8k.write_readme(readme, ["new table"])
+    assert readme.read_text() == f"# title\n\nbefore\n{begin}\nnew table\n{end}\nafter\n"
+    readme.write_text("# no block\n")
+    with pytest.raises(SystemExit, match="has no study block"):
+        study8k.write_readme(readme, ["new table"])
+    assert readme.read_text() == "# no block\n"
