@@ -71,19 +71,21 @@ class Cell:
 # most telling first: a run stopped anywhere holds the comparisons the report leads with. Samples
 # come in cells of a few, one seed each (the report pools the seeds), so that a stop loses at most
 # one small cell: a 16K needle cell of 2 samples x 5 depths takes about 26 minutes here.
-# Variant by variant first (a fine-tune is made when its first cell needs it, and costs about 1.8
+# Variant by variant first (a fine-tune is made when its first cell needs it, and costs about 1.7
 # hours here): yarn, then CREAM, PoSE and plain fine-tuning with 4 samples per depth at 16K, so the
-# three are compared as soon as they exist; then what short context costs (cheap); then 8 per depth
-# at 16K; only then CREAM under DPRoPE (a fourth fine-tune) and 32K.
+# three are compared as soon as they exist, each with what short context costs it (4K cells take a
+# few minutes a variant); then 8 per depth at 16K; only then CREAM under DPRoPE (a fourth
+# fine-tune) and 32K.
 FIRST = ("cream-yarn", "pose-yarn", "plain-yarn")
+SHORT = (("ppl", 4), ("passkey", 2))  # at 4096, with the samples each
 EVALS = (
-    *(Cell("needle", (variant,), 16384, 2, seed) for variant in ("yarn",) + FIRST for seed in range(2)),
-    Cell("ppl", ("base", "yarn") + FIRST, 4096, 4),
-    Cell("passkey", ("base", "yarn") + FIRST, 4096, 2),
+    *(Cell(test, ("base", "yarn"), 4096, k) for test, k in SHORT),
+    *(Cell("needle", ("yarn",), 16384, 2, seed) for seed in range(2)),
+    *(cell for variant in FIRST for cell in (*(Cell("needle", (variant,), 16384, 2, seed) for seed in range(2)),
+                                             *(Cell(test, (variant,), 4096, k) for test, k in SHORT))),
     *(Cell("needle", (variant,), 16384, 2, seed) for variant in ("yarn",) + FIRST for seed in (2, 3)),  # 8 per depth
     *(Cell("needle", ("cream-dprope",), 16384, 2, seed) for seed in range(4)),
-    Cell("ppl", ("cream-dprope",), 4096, 4),
-    Cell("passkey", ("cream-dprope",), 4096, 2),
+    *(Cell(test, ("cream-dprope",), 4096, k) for test, k in SHORT),
     Cell("ppl", COMPARED, 32768, 1),
     *(Cell("needle", COMPARED, 16384, 2, seed) for seed in range(4, 8)),  # 16 per depth
     *(Cell("needle", COMPARED, 32768, 1, seed, (25.0, 50.0, 75.0)) for seed in range(4)),
