@@ -155,11 +155,21 @@ def edit_first_line(run, change):
     (lambda r: r["cell"].update(depth="mid"), "line 1 has no depth"),
     (lambda r: r.update(samples=[{"i": 0}]), "line 1 has samples"),
     (lambda r: r.update(test="ppl", ppl=3.0, windows=["x"]), "line 1 has windows"),
+    (lambda r: r.update(test="ppl", ppl=3.0, windows=[1.1, -0.5]), "line 1 has windows"),
 ])
 def test_report_on_hand_edited_results(tmp_path, run_folder, change, fragment):
     edit_first_line(run_folder, change)
     assert_one_line_error(run_cli("report", run_folder, "--out", tmp_path / "rep"), fragment)
     assert not (tmp_path / "rep").exists()
+
+
+def test_report_on_a_perplexity_that_overflowed(tmp_path, run_folder):
+    """A window whose NLL overflowed is reported as "-", not refused and not an interval of NaN."""
+    edit_first_line(run_folder, lambda r: r.update(test="ppl", cell={"length": 64}, ppl=float("nan"),
+                                                   windows=[float("nan"), 2.0]))
+    code, _, err = run_cli("report", run_folder, "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert "| run | - |" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_report_on_a_run_whose_model_record_is_corrupt(tmp_path):

@@ -67,9 +67,9 @@ def row_problem(row: dict[str, Any]) -> str | None:
     if test == "ppl":
         value = row.get("ppl")  # NaN or infinity: a run that overflowed, reported as "-"
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (math.isnan(value) or value > 0)
-        windows = row.get("windows")
-        if ok and windows is not None and not (isinstance(windows, list) and windows
-                                               and all(_number(w, 0) for w in windows)):
+        windows = row.get("windows")  # a window that overflowed is NaN or infinity, as the perplexity
+        if ok and windows is not None and not (isinstance(windows, list) and windows and all(
+                not isinstance(w, bool) and isinstance(w, (int, float)) and not w < 0 for w in windows)):
             return "has windows that are not a list of per-token NLLs (non-negative numbers)"
         return None if ok else "has no perplexity (a positive number)"
     if test not in ("passkey", "needle", "lines", "kv"):
@@ -143,7 +143,7 @@ def _perplexity(rows: list[dict]) -> str:
     windows and their n (``11.03 [10.21-11.92], n = 4``)."""
     if not rows:
         return "-"
-    if not all(r.get("windows") for r in rows):
+    if not all(r.get("windows") and all(math.isfinite(w) for w in r["windows"]) for r in rows):
         return _fmt(float(np.mean([r["ppl"] for r in rows])), pct=False)
     windows = [w for r in rows for w in r["windows"]]
     mean, low, high = mean_interval(windows)
@@ -207,11 +207,11 @@ def render(runs: list[dict[str, Any]], out: Path) -> list[str]:
     have = [r for r in runs if r["results"].get("ppl")]
     if have:
         lengths = sorted({row["cell"]["length"] for r in have for row in r["results"]["ppl"]})
-        parts += ["## Perplexity vs length", "", _table(
-            ["run"] + [str(n) for n in lengths],
-            [[r["label"]] + [_perplexity([x for x in r["results"]["ppl"] if x["cell"]["length"] == n]) for n in lengths]
-             for r in have]), ""]
-        if any(row.get("windows") for r in have for row in r["results"]["ppl"]):
+        cells = [[_perplexity([x for x in r["results"]["ppl"] if x["cell"]["length"] == n]) for n in lengths]
+                 for r in have]
+        parts += ["## Perplexity vs length", "", _table(["run"] + [str(n) for n in lengths],
+                                                        [[r["label"]] + row for r, row in zip(have, cells)]), ""]
+        if any(", n = " in c for row in cells for c in row):
             parts += ["With a 95% interval over the windows scored (exp of the Student-t interval of their mean "
                       "per-token NLL) and their n.", ""]
         fig, ax = plt.subplots(figsize=(6, 4))
