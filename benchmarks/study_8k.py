@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -96,7 +97,8 @@ EVALS = (
 )
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "smollm2-8k"
 # the summary's columns (test, length, depths, heading): a column shows once any variant has a row in it
-SUMMARY = (("ppl", 4096, None, "ppl 4K"), ("passkey", 4096, None, "passkey 4K"),
+SUMMARY = (("ppl", 4096, None, "ppl 4K"), ("ppl-ratio", 4096, None, "ppl 4K / base's, paired"),
+           ("passkey", 4096, None, "passkey 4K"),
            ("needle", 16384, None, "needle 16K"), ("needle", 16384, (25.0, 75.0), "needle 16K, depths 25-75%"),
            ("loglik", 16384, None, "needle 16K, answer log-lik/token"),
            ("needle", 32768, (25.0, 75.0), "needle 32K, depths 25-75%"), ("passkey", 16384, None, "passkey 16K"),
@@ -258,25 +260,36 @@ def training_records(out: Path, docs: Path) -> dict:
 
 
 def summary(runs: list[dict]) -> list[str]:
-    """One row per variant over :data:`SUMMARY`'s columns (rates with their 95% interval and n), and
-    the paired middle-depth needle differences of :data:`PAIRS` at each length."""
+    """One row per variant over :data:`SUMMARY`'s columns (rates with their 95% interval and n; the
+    4K perplexity also as a ratio to the base's on the same windows, exp of the paired t interval of
+    the per-window NLL differences), and the paired middle-depth needle differences of :data:`PAIRS`."""
     from ropestretch.compare import differences, pair_runs
     from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table
+    from ropestretch.stats import mean_interval
+
+    def windows(run: dict, length: int) -> list[float]:
+        return [w for r in run["results"].get("ppl", []) if r["cell"]["length"] == length for w in r.get("windows") or []]
 
     def value(run: dict, test: str, length: int, depths) -> str | None:
+        if test == "ppl-ratio":  # the same windows (one seed, one tokenizer) under the variant and the base
+            mine, base = windows(run, length), windows(by_label.get("base", {"results": {}}), length)
+            if run["label"] == "base" or not mine or len(mine) != len(base):
+                return None
+            mean, low, high = mean_interval([m - b for m, b in zip(mine, base)])
+            return f"x{math.exp(mean):.3f} [{math.exp(low):.3f}-{math.exp(high):.3f}], n = {len(mine)}"
         rows = run["results"].get("needle" if test == "loglik" else test, [])
         rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else _rows_at(rows, length, depths)
         if not rows:
             return None
         return {"ppl": _perplexity, "loglik": _loglik}.get(test, _rate)(rows)
 
+    by_label = {r["label"]: r for r in runs}
     table = {r["label"]: {c[3]: value(r, *c[:3]) for c in SUMMARY} for r in runs}
     columns = [c[3] for c in SUMMARY if any(table[r][c[3]] for r in table)]
     if not columns:
         return []
     parts = [_table(["variant"] + columns, [[label] + [row[c] or "-" for c in columns] for label, row in table.items()]),
              ""]
-    by_label = {r["label"]: r for r in runs}
     paired = []
     for a, b in PAIRS:
         if a not in by_label or b not in by_label:

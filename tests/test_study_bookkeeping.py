@@ -3,10 +3,13 @@ run folder, and the report's archive keeps rows that the run folder no longer ho
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_model.py"
 
@@ -125,14 +128,22 @@ def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(stud
     cream = [_needle_row(d, [True, True, d != 50.0], [-1.0, -1.0, -3.0]) for d in (0.0, 25.0, 50.0, 75.0, 100.0)]
     pose = [_needle_row(d, [d == 100.0, False, False], [-2.0, -2.0, -2.0]) for d in (0.0, 25.0, 50.0, 75.0, 100.0)]
     ppl = {"test": "ppl", "cell": {"length": 4096}, "ppl": 10.0, "windows": [2.0, 2.4, 2.2, 2.6]}
-    runs = [{"label": label, "args": {"needle": {"scoring": "generate"}}, "meta": {},
-             "results": {"needle": rows, **({"ppl": [ppl]} if label == "cream-yarn" else {})}}
-            for label, rows in (("cream-yarn", cream), ("pose-yarn", pose))]
+    base_ppl = {"test": "ppl", "cell": {"length": 4096}, "ppl": 9.0, "windows": [1.9, 2.3, 2.0, 2.5]}
+    runs = [{"label": "base", "args": {}, "meta": {}, "results": {"ppl": [base_ppl]}}]
+    runs += [{"label": label, "args": {"needle": {"scoring": "generate"}}, "meta": {},
+              "results": {"needle": rows, **({"ppl": [ppl]} if label == "cream-yarn" else {})}}
+             for label, rows in (("cream-yarn", cream), ("pose-yarn", pose))]
     lines = study8k.summary(runs)
     table = "\n".join(lines)
+    # perplexity against the base's on the same windows: exp of the paired t interval of the NLL differences
+    diffs = np.array(ppl["windows"]) - np.array(base_ppl["windows"])
+    half = stats.t.ppf(0.975, 3) * diffs.std(ddof=1) / 2
+    ratio = f"x{math.exp(diffs.mean()):.3f} [{math.exp(diffs.mean() - half):.3f}-{math.exp(diffs.mean() + half):.3f}], n = 4"
+    assert "| base | 8.80 [" in table and "n = 4 | - | - | - | - |" in table
     # cream: middle depths 25/50/75 x 3 samples, 8 right (50% misses one); pose: 1 of 15, at 100%
-    assert "| cream-yarn | 9.97 [" in table and "93% [70-99], n = 15" in table and "89% [57-98], n = 9" in table
-    assert "| pose-yarn | - | 7% [1-30], n = 15 | 0% [0-30], n = 9 | -1.00 [-1.00, -1.00], n = 15 |" in table
+    assert "| cream-yarn | 9.97 [" in table and ratio in table
+    assert "93% [70-99], n = 15" in table and "89% [57-98], n = 9" in table
+    assert "| pose-yarn | - | - | 7% [1-30], n = 15 | 0% [0-30], n = 9 | -1.00 [-1.00, -1.00], n = 15 |" in table
     # paired, middle band: 9 pairs over 3 draws, cream right alone in 8, pose in 0; log-lik (-1-1-3)/3/2 - (-1)
     paired = table[table.index("Paired on the same needle prompts, depths 25-75%:"):]
     [pair] = [x for x in paired.splitlines() if x.startswith("| cream-yarn - pose-yarn")]
