@@ -22,7 +22,7 @@ def token_stream(tokenizer, documents: list[str]) -> list[int]:
 def nll_sum(model, ids: torch.Tensor, scored_from: int = 0) -> tuple[float, int]:
     """Summed negative log-likelihood of tokens ``scored_from+1 ..`` of each row, and their count
     (chunked prefill, logits only at scored positions: :func:`ropestretch.eval.prefill.sequence_nll`)."""
-    return sequence_nll(model, ids.to(next(model.parameters()).device), scored_from)
+    return sequence_nll(model, ids, scored_from)
 
 
 def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode: str = "truncate",
@@ -48,7 +48,7 @@ def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode
             total, count, windows = 0.0, 0, []
             for i in range(0, samples, ev.batch_size):
                 ids = torch.tensor([stream[s:s + length] for s in starts[i:i + ev.batch_size]])
-                rows, per_row = row_nll(ev.model, ids.to(next(ev.model.parameters()).device))
+                rows, per_row = row_nll(ev.model, ids)
                 total, count = total + sum(rows), count + per_row * len(rows)
                 windows += [round(t / per_row, 6) for t in rows]
             extra["windows"] = windows

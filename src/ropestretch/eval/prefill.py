@@ -109,6 +109,7 @@ def answer_logits(model, prompt: torch.Tensor, answer: torch.Tensor, cache=None,
 def row_nll(model, ids: torch.Tensor, scored_from: int = 0, chunk: int | None = None) -> tuple[list[float], int]:
     """Per row of ``ids``: the summed negative log-likelihood of tokens ``scored_from + 1 ..``, and
     how many tokens each row scores, prefilled chunk by chunk with logits only where tokens are scored."""
+    ids = ids.to(next(model.parameters()).device)
     cache = new_cache(model)
     batch, total = ids.shape
     vocab = model.get_output_embeddings().weight.shape[0]
