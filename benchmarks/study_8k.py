@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -265,7 +264,7 @@ def summary(runs: list[dict]) -> list[str]:
     the per-window NLL differences), and the paired middle-depth needle differences of :data:`PAIRS`."""
     from ropestretch.compare import differences, pair_runs
     from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table
-    from ropestretch.stats import mean_interval
+    from ropestretch.stats import paired_ratio
 
     def windows(run: dict, length: int) -> list[float]:
         return [w for r in run["results"].get("ppl", []) if r["cell"]["length"] == length for w in r.get("windows") or []]
@@ -275,8 +274,8 @@ def summary(runs: list[dict]) -> list[str]:
             mine, base = windows(run, length), windows(by_label.get("base", {"results": {}}), length)
             if run["label"] == "base" or not mine or len(mine) != len(base):
                 return None
-            mean, low, high = mean_interval([m - b for m, b in zip(mine, base)])
-            return f"x{math.exp(mean):.3f} [{math.exp(low):.3f}-{math.exp(high):.3f}], n = {len(mine)}"
+            ratio, low, high = paired_ratio(mine, base)
+            return f"x{ratio:.3f} [{low:.3f}-{high:.3f}], n = {len(mine)}"
         rows = run["results"].get("needle" if test == "loglik" else test, [])
         rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else _rows_at(rows, length, depths)
         if not rows:

@@ -156,6 +156,8 @@ def edit_first_line(run, change):
     (lambda r: r.update(samples=[{"i": 0}]), "line 1 has samples"),
     (lambda r: r.update(test="ppl", ppl=3.0, windows=["x"]), "line 1 has windows"),
     (lambda r: r.update(test="ppl", ppl=3.0, windows=[1.1, -0.5]), "line 1 has windows"),
+    (lambda r: r.update(test="ppl", ppl=3.0, windows=[1.1, 1.2], prints=["ab"]), "line 1 has prints"),
+    (lambda r: r.update(test="ppl", ppl=3.0, windows=[1.1, 1.2], prints=[1, 2]), "line 1 has prints"),
 ])
 def test_report_on_hand_edited_results(tmp_path, run_folder, change, fragment):
     edit_first_line(run_folder, change)

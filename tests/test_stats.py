@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clihelp import assert_one_line_error, run_cli
-from ropestretch.stats import mcnemar_exact, mean_interval, paired_bootstrap, wilson
+from ropestretch.stats import mcnemar_exact, mean_interval, paired_bootstrap, paired_ratio, wilson
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,22 @@ def test_mean_interval_is_students_t():
     assert math.isnan(mean_interval([0.5])[1]) and mean_interval([0.5, 0.5]) == (0.5, 0.5, 0.5)
 
 
+def test_paired_ratio_is_scipys_paired_t_interval_exponentiated():
+    from scipy.stats import ttest_rel
+
+    rng = np.random.default_rng(3)
+    hard = rng.normal(2.3, 0.3, 12)  # each window's difficulty, shared by both models
+    a, b = hard + 0.05 + rng.normal(0, 0.01, 12), hard + rng.normal(0, 0.01, 12)
+    ratio, low, high = paired_ratio(a, b)
+    ci = ttest_rel(a, b).confidence_interval(0.95)
+    assert (ratio, low, high) == pytest.approx((math.exp(np.mean(a - b)), math.exp(ci.low), math.exp(ci.high)))
+    assert low < math.exp(0.05) < high and high / low < 1.03  # the windows' spread (0.3) cancels
+    _, plain_low, plain_high = mean_interval(a)
+    assert plain_high - plain_low > 10 * math.log(high / low)
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_ratio([1.0, 2.0], [1.0])
+
+
 def test_paired_bootstrap_cancels_what_pairs_share():
     """A 0.1 shift under a shared spread ten times larger: the paired interval finds it, one
     computed as if unpaired would not; and it covers the true shift at about its level."""
@@ -83,6 +99,9 @@ def runs(tmp_path_factory):
     for name, model, extra in (("base", base, []), ("yarn", root / "yarn-x4", []), ("seed1", base, ["--seed", 1])):
         code, out, err = run_cli("eval", "passkey", "--model", model, "--out", root / name, *common, *extra)
         assert code == 0, err
+        code, out, err = run_cli("eval", "ppl", "--model", model, "--out", root / name, "--lengths", "256,512",
+                                 "--samples", 4, "--no-progress", *extra)
+        assert code == 0, err
     return root
 
 
@@ -99,14 +118,27 @@ def test_report_pairs_runs_over_the_same_prompts(runs):
                                                   ("512", "all", "12"), ("512", "0-10, 90-100%", "8"), ("512", "25-75%", "4")]
     # recompute one row from the run folders' samples: the same discordant counts and p
     a = [s for line in (runs / "base" / "results.jsonl").read_text().splitlines()
-         for s in json.loads(line)["samples"] if json.loads(line)["cell"]["length"] == 256]
+         for s in json.loads(line).get("samples", []) if json.loads(line)["cell"]["length"] == 256]
     b = [s for line in (runs / "yarn" / "results.jsonl").read_text().splitlines()
-         for s in json.loads(line)["samples"] if json.loads(line)["cell"]["length"] == 256]
+         for s in json.loads(line).get("samples", []) if json.loads(line)["cell"]["length"] == 256]
     assert [s["prompt"] for s in a] == [s["prompt"] for s in b]
     only_a, only_b, p = mcnemar_exact([s["correct"] for s in a], [s["correct"] for s in b])
     assert (rows[0][5], rows[0][6]) == (str(only_a), str(only_b)) and float(rows[0][7]) == pytest.approx(p, rel=1e-2)
     assert only_a > only_b  # the base inside its own window beats YaRN x4 there, as the demo measures
     assert (runs / "report" / "passkey-by-depth.png").read_bytes()[:4] == b"\x89PNG"
+    # perplexity, window by window: the ratio recomputed from both folders' per-window NLL
+    assert "### Perplexity: `base` / `yarn`, the same windows" in report
+    ppl = {name: {json.loads(line)["cell"]["length"]: json.loads(line) for line in
+                  (runs / name / "results.jsonl").read_text().splitlines() if json.loads(line)["test"] == "ppl"}
+           for name in ("base", "yarn")}
+    for length in (256, 512):
+        a, b = ppl["base"][length], ppl["yarn"][length]
+        assert a["prints"] == b["prints"] and len(set(a["prints"])) == 4  # four windows, the same in both
+        d = np.array(a["windows"]) - np.array(b["windows"])
+        half = 3.182446 * d.std(ddof=1) / 2  # t(0.975, 3) * sd / sqrt(4)
+        assert (f"| {length} | 4 | {a['ppl']:.2f} | {b['ppl']:.2f} | x{math.exp(d.mean()):.3f} "
+                f"[{math.exp(d.mean() - half):.3f}-{math.exp(d.mean() + half):.3f}] |") in report
+    assert math.exp(np.mean(ppl["base"][256]["windows"])) < math.exp(np.mean(ppl["yarn"][256]["windows"]))
     assert "McNemar" in out and "n = 12" in out  # the command prints what it wrote
 
 
@@ -126,6 +158,8 @@ def test_runs_that_do_not_share_prompts_are_unpaired_in_one_line(runs, tiny_lm_d
     assert "- `base` and `old` are unpaired on passkey: `old` predates per-sample records" in report
     assert "- `base` and `other` are unpaired on passkey: their prompts differ at 24 of 24 common samples" in report
     assert "- `base` and `depths` are unpaired on passkey: no sample in common" in report
+    assert "- `base` and `seed1` are unpaired on perplexity: their windows differ at 4 of 4 at 256" in report
+    assert "- `base` and `old` are unpaired on perplexity: `old` kept no per-window records at 256" in report
     assert "| old | 100% [96-100], n = 100 |" in report  # the old folder still reports, with intervals
     assert "### " not in report.split("## Paired comparisons")[1]  # nothing compared as if paired
 

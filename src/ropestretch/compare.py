@@ -6,14 +6,17 @@ they were scored the same way, share a seed, and every common sample has the sam
 otherwise :func:`pair_runs` says in one line why they do not. Paired, their differences are given
 per length and depth band (:data:`BANDS`): the accuracy difference with McNemar's exact p, and the
 answer log-likelihood difference with a paired bootstrap interval (:mod:`ropestretch.stats`).
+Perplexity pairs the same way, window by window (:func:`pair_perplexity`): each window's
+fingerprint must agree, and the ratio comes with a paired t interval.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from ropestretch.stats import mcnemar_exact, paired_bootstrap
+from ropestretch.stats import mcnemar_exact, paired_bootstrap, paired_ratio
 
 # depth bands in percent (kv: the gold position x 100); both ends of each band included
 BANDS: dict[str, tuple[tuple[float, float], ...]] = {
@@ -118,4 +121,33 @@ def differences(p: Pairing) -> list[dict[str, Any]]:
             out.append({"length": length, "band": band, "n": len(idx), "units": len(units),
                         "acc_a": sum(ra) / len(idx), "acc_b": sum(rb) / len(idx), "only_a": only_a, "only_b": only_b,
                         "p": pvalue, "loglik_diff": diff, "low": low, "high": high})
+    return out
+
+
+def pair_perplexity(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]] | str:
+    """Per length both runs scored, the perplexity ratio ``a / b`` over the windows both scored
+    (the first ``n`` of each, which a shared seed draws alike): exp of the mean per-window NLL
+    difference with its 95% paired t interval, as {length, n, ppl_a, ppl_b, ratio, low, high}; or
+    one line saying why they do not pair (a window's fingerprint differs, or a run kept no windows)."""
+    why = f"`{a['label']}` and `{b['label']}` are unpaired on perplexity"
+    rows_a = {r["cell"]["length"]: r for r in a["results"].get("ppl") or []}
+    rows_b = {r["cell"]["length"]: r for r in b["results"].get("ppl") or []}
+    common = sorted(set(rows_a) & set(rows_b))
+    if not common:
+        return f"{why}: no length in common"
+    out = []
+    for length in common:
+        ra, rb = rows_a[length], rows_b[length]
+        for run, row in ((a, ra), (b, rb)):
+            if not row.get("windows"):
+                return f"{why}: `{run['label']}` kept no per-window records at {length} (sliding mode, or an older run)"
+            if not row.get("prints"):
+                return f"{why}: `{run['label']}` predates window fingerprints (rerun it into a new folder to pair it)"
+        n = min(len(ra["windows"]), len(rb["windows"]))
+        differ = sum(x != y for x, y in zip(ra["prints"][:n], rb["prints"][:n]))
+        if differ:
+            return (f"{why}: their windows differ at {differ} of {n} at {length} (another text, tokenizer or seed)")
+        ratio, low, high = paired_ratio(ra["windows"][:n], rb["windows"][:n])
+        out.append({"length": length, "n": n, "ppl_a": math.exp(sum(ra["windows"][:n]) / n),
+                    "ppl_b": math.exp(sum(rb["windows"][:n]) / n), "ratio": ratio, "low": low, "high": high})
     return out

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ropestretch.compare import BAND_TEXT, differences, pair_runs, per_token
+from ropestretch.compare import BAND_TEXT, differences, pair_perplexity, pair_runs, per_token
 from ropestretch.errors import UsageError
 from ropestretch.eval.store import ARGS_FILE, RESULTS_FILE, read_results
 from ropestretch.stats import mean_interval, wilson
@@ -71,6 +71,10 @@ def row_problem(row: dict[str, Any]) -> str | None:
         if ok and windows is not None and not (isinstance(windows, list) and windows and all(
                 not isinstance(w, bool) and isinstance(w, (int, float)) and not w < 0 for w in windows)):
             return "has windows that are not a list of per-token NLLs (non-negative numbers)"
+        prints = row.get("prints")
+        if ok and prints is not None and not (isinstance(prints, list) and isinstance(windows, list)
+                                              and len(prints) == len(windows) and all(isinstance(x, str) for x in prints)):
+            return "has prints that are not one fingerprint (a string) per window"
         return None if ok else "has no perplexity (a positive number)"
     if test not in ("passkey", "needle", "lines", "kv"):
         return None  # another test's row: not reported, not in the way
@@ -350,6 +354,20 @@ def _paired_section(runs: list[dict]) -> list[str]:
                                 f"{d['loglik_diff']:+.3f}" + (f" [{d['low']:+.3f}, {d['high']:+.3f}]"
                                                              if np.isfinite(d["low"]) else "")]
                                for d in rows]), ""]
+    have = [r for r in runs if r["results"].get("ppl")]
+    for i, a in enumerate(have):
+        for b in have[i + 1:]:
+            pairing = pair_perplexity(a, b)
+            if isinstance(pairing, str):
+                parts += [f"- {pairing}.", ""]
+                continue
+            parts += [f"### Perplexity: `{a['label']}` / `{b['label']}`, the same windows", "", _table(
+                ["length", "n windows", f"perplexity {a['label']}", f"perplexity {b['label']}",
+                 "ratio [95% paired t interval]"],
+                [[str(d["length"]), str(d["n"]), _fmt(d["ppl_a"], pct=False), _fmt(d["ppl_b"], pct=False),
+                  "-" if not np.isfinite(d["ratio"]) else f"x{d['ratio']:.3f}" + (
+                      f" [{d['low']:.3f}-{d['high']:.3f}]" if np.isfinite(d["low"]) else "")]
+                 for d in pairing]), ""]
     if parts:
         parts = ["## Paired comparisons", "",
                  "Runs over the same prompts (same seed, scoring and prompt fingerprints), compared sample by sample: "
@@ -357,6 +375,8 @@ def _paired_section(runs: list[dict]) -> list[str]:
                  "the difference of the answer's per-token log-likelihood with a 95% paired bootstrap interval over "
                  "independent units (a needle draw placed at several depths is one unit, in brackets after n). "
                  "McNemar's test counts every sample as independent, which a needle draw's depths are not: read its p "
-                 "as optimistic there. Depths: all; the ends (0-10% and 90-100%); the middle (25-75%).", ""] + parts
+                 "as optimistic there. Depths: all; the ends (0-10% and 90-100%); the middle (25-75%). Perplexity "
+                 "pairs window by window (the same fingerprints): the ratio is exp of the mean difference of the "
+                 "windows' per-token NLL, with its paired Student-t interval.", ""] + parts
     return parts
 

@@ -40,6 +40,17 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return mean, float(ci.low), float(ci.high)
 
 
+def paired_ratio(log_a: Sequence[float], log_b: Sequence[float]) -> tuple[float, float, float]:
+    """The ratio of two geometric means over the same units (perplexity a / b from each window's
+    per-token NLL under a and b): exp of the mean difference of the logs and of its paired
+    Student-t interval, which cancels what the units share (one window is hard for both)."""
+    a, b = np.asarray(log_a, dtype=float), np.asarray(log_b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    mean, low, high = mean_interval(a - b)
+    return math.exp(mean), math.exp(low), math.exp(high)
+
+
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
     """McNemar's exact test of two paired right/wrong series: the counts right only in ``a`` and
     right only in ``b``, and the two-sided p of the binomial test of those discordant pairs at 1/2

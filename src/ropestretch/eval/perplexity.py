@@ -10,6 +10,7 @@ import torch
 
 from ropestretch.errors import UsageError
 from ropestretch.eval.prefill import row_nll, sequence_nll
+from ropestretch.eval.scoring import fingerprint
 
 
 def token_stream(tokenizer, documents: list[str]) -> list[int]:
@@ -28,7 +29,8 @@ def nll_sum(model, ids: torch.Tensor, scored_from: int = 0) -> tuple[float, int]
 def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode: str = "truncate",
             stride: int | None = None):
     """Per length: ``truncate`` scores ``samples`` windows of that length drawn from the stream
-    (each window's per-token NLL kept as ``windows``, for an interval over windows);
+    (each window's per-token NLL kept as ``windows``, for an interval over windows, and its
+    fingerprint as ``prints``, so that two runs pair only over the same windows);
     ``sliding`` scores a span of ``samples * length`` tokens with windows of that length moved by
     ``stride`` (default length / 2), each token scored once with as much context as the window gives."""
     from ropestretch.eval.retrieval import cell_rng
@@ -52,6 +54,7 @@ def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode
                 total, count = total + sum(rows), count + per_row * len(rows)
                 windows += [round(t / per_row, 6) for t in rows]
             extra["windows"] = windows
+            extra["prints"] = [fingerprint(stream[s:s + length], ()) for s in starts]
         else:
             step = stride or max(1, length // 2)
             span = min(len(stream), samples * length)
