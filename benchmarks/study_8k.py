@@ -262,20 +262,14 @@ def summary(runs: list[dict]) -> list[str]:
     """One row per variant over :data:`SUMMARY`'s columns (rates with their 95% interval and n; the
     4K perplexity also as a ratio to the base's on the same windows, exp of the paired t interval of
     the per-window NLL differences), and the paired middle-depth needle differences of :data:`PAIRS`."""
-    from ropestretch.compare import differences, pair_runs
+    from ropestretch.compare import differences, pair_perplexity, pair_runs
     from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table
-    from ropestretch.stats import paired_ratio
-
-    def windows(run: dict, length: int) -> list[float]:
-        return [w for r in run["results"].get("ppl", []) if r["cell"]["length"] == length for w in r.get("windows") or []]
 
     def value(run: dict, test: str, length: int, depths) -> str | None:
-        if test == "ppl-ratio":  # the same windows (one seed, one tokenizer) under the variant and the base
-            mine, base = windows(run, length), windows(by_label.get("base", {"results": {}}), length)
-            if run["label"] == "base" or not mine or len(mine) != len(base):
-                return None
-            ratio, low, high = paired_ratio(mine, base)
-            return f"x{ratio:.3f} [{low:.3f}-{high:.3f}], n = {len(mine)}"
+        if test == "ppl-ratio":  # over the same windows (their fingerprints agree) under the variant and the base
+            pairing = pair_perplexity(run, by_label["base"]) if run["label"] != "base" and "base" in by_label else None
+            ratio = next((d for d in pairing if d["length"] == length), None) if isinstance(pairing, list) else None
+            return ratio and f"x{ratio['ratio']:.3f} [{ratio['low']:.3f}-{ratio['high']:.3f}], n = {ratio['n']}"
         rows = run["results"].get("needle" if test == "loglik" else test, [])
         rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else _rows_at(rows, length, depths)
         if not rows:

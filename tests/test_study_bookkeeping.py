@@ -127,13 +127,15 @@ def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(stud
     the README block replaced in place (the rest of the README untouched), or refused without markers."""
     cream = [_needle_row(d, [True, True, d != 50.0], [-1.0, -1.0, -3.0]) for d in (0.0, 25.0, 50.0, 75.0, 100.0)]
     pose = [_needle_row(d, [d == 100.0, False, False], [-2.0, -2.0, -2.0]) for d in (0.0, 25.0, 50.0, 75.0, 100.0)]
-    ppl = {"test": "ppl", "cell": {"length": 4096}, "ppl": 10.0, "windows": [2.0, 2.4, 2.2, 2.6]}
-    base_ppl = {"test": "ppl", "cell": {"length": 4096}, "ppl": 9.0, "windows": [1.9, 2.3, 2.0, 2.5]}
+    prints = ["w0", "w1", "w2", "w3"]
+    ppl = {"test": "ppl", "cell": {"length": 4096}, "ppl": 10.0, "windows": [2.0, 2.4, 2.2, 2.6], "prints": prints}
+    base_ppl = {"test": "ppl", "cell": {"length": 4096}, "ppl": 9.0, "windows": [1.9, 2.3, 2.0, 2.5], "prints": prints}
     runs = [{"label": "base", "args": {}, "meta": {}, "results": {"ppl": [base_ppl]}}]
     runs += [{"label": label, "args": {"needle": {"scoring": "generate"}}, "meta": {},
               "results": {"needle": rows, **({"ppl": [ppl]} if label == "cream-yarn" else {})}}
              for label, rows in (("cream-yarn", cream), ("pose-yarn", pose))]
-    lines = study8k.summary(runs)
+    other_windows = {**ppl, "prints": ["w0", "w1", "w2", "x3"]}  # one window not the base's: no ratio
+    lines = study8k.summary(runs + [{"label": "other", "args": {}, "meta": {}, "results": {"ppl": [other_windows]}}])
     table = "\n".join(lines)
     # perplexity against the base's on the same windows: exp of the paired t interval of the NLL differences
     diffs = np.array(ppl["windows"]) - np.array(base_ppl["windows"])
@@ -142,6 +144,7 @@ def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(stud
     assert "| base | 8.80 [" in table and "n = 4 | - | - | - | - |" in table
     # cream: middle depths 25/50/75 x 3 samples, 8 right (50% misses one); pose: 1 of 15, at 100%
     assert "| cream-yarn | 9.97 [" in table and ratio in table
+    assert "| other | 9.97 [6.61-15.04], n = 4 | - |" in table
     assert "93% [70-99], n = 15" in table and "89% [57-98], n = 9" in table
     assert "| pose-yarn | - | - | 7% [1-30], n = 15 | 0% [0-30], n = 9 | -1.00 [-1.00, -1.00], n = 15 |" in table
     # paired, middle band: 9 pairs over 3 draws, cream right alone in 8, pose in 0; log-lik (-1-1-3)/3/2 - (-1)
