@@ -141,6 +141,16 @@ def evaluation_text() -> list[str]:
     return language_reference()
 
 
+def evaluation_file(out: Path) -> Path:
+    """The evaluation text as ``<out>/data/eval.jsonl``, one ``{"text": ...}`` per topic, for the
+    report's `ropestretch eval --text` commands (they read the same documents in the same order)."""
+    path = out / "data" / "eval.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(path, "".join(json.dumps({"text": t}) + "\n" for t in evaluation_text()))
+    return path
+
+
 # --- 2. the models -----------------------------------------------------------------------------
 
 
@@ -181,7 +191,24 @@ def train_command(variant: str) -> str:
             f"{positions} --scaling {scaling} --target {TARGET} --dtype fp32 " + " ".join(flags))
 
 
+def model_command(variant: str) -> str | None:
+    """The command that makes a training-free variant's checkpoint (None for the base and the fine-tunes)."""
+    if variant == "base" or variant in FINE_TUNES:
+        return None
+    return f"ropestretch apply --model {MODEL} --scaling {variant} --target {TARGET} --out <out>/models/{variant}"
+
+
 # --- 3. the evaluations ------------------------------------------------------------------------
+
+
+def eval_command(cell: Cell) -> str:
+    """The `ropestretch eval` command a cell equals for any variant (the same prompts, token for
+    token; ``<variant>``'s model is the GGUF for the base, else ``<out>/models/<variant>``)."""
+    depths = [] if cell.test == "ppl" else ["--depths", ",".join(f"{d:g}" for d in cell.depths), "--scoring",
+                                            "generate", "--prompt", "chat"]
+    return " ".join(["ropestretch eval", cell.test, "--model <out>/models/<variant>", "--text <out>/data/eval.jsonl",
+                     "--lengths", str(cell.length), *depths, "--samples", str(cell.samples), "--seed", str(cell.seed),
+                     "--batch-size 1 --dtype fp32", f"--out <out>/evals/<variant>/{cell.name}"])
 
 
 def archived(archive: Path) -> set:
@@ -353,8 +380,13 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
         "- Evaluation: the project's RULER-worded needle and passkey through the chat template, greedy generation, "
         "the gold answer's log-likelihood recorded under the same prefill; every variant gets the same prompts. "
         "Conclusions hold for this wording: retrieval on a 135M model depends on it.", "",
-        "Each fine-tune, reproducible as (`<out>/data/train` is written by `python benchmarks/study_8k.py --out <out> "
-        "--prepare`):", "", "```bash"] + [train_command(v) for v in FINE_TUNES] + ["```", ""]
+        "Each model, reproducible as (`<out>/data/train` and `<out>/data/eval.jsonl` are written by "
+        "`python benchmarks/study_8k.py --out <out> --prepare`; the base is `--model smollm2-135m-instruct` itself):",
+        "", "```bash"] + [c for c in map(model_command, COMPARED) if c] + [train_command(v) for v in FINE_TUNES] + [
+        "```", "", "Each evaluation cell that has run, as the command it equals for any variant (the study runs the "
+        "same functions in one process; the commands give the same prompts, token for token):", "", "```bash"] + [
+        *dict.fromkeys(eval_command(c) for c in EVALS if any((v, c.name) in done for v in c.variants))] + [
+        "```", ""]
     parts += ["## Budget", "",
               "The issue sized the whole study at about 8 hours of an AMX machine (a full fine-tune step of 8192 "
               "tokens in 54 s in bf16). This machine has no native bf16, so everything runs in fp32: a LoRA step "
@@ -396,7 +428,8 @@ def main() -> None:
                         "study block (between its study-8k markers)")
     parser.add_argument("--no-train", dest="train", action="store_false", help="evaluate what exists, train nothing")
     parser.add_argument("--prepare", action="store_true",
-                        help="write the training text (<out>/data/train, what the report's train commands read), then stop")
+                        help="write the training and evaluation text (<out>/data/train and <out>/data/eval.jsonl, "
+                        "what the report's commands read), then stop")
     args = parser.parse_args()
     if args.readme and not args.report:
         parser.error("--readme goes with --report")
@@ -405,7 +438,7 @@ def main() -> None:
         print(f"wrote {report(out, Path(args.report), Path(args.readme) if args.readme else None)}")
         return
     if args.prepare:
-        print(f"wrote {training_text(out)}")
+        print(f"wrote {training_text(out)} and {evaluation_file(out)}")
         return
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()

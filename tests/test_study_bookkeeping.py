@@ -163,3 +163,33 @@ def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(stud
     with pytest.raises(SystemExit, match="has no study block"):
         study8k.write_readme(readme, ["new table"])
     assert readme.read_text() == "# no block\n"
+
+
+def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(study8k, tmp_path):
+    """The report's commands parse with the CLI's own parser into each cell's settings, and the
+    evaluation text they read (`--prepare`'s eval.jsonl) is the study's documents, in order."""
+    import shlex
+
+    from ropestretch.cli import build_parser
+    from ropestretch.data.corpus import load_records
+
+    path = study8k.evaluation_file(tmp_path)
+    assert load_records(path)["text"] == study8k.evaluation_text() and len(study8k.evaluation_text()) > 50
+    parser = build_parser()
+
+    def parse(command: str):
+        assert command.startswith("ropestretch ")
+        return parser.parse_args(shlex.split(command.replace("<out>", str(tmp_path)).replace("<variant>", "v"))[1:])
+
+    for cell in study8k.EVALS:
+        args = parse(study8k.eval_command(cell))
+        assert (args.test, args.lengths, args.samples, args.seed, args.dtype) == (cell.test, [cell.length], cell.samples,
+                                                                                 cell.seed, "fp32")
+        assert args.text == str(path) and args.out.endswith(f"/evals/v/{cell.name}")
+        if cell.test != "ppl":
+            assert (args.depths, args.scoring, args.prompt) == (list(cell.depths), "generate", "chat")
+    for variant in study8k.FINE_TUNES:
+        args = parse(study8k.train_command(variant))
+        assert (args.positions, args.scaling) == study8k.FINE_TUNES[variant] and str(args.target) == str(study8k.TARGET)
+    args = parse(study8k.model_command("yarn"))
+    assert (args.scaling, str(args.target)) == ("yarn", str(study8k.TARGET)) and study8k.model_command("base") is None
