@@ -290,7 +290,7 @@ def summary(runs: list[dict]) -> list[str]:
     4K perplexity also as a ratio to the base's on the same windows, exp of the paired t interval of
     the per-window NLL differences), and the paired middle-depth needle differences of :data:`PAIRS`."""
     from ropestretch.compare import differences, pair_perplexity, pair_runs
-    from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table
+    from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table, loglik_difference
 
     def value(run: dict, test: str, length: int, depths) -> str | None:
         if test == "ppl-ratio":  # over the same windows (their fingerprints agree) under the variant and the base
@@ -319,12 +319,12 @@ def summary(runs: list[dict]) -> list[str]:
             continue
         paired += [[f"{a} - {b}", str(d["length"]), f"{d['n']} ({d['units']})",
                     f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points", f"{d['only_a']} / {d['only_b']}", f"{d['p']:.2g}",
-                    f"{d['loglik_diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"]
+                    loglik_difference(d, 2)]
                    for d in differences(pairing) if d["band"] == "middle"]
     if paired:
         parts += ["Paired on the same needle prompts, depths 25-75%:", "", _table(
             ["difference", "length", "n pairs (draws)", "accuracy", "right only in each", "McNemar p",
-             "answer log-lik/token [95% paired bootstrap]"], paired), ""]
+             "answer log-lik/token [95% paired interval]"], paired), ""]
     return parts
 
 

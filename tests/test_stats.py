@@ -113,7 +113,8 @@ def test_report_pairs_runs_over_the_same_prompts(runs):
     assert re.search(r"\| yarn \| -\d\.\d\d \[-\d\.\d\d, -?\d\.\d\d\], n = 12 \|", report)  # answer log-likelihood
     assert "### Passkey retrieval: `base` - `yarn`, 24 paired samples" in report
     rows = re.findall(r"^\| (256|512) \| (all|0-10, 90-100%|25-75%) \| (\d+) \(\3\) \| (\d+)% \| (\d+)% \| .* \| "
-                      r"(\d+) / (\d+) \| ([\d.e+-]+) \| ([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\] \|$", report, re.M)
+                      r"(\d+) / (\d+) \| ([\d.e+-]+) \| ([+-]\d\.\d+) \[([+-]\d\.\d+), ([+-]\d\.\d+)\] \(t\) \|$",
+                      report, re.M)  # 12, 8 and 4 independent samples: Student's t, marked
     assert [(r[0], r[1], r[2]) for r in rows] == [("256", "all", "12"), ("256", "0-10, 90-100%", "8"), ("256", "25-75%", "4"),
                                                   ("512", "all", "12"), ("512", "0-10, 90-100%", "8"), ("512", "25-75%", "4")]
     # recompute one row from the run folders' samples: the same discordant counts and p
@@ -227,3 +228,24 @@ def test_needle_draws_are_the_bootstrap_units():
     assert [(d["band"], d["n"], d["units"]) for d in needle] == [("all", 12, 4)]  # middle = all here: one row
     assert passkey[0]["units"] == 12 and needle[0]["loglik_diff"] == pytest.approx(1.0)
     assert (needle[0]["only_a"], needle[0]["only_b"]) == (6, 0)
+    # 4 draws are too few for a bootstrap: Student's t over the draws, each of which differs by exactly 1
+    assert needle[0]["method"] == "t" and (needle[0]["low"], needle[0]["high"]) == (1.0, 1.0)
+
+
+def test_paired_interval_covers_where_a_bootstrap_over_few_units_does_not(monkeypatch):
+    """Over 4 independent pairs a percentile bootstrap covers about 80% for its 95%; the interval the
+    report prints there (Student's t) covers about 95%. From 20 pairs on the report's is the bootstrap."""
+    from ropestretch import stats as st
+
+    monkeypatch.setattr(st, "RESAMPLES", 1999)
+    hits = {"bootstrap": 0, "reported": 0}
+    for seed in range(300):
+        d = np.random.default_rng(2000 + seed).normal(0.3, 1.0, 4)
+        _, low, high = st.paired_bootstrap(d, np.zeros(4), seed=seed)
+        hits["bootstrap"] += low <= 0.3 <= high
+        _, low, high, method = st.paired_interval(d, np.zeros(4), seed=seed)
+        hits["reported"] += low <= 0.3 <= high and method == "t"
+    assert hits["bootstrap"] / 300 < 0.88 and 0.91 <= hits["reported"] / 300 <= 0.98
+    a = np.random.default_rng(5).normal(0, 1, st.BOOTSTRAP_MIN_PAIRS)
+    assert st.paired_interval(a, a * 0)[3] == "bootstrap" and st.paired_interval(a[:-1], a[:-1] * 0)[3] == "t"
+    assert st.paired_interval(a, a * 0)[:3] == st.paired_bootstrap(a, a * 0)

@@ -5,7 +5,8 @@ fingerprint of the prompt it was asked. Two runs of a test pair up on the sample
 they were scored the same way, share a seed, and every common sample has the same fingerprint;
 otherwise :func:`pair_runs` says in one line why they do not. Paired, their differences are given
 per length and depth band (:data:`BANDS`): the accuracy difference with McNemar's exact p, and the
-answer log-likelihood difference with a paired bootstrap interval (:mod:`ropestretch.stats`).
+answer log-likelihood difference with a paired interval over independent units (a bootstrap, or
+Student's t where the units are too few for one: :mod:`ropestretch.stats`).
 Perplexity pairs the same way, window by window (:func:`pair_perplexity`): each window's
 fingerprint must agree, and the ratio comes with a paired t interval.
 """
@@ -16,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ropestretch.stats import mcnemar_exact, paired_bootstrap, paired_ratio
+from ropestretch.stats import mcnemar_exact, paired_interval, paired_ratio
 
 # depth bands in percent (kv: the gold position x 100); both ends of each band included
 BANDS: dict[str, tuple[tuple[float, float], ...]] = {
@@ -98,9 +99,10 @@ def per_token(sample: dict[str, Any]) -> float:
 def differences(p: Pairing) -> list[dict[str, Any]]:
     """Per length, then per band that holds samples: n pairs, both accuracies, the discordant
     counts with McNemar's exact p, and the mean difference of per-token answer log-likelihood
-    (a - b) with its paired bootstrap interval. The bootstrap resamples independent units: for the
-    needle, one draw (its haystack, key and number) placed at every depth is one unit, its depths'
-    differences averaged; for the other tests every sample is drawn on its own."""
+    (a - b) with its 95% interval over independent units (:func:`ropestretch.stats.paired_interval`:
+    a paired bootstrap from 20 units on, the paired t interval below; ``method`` says which). For
+    the needle, one draw (its haystack, key and number) placed at every depth is one unit, its
+    depths' differences averaged; for the other tests every sample is drawn on its own."""
     out = []
     bands = ("all", "ends", "middle") if p.test != "lines" else ("all",)
     for length in sorted({k[1] for k in p.keys}):
@@ -117,10 +119,10 @@ def differences(p: Pairing) -> list[dict[str, Any]]:
                 units.setdefault((seed, i) if p.test == "needle" else (seed, where, i), []).append(j)
             unit_a = [sum(per_token(p.left[j]) for j in js) / len(js) for js in units.values()]
             unit_b = [sum(per_token(p.right[j]) for j in js) / len(js) for js in units.values()]
-            diff, low, high = paired_bootstrap(unit_a, unit_b)
+            diff, low, high, method = paired_interval(unit_a, unit_b)
             out.append({"length": length, "band": band, "n": len(idx), "units": len(units),
                         "acc_a": sum(ra) / len(idx), "acc_b": sum(rb) / len(idx), "only_a": only_a, "only_b": only_b,
-                        "p": pvalue, "loglik_diff": diff, "low": low, "high": high})
+                        "p": pvalue, "loglik_diff": diff, "low": low, "high": high, "method": method})
     return out
 
 

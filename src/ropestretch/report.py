@@ -155,6 +155,15 @@ def _perplexity(rows: list[dict]) -> str:
     return f"{math.exp(mean):.2f}{interval}, n = {len(windows)}"
 
 
+def loglik_difference(d: dict[str, Any], digits: int = 3) -> str:
+    """A paired answer log-likelihood difference (:func:`ropestretch.compare.differences`' row) with
+    its interval, marked (t) where it is Student's t rather than the bootstrap."""
+    text = f"{d['loglik_diff']:+.{digits}f}"
+    if np.isfinite(d["low"]):
+        text += f" [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]" + (" (t)" if d.get("method") == "t" else "")
+    return text
+
+
 def _rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = None) -> list[dict]:
     """The rows of one length; with ``depths``, only those whose depth lies in that range."""
     return [r for r in rows if r["cell"]["length"] == length
@@ -347,12 +356,11 @@ def _paired_section(runs: list[dict]) -> list[str]:
                               ["length", "depths", "n pairs (independent)", f"accuracy {a['label']}",
                                f"accuracy {b['label']}",
                                "difference", "right only in each", "McNemar exact p",
-                               "log-likelihood per token, difference [95% paired bootstrap]"],
+                               "log-likelihood per token, difference [95% paired interval]"],
                               [[str(d["length"]), BAND_TEXT[d["band"]], f"{d['n']} ({d['units']})", f"{100 * d['acc_a']:.0f}%",
                                 f"{100 * d['acc_b']:.0f}%", f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points",
                                 f"{d['only_a']} / {d['only_b']}", f"{d['p']:.3g}",
-                                f"{d['loglik_diff']:+.3f}" + (f" [{d['low']:+.3f}, {d['high']:+.3f}]"
-                                                             if np.isfinite(d["low"]) else "")]
+                                loglik_difference(d)]
                                for d in rows]), ""]
     have = [r for r in runs if r["results"].get("ppl")]
     for i, a in enumerate(have):
@@ -372,8 +380,10 @@ def _paired_section(runs: list[dict]) -> list[str]:
         parts = ["## Paired comparisons", "",
                  "Runs over the same prompts (same seed, scoring and prompt fingerprints), compared sample by sample: "
                  "the accuracy difference with McNemar's exact test on the samples only one of them got right, and "
-                 "the difference of the answer's per-token log-likelihood with a 95% paired bootstrap interval over "
-                 "independent units (a needle draw placed at several depths is one unit, in brackets after n). "
+                 "the difference of the answer's per-token log-likelihood with a 95% paired interval over "
+                 "independent units (a needle draw placed at several depths is one unit, in brackets after n): a "
+                 "bootstrap from 20 units on, else the paired Student-t interval, marked (t), as a percentile "
+                 "bootstrap over a few units covers well under 95% (about 81% over 4). "
                  "McNemar's test counts every sample as independent, which a needle draw's depths are not: read its p "
                  "as optimistic there. Depths: all; the ends (0-10% and 90-100%); the middle (25-75%). Perplexity "
                  "pairs window by window (the same fingerprints): the ratio is exp of the mean difference of the "

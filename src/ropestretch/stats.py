@@ -11,6 +11,10 @@ import numpy as np
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
+# Below this many independent pairs a percentile bootstrap covers well under its 95% (about 81% at
+# 4 pairs, 90% at 8, 91% at 12, 94% at 20 for normal differences; tests/test_stats.py measures it),
+# so paired_interval gives the paired Student-t interval there instead.
+BOOTSTRAP_MIN_PAIRS = 20
 
 
 def wilson(correct: int, n: int) -> tuple[float, float]:
@@ -38,6 +42,18 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
         return mean, mean, mean
     ci = ttest_1samp(x, 0.0).confidence_interval(confidence_level=CONFIDENCE)
     return mean, float(ci.low), float(ci.high)
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], seed: int = 0) -> tuple[float, float, float, str]:
+    """The mean of ``a - b`` over independent pairs, its 95% interval, and the method that gave it:
+    the paired bootstrap from :data:`BOOTSTRAP_MIN_PAIRS` pairs on ("bootstrap"), the paired
+    Student-t interval below that ("t"), where the bootstrap would claim more than it knows."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    if a.size >= BOOTSTRAP_MIN_PAIRS:
+        return (*paired_bootstrap(a, b, seed), "bootstrap")
+    return (*mean_interval(a - b), "t")
 
 
 def paired_ratio(log_a: Sequence[float], log_b: Sequence[float]) -> tuple[float, float, float]:
