@@ -145,9 +145,10 @@ def evaluation_file(out: Path) -> Path:
     """The evaluation text as ``<out>/data/eval.jsonl``, one ``{"text": ...}`` per topic, for the
     report's `ropestretch eval --text` commands (they read the same documents in the same order)."""
     path = out / "data" / "eval.jsonl"
-    if not path.is_file():
+    text = "".join(json.dumps({"text": t}) + "\n" for t in evaluation_text())
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:  # written again if Python's topics changed
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(path, "".join(json.dumps({"text": t}) + "\n" for t in evaluation_text()))
+        write_whole(path, text)
     return path
 
 
@@ -203,7 +204,7 @@ def model_command(variant: str) -> str | None:
 
 def eval_command(cell: Cell) -> str:
     """The `ropestretch eval` command a cell equals for any variant (the same prompts, token for
-    token; ``<variant>``'s model is the GGUF for the base, else ``<out>/models/<variant>``)."""
+    token), with ``<out>/models/<variant>`` for the model (the base's is `smollm2-135m-instruct`)."""
     depths = [] if cell.test == "ppl" else ["--depths", ",".join(f"{d:g}" for d in cell.depths), "--scoring",
                                             "generate", "--prompt", "chat"]
     return " ".join(["ropestretch eval", cell.test, "--model <out>/models/<variant>", "--text <out>/data/eval.jsonl",
@@ -290,13 +291,13 @@ def summary(runs: list[dict]) -> list[str]:
     4K perplexity also as a ratio to the base's on the same windows, exp of the paired t interval of
     the per-window NLL differences), and the paired middle-depth needle differences of :data:`PAIRS`."""
     from ropestretch.compare import differences, pair_perplexity, pair_runs
-    from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table, loglik_difference
+    from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table, loglik_difference, ratio_text
 
     def value(run: dict, test: str, length: int, depths) -> str | None:
         if test == "ppl-ratio":  # over the same windows (their fingerprints agree) under the variant and the base
-            pairing = pair_perplexity(run, by_label["base"]) if run["label"] != "base" and "base" in by_label else None
-            ratio = next((d for d in pairing if d["length"] == length), None) if isinstance(pairing, list) else None
-            return ratio and f"x{ratio['ratio']:.3f} [{ratio['low']:.3f}-{ratio['high']:.3f}], n = {ratio['n']}"
+            paired = pair_perplexity(run, by_label["base"])[0] if run["label"] != "base" and "base" in by_label else []
+            ratio = next((d for d in paired if d["length"] == length), None)
+            return ratio and ratio_text(ratio, with_n=True)
         rows = run["results"].get("needle" if test == "loglik" else test, [])
         rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else _rows_at(rows, length, depths)
         if not rows:
@@ -384,7 +385,9 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
         "`python benchmarks/study_8k.py --out <out> --prepare`; the base is `--model smollm2-135m-instruct` itself):",
         "", "```bash"] + [c for c in map(model_command, COMPARED) if c] + [train_command(v) for v in FINE_TUNES] + [
         "```", "", "Each evaluation cell that has run, as the command it equals for any variant (the study runs the "
-        "same functions in one process; the commands give the same prompts, token for token):", "", "```bash"] + [
+        "same functions in one process; the commands give the same prompts, token for token; for the base, "
+        "`--model smollm2-135m-instruct`; into a fresh `<out>`, as a run folder refuses other arguments than its "
+        "own):", "", "```bash"] + [
         *dict.fromkeys(eval_command(c) for c in EVALS if any((v, c.name) in done for v in c.variants))] + [
         "```", ""]
     parts += ["## Budget", "",

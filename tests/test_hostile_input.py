@@ -165,6 +165,16 @@ def test_report_on_hand_edited_results(tmp_path, run_folder, change, fragment):
     assert not (tmp_path / "rep").exists()
 
 
+def test_report_on_a_perplexity_beyond_floats(tmp_path, run_folder):
+    """Window NLLs whose exp (or the interval's bound) is past a float: reported, not a traceback."""
+    for windows, cell in (([3.0, 1500.0], "| run | inf, n = 2 |"), ([3.0, 800.0], "| run | 2.34e+174, n = 2 |")):
+        edit_first_line(run_folder, lambda r, w=windows: r.update(test="ppl", cell={"length": 64}, ppl=float("inf"),
+                                                                  windows=w))
+        code, _, err = run_cli("report", run_folder, "--out", tmp_path / "rep")
+        assert code == 0, err
+        assert cell in (tmp_path / "rep" / "report.md").read_text()
+
+
 def test_report_on_a_perplexity_that_overflowed(tmp_path, run_folder):
     """A window whose NLL overflowed is reported as "-", not refused and not an interval of NaN."""
     edit_first_line(run_folder, lambda r: r.update(test="ppl", cell={"length": 64}, ppl=float("nan"),

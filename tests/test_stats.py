@@ -69,6 +69,42 @@ def test_paired_ratio_is_scipys_paired_t_interval_exponentiated():
         paired_ratio([1.0, 2.0], [1.0])
 
 
+def _ppl_run(label, *rows):
+    return {"label": label, "results": {"ppl": [{"test": "ppl", "cell": {"length": n}, "ppl": 9.0, "windows": w,
+                                                 **({"prints": p} if p is not None else {})} for n, w, p in rows]}}
+
+
+def test_perplexity_pairs_by_window_fingerprint_length_by_length():
+    from ropestretch.compare import pair_perplexity
+    from ropestretch.report import ratio_text
+
+    s0, s1 = ["p0", "p1", "p2", "p3"], ["q0", "q1", "q2", "q3"]
+    a = _ppl_run("a", (4096, [2.0, 2.4, 2.2, 2.6], s0), (4096, [2.1, 2.3, 2.5, 2.2], s1),
+                 (32768, [3.0, 3.1], ["r0", "r1"]), (8192, [2.0, 2.1], ["t0", "t1"]))
+    b = _ppl_run("b", (4096, [2.5, 2.0, 2.4, 2.2], list(reversed(s0))), (32768, [3.2, 3.3], None),
+                 (8192, [2.0, 2.1], ["u0", "u1"]))
+    paired, unpaired = pair_perplexity(a, b)
+    # 4096: a's second seed has no counterpart; the four s0 windows pair by fingerprint, whatever their order
+    [d] = paired
+    assert (d["length"], d["n"]) == (4096, 4)
+    assert d["ratio"] == pytest.approx(math.exp(np.mean(np.array([2.0, 2.4, 2.2, 2.6]) - [2.2, 2.4, 2.0, 2.5])))
+    assert unpaired == ["`a` and `b` are unpaired on perplexity at 8192: no window in common (another text, tokenizer "
+                        "or seed)",
+                        "`a` and `b` are unpaired on perplexity at 32768: `b` predates window fingerprints at 32768 "
+                        "(rerun it into a new folder to pair it)"]
+    assert pair_perplexity(a, _ppl_run("c", (1024, [1.0, 1.0], ["x", "y"]))) == (
+        [], ["`a` and `c` are unpaired on perplexity: no length in common"])
+    short = _ppl_run("d", (4096, [2.0, 2.0], ["p0"]))  # one fingerprint for two windows: not trusted
+    assert "has no fingerprint for each window" in pair_perplexity(a, short)[1][0]
+    # what a diverged or hand-edited NLL gives is a '-' or an open interval, never an OverflowError
+    huge = pair_perplexity(_ppl_run("e", (64, [800.0, 800.0], ["w0", "w1"])), _ppl_run("f", (64, [1.0, 1.0], ["w0", "w1"])))
+    assert ratio_text(huge[0][0]) == "-" and math.isinf(huge[0][0]["ppl_a"])
+    wide = pair_perplexity(_ppl_run("g", (64, [3.0, 120.0], ["w0", "w1"])), _ppl_run("h", (64, [3.0, 3.0], ["w0", "w1"])))
+    assert ratio_text(wide[0][0]).startswith("x") and "[" not in ratio_text(wide[0][0])  # its upper bound overflows
+    nan = pair_perplexity(_ppl_run("i", (64, [float("nan"), 2.0], ["w0", "w1"])), _ppl_run("j", (64, [2.0, 2.0], ["w0", "w1"])))
+    assert ratio_text(nan[0][0]) == "-"
+
+
 def test_paired_bootstrap_cancels_what_pairs_share():
     """A 0.1 shift under a shared spread ten times larger: the paired interval finds it, one
     computed as if unpaired would not; and it covers the true shift at about its level."""
@@ -159,8 +195,9 @@ def test_runs_that_do_not_share_prompts_are_unpaired_in_one_line(runs, tiny_lm_d
     assert "- `base` and `old` are unpaired on passkey: `old` predates per-sample records" in report
     assert "- `base` and `other` are unpaired on passkey: their prompts differ at 24 of 24 common samples" in report
     assert "- `base` and `depths` are unpaired on passkey: no sample in common" in report
-    assert "- `base` and `seed1` are unpaired on perplexity: their windows differ at 4 of 4 at 256" in report
-    assert "- `base` and `old` are unpaired on perplexity: `old` kept no per-window records at 256" in report
+    assert ("- `base` and `seed1` are unpaired on perplexity at 256: no window in common (another text, tokenizer "
+            "or seed)") in report
+    assert "- `base` and `old` are unpaired on perplexity at 256: `old` kept no per-window records at 256" in report
     assert "| old | 100% [96-100], n = 100 |" in report  # the old folder still reports, with intervals
     assert "### " not in report.split("## Paired comparisons")[1]  # nothing compared as if paired
 

@@ -13,11 +13,11 @@ fingerprint must agree, and the ratio comes with a paired t interval.
 
 from __future__ import annotations
 
-import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ropestretch.stats import mcnemar_exact, paired_interval, paired_ratio
+from ropestretch.stats import mcnemar_exact, paired_interval, paired_ratio, safe_exp
 
 # depth bands in percent (kv: the gold position x 100); both ends of each band included
 BANDS: dict[str, tuple[tuple[float, float], ...]] = {
@@ -126,30 +126,48 @@ def differences(p: Pairing) -> list[dict[str, Any]]:
     return out
 
 
-def pair_perplexity(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]] | str:
-    """Per length both runs scored, the perplexity ratio ``a / b`` over the windows both scored
-    (the first ``n`` of each, which a shared seed draws alike): exp of the mean per-window NLL
-    difference with its 95% paired t interval, as {length, n, ppl_a, ppl_b, ratio, low, high}; or
-    one line saying why they do not pair (a window's fingerprint differs, or a run kept no windows)."""
-    why = f"`{a['label']}` and `{b['label']}` are unpaired on perplexity"
-    rows_a = {r["cell"]["length"]: r for r in a["results"].get("ppl") or []}
-    rows_b = {r["cell"]["length"]: r for r in b["results"].get("ppl") or []}
-    common = sorted(set(rows_a) & set(rows_b))
-    if not common:
-        return f"{why}: no length in common"
-    out = []
-    for length in common:
-        ra, rb = rows_a[length], rows_b[length]
-        for run, row in ((a, ra), (b, rb)):
-            if not row.get("windows"):
-                return f"{why}: `{run['label']}` kept no per-window records at {length} (sliding mode, or an older run)"
-            if not row.get("prints"):
-                return f"{why}: `{run['label']}` predates window fingerprints (rerun it into a new folder to pair it)"
-        n = min(len(ra["windows"]), len(rb["windows"]))
-        differ = sum(x != y for x, y in zip(ra["prints"][:n], rb["prints"][:n]))
-        if differ:
-            return (f"{why}: their windows differ at {differ} of {n} at {length} (another text, tokenizer or seed)")
-        ratio, low, high = paired_ratio(ra["windows"][:n], rb["windows"][:n])
-        out.append({"length": length, "n": n, "ppl_a": math.exp(sum(ra["windows"][:n]) / n),
-                    "ppl_b": math.exp(sum(rb["windows"][:n]) / n), "ratio": ratio, "low": low, "high": high})
+def _windows(run: dict[str, Any], length: int) -> dict[tuple, float] | str:
+    """A run's scored windows at ``length`` over all its rows there, keyed by (fingerprint, its
+    occurrence), or why it has none that can pair."""
+    out: dict[tuple, float] = {}
+    seen: Counter = Counter()
+    for row in run["results"].get("ppl") or []:
+        if row["cell"]["length"] != length:
+            continue
+        windows, prints = row.get("windows"), row.get("prints")
+        if not windows:
+            return f"`{run['label']}` kept no per-window records at {length} (sliding mode, or an older run)"
+        if not prints:
+            return f"`{run['label']}` predates window fingerprints at {length} (rerun it into a new folder to pair it)"
+        if not (isinstance(prints, list) and isinstance(windows, list) and len(prints) == len(windows)
+                and all(isinstance(x, str) for x in prints)):
+            return f"`{run['label']}` has no fingerprint for each window at {length}"
+        for fp, w in zip(prints, windows):
+            out[(fp, seen[fp])] = float(w)
+            seen[fp] += 1
     return out
+
+
+def pair_perplexity(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per length both runs scored, the perplexity ratio ``a / b`` over the windows both scored
+    (the same fingerprints, whichever rows or seeds hold them): exp of the mean per-window NLL
+    difference with its 95% paired t interval, as {length, n, ppl_a, ppl_b, ratio, low, high}; and
+    a line for each length (or the whole pair) that does not pair, saying why."""
+    why = f"`{a['label']}` and `{b['label']}` are unpaired on perplexity"
+    lengths = [{r["cell"]["length"] for r in run["results"].get("ppl") or []} for run in (a, b)]
+    common = sorted(lengths[0] & lengths[1])
+    if not common:
+        return [], [f"{why}: no length in common"]
+    rows, unpaired = [], []
+    for length in common:
+        wa, wb = _windows(a, length), _windows(b, length)
+        problem = next((w for w in (wa, wb) if isinstance(w, str)), None)
+        keys = [] if problem else [k for k in wa if k in wb]
+        if problem or not keys:
+            unpaired.append(f"{why} at {length}: " + (problem or "no window in common (another text, tokenizer or seed)"))
+            continue
+        xa, xb = [wa[k] for k in keys], [wb[k] for k in keys]
+        ratio, low, high = paired_ratio(xa, xb)
+        rows.append({"length": length, "n": len(keys), "ppl_a": safe_exp(sum(xa) / len(xa)),
+                     "ppl_b": safe_exp(sum(xb) / len(xb)), "ratio": ratio, "low": low, "high": high})
+    return rows, unpaired

@@ -15,7 +15,7 @@ import numpy as np
 from ropestretch.compare import BAND_TEXT, differences, pair_perplexity, pair_runs, per_token
 from ropestretch.errors import UsageError
 from ropestretch.eval.store import ARGS_FILE, RESULTS_FILE, read_results
-from ropestretch.stats import mean_interval, wilson
+from ropestretch.stats import BOOTSTRAP_MIN_PAIRS, mean_interval, safe_exp, wilson
 
 RETRIEVAL = (("passkey", "Passkey retrieval"), ("needle", "Needle in a haystack"), ("lines", "LongChat-Lines"),
              ("kv", "Key-value retrieval (lost in the middle)"))
@@ -101,7 +101,12 @@ def row_problem(row: dict[str, Any]) -> str | None:
 def _fmt(x: float | None, pct: bool = True) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "-"
-    return f"{100 * x:.0f}%" if pct else f"{x:.2f}"
+    return f"{100 * x:.0f}%" if pct else _number_text(x)
+
+
+def _number_text(x: float) -> str:
+    """A perplexity: two decimals, or three significant digits once it is past a million."""
+    return f"{x:.2f}" if abs(x) < 1e6 or not math.isfinite(x) else f"{x:.3g}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -150,9 +155,9 @@ def _perplexity(rows: list[dict]) -> str:
     if not all(r.get("windows") and all(math.isfinite(w) for w in r["windows"]) for r in rows):
         return _fmt(float(np.mean([r["ppl"] for r in rows])), pct=False)
     windows = [w for r in rows for w in r["windows"]]
-    mean, low, high = mean_interval(windows)
-    interval = f" [{math.exp(low):.2f}-{math.exp(high):.2f}]" if np.isfinite(low) else ""
-    return f"{math.exp(mean):.2f}{interval}, n = {len(windows)}"
+    mean, low, high = (safe_exp(x) for x in mean_interval(windows))
+    interval = f" [{_number_text(low)}-{_number_text(high)}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return f"{_number_text(mean)}{interval}, n = {len(windows)}"
 
 
 def loglik_difference(d: dict[str, Any], digits: int = 3) -> str:
@@ -162,6 +167,17 @@ def loglik_difference(d: dict[str, Any], digits: int = 3) -> str:
     if np.isfinite(d["low"]):
         text += f" [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]" + (" (t)" if d.get("method") == "t" else "")
     return text
+
+
+def ratio_text(d: dict[str, Any], with_n: bool = False) -> str:
+    """A paired perplexity ratio (:func:`ropestretch.compare.pair_perplexity`'s row) with its
+    interval where it has one; "-" where the ratio is not a finite number."""
+    if not np.isfinite(d["ratio"]):
+        return "-"
+    text = f"x{d['ratio']:.3f}"
+    if np.isfinite(d["low"]) and np.isfinite(d["high"]):
+        text += f" [{d['low']:.3f}-{d['high']:.3f}]"
+    return text + (f", n = {d['n']}" if with_n else "")
 
 
 def _rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = None) -> list[dict]:
@@ -365,25 +381,22 @@ def _paired_section(runs: list[dict]) -> list[str]:
     have = [r for r in runs if r["results"].get("ppl")]
     for i, a in enumerate(have):
         for b in have[i + 1:]:
-            pairing = pair_perplexity(a, b)
-            if isinstance(pairing, str):
-                parts += [f"- {pairing}.", ""]
-                continue
-            parts += [f"### Perplexity: `{a['label']}` / `{b['label']}`, the same windows", "", _table(
-                ["length", "n windows", f"perplexity {a['label']}", f"perplexity {b['label']}",
-                 "ratio [95% paired t interval]"],
-                [[str(d["length"]), str(d["n"]), _fmt(d["ppl_a"], pct=False), _fmt(d["ppl_b"], pct=False),
-                  "-" if not np.isfinite(d["ratio"]) else f"x{d['ratio']:.3f}" + (
-                      f" [{d['low']:.3f}-{d['high']:.3f}]" if np.isfinite(d["low"]) else "")]
-                 for d in pairing]), ""]
+            paired, unpaired = pair_perplexity(a, b)
+            parts += [line for u in unpaired for line in (f"- {u}.", "")]
+            if paired:
+                parts += [f"### Perplexity: `{a['label']}` / `{b['label']}`, the same windows", "", _table(
+                    ["length", "n windows", f"perplexity {a['label']}", f"perplexity {b['label']}",
+                     "ratio [95% paired t interval]"],
+                    [[str(d["length"]), str(d["n"]), _fmt(d["ppl_a"], pct=False), _fmt(d["ppl_b"], pct=False),
+                      ratio_text(d)] for d in paired]), ""]
     if parts:
         parts = ["## Paired comparisons", "",
                  "Runs over the same prompts (same seed, scoring and prompt fingerprints), compared sample by sample: "
                  "the accuracy difference with McNemar's exact test on the samples only one of them got right, and "
                  "the difference of the answer's per-token log-likelihood with a 95% paired interval over "
                  "independent units (a needle draw placed at several depths is one unit, in brackets after n): a "
-                 "bootstrap from 20 units on, else the paired Student-t interval, marked (t), as a percentile "
-                 "bootstrap over a few units covers well under 95% (about 81% over 4). "
+                 f"bootstrap from {BOOTSTRAP_MIN_PAIRS} units on, else the paired Student-t interval, marked (t), "
+                 "as a percentile bootstrap over a few units covers well under 95% (about 81% over 4). "
                  "McNemar's test counts every sample as independent, which a needle draw's depths are not: read its p "
                  "as optimistic there. Depths: all; the ends (0-10% and 90-100%); the middle (25-75%). Perplexity "
                  "pairs window by window (the same fingerprints): the ratio is exp of the mean difference of the "

@@ -11,9 +11,9 @@ import numpy as np
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
-# Below this many independent pairs a percentile bootstrap covers well under its 95% (about 81% at
-# 4 pairs, 90% at 8, 91% at 12, 94% at 20 for normal differences; tests/test_stats.py measures it),
-# so paired_interval gives the paired Student-t interval there instead.
+# Below this many independent pairs a percentile bootstrap covers well under its 95% (for normal
+# differences about 81% at 4 pairs, which tests/test_stats.py measures, and about 90% at 8 and 94%
+# at 20 in a run of 300 draws each), so paired_interval gives the paired Student-t interval there.
 BOOTSTRAP_MIN_PAIRS = 20
 
 
@@ -64,7 +64,13 @@ def paired_ratio(log_a: Sequence[float], log_b: Sequence[float]) -> tuple[float,
     if a.shape != b.shape:
         raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
     mean, low, high = mean_interval(a - b)
-    return math.exp(mean), math.exp(low), math.exp(high)
+    return safe_exp(mean), safe_exp(low), safe_exp(high)
+
+
+def safe_exp(x: float) -> float:
+    """exp, with infinity where it overflows (a perplexity of a hand-edited or diverged NLL)."""
+    with np.errstate(over="ignore"):
+        return float(np.exp(x))
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
