@@ -126,6 +126,12 @@ def differences(p: Pairing) -> list[dict[str, Any]]:
     return out
 
 
+def prints_match(prints: Any, windows: Any) -> bool:
+    """Whether a perplexity row's ``prints`` give one fingerprint (a string) per window."""
+    return (isinstance(prints, list) and isinstance(windows, list) and len(prints) == len(windows)
+            and all(isinstance(x, str) for x in prints))
+
+
 def _windows(run: dict[str, Any], length: int) -> dict[tuple, float] | str:
     """A run's scored windows at ``length`` over all its rows there, keyed by (fingerprint, its
     occurrence), or why it has none that can pair."""
@@ -139,8 +145,7 @@ def _windows(run: dict[str, Any], length: int) -> dict[tuple, float] | str:
             return f"`{run['label']}` kept no per-window records at {length} (sliding mode, or an older run)"
         if not prints:
             return f"`{run['label']}` predates window fingerprints at {length} (rerun it into a new folder to pair it)"
-        if not (isinstance(prints, list) and isinstance(windows, list) and len(prints) == len(windows)
-                and all(isinstance(x, str) for x in prints)):
+        if not prints_match(prints, windows):
             return f"`{run['label']}` has no fingerprint for each window at {length}"
         for fp, w in zip(prints, windows):
             out[(fp, seen[fp])] = float(w)

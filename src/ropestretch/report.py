@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ropestretch.compare import BAND_TEXT, differences, pair_perplexity, pair_runs, per_token
+from ropestretch.compare import BAND_TEXT, differences, pair_perplexity, pair_runs, per_token, prints_match
 from ropestretch.errors import UsageError
 from ropestretch.eval.store import ARGS_FILE, RESULTS_FILE, read_results
 from ropestretch.stats import BOOTSTRAP_MIN_PAIRS, mean_interval, safe_exp, wilson
@@ -72,8 +72,7 @@ def row_problem(row: dict[str, Any]) -> str | None:
                 not isinstance(w, bool) and isinstance(w, (int, float)) and not w < 0 for w in windows)):
             return "has windows that are not a list of per-token NLLs (non-negative numbers)"
         prints = row.get("prints")
-        if ok and prints is not None and not (isinstance(prints, list) and isinstance(windows, list)
-                                              and len(prints) == len(windows) and all(isinstance(x, str) for x in prints)):
+        if ok and prints is not None and not prints_match(prints, windows):
             return "has prints that are not one fingerprint (a string) per window"
         return None if ok else "has no perplexity (a positive number)"
     if test not in ("passkey", "needle", "lines", "kv"):

@@ -17,6 +17,14 @@ RESAMPLES = 9999
 BOOTSTRAP_MIN_PAIRS = 20
 
 
+def _pairs(a: Sequence, b: Sequence, dtype: type = float) -> tuple[np.ndarray, np.ndarray]:
+    """Two paired series as arrays, refused when they differ in length."""
+    a, b = np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)
+    if a.shape != b.shape:
+        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    return a, b
+
+
 def wilson(correct: int, n: int) -> tuple[float, float]:
     """The Wilson score interval of a rate ``correct / n`` (Wilson 1927): unlike the normal
     approximation it stays inside [0, 1] and is not empty at 0 of n or n of n."""
@@ -48,9 +56,7 @@ def paired_interval(a: Sequence[float], b: Sequence[float], seed: int = 0) -> tu
     """The mean of ``a - b`` over independent pairs, its 95% interval, and the method that gave it:
     the paired bootstrap from :data:`BOOTSTRAP_MIN_PAIRS` pairs on ("bootstrap"), the paired
     Student-t interval below that ("t"), where the bootstrap would claim more than it knows."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    a, b = _pairs(a, b)
     if a.size >= BOOTSTRAP_MIN_PAIRS:
         return (*paired_bootstrap(a, b, seed), "bootstrap")
     return (*mean_interval(a - b), "t")
@@ -60,9 +66,7 @@ def paired_ratio(log_a: Sequence[float], log_b: Sequence[float]) -> tuple[float,
     """The ratio of two geometric means over the same units (perplexity a / b from each window's
     per-token NLL under a and b): exp of the mean difference of the logs and of its paired
     Student-t interval, which cancels what the units share (one window is hard for both)."""
-    a, b = np.asarray(log_a, dtype=float), np.asarray(log_b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    a, b = _pairs(log_a, log_b)
     mean, low, high = mean_interval(a - b)
     return safe_exp(mean), safe_exp(low), safe_exp(high)
 
@@ -79,9 +83,7 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float
     (1.0 when there are none)."""
     from scipy.stats import binomtest
 
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    a, b = _pairs(a, b, bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     if only_a + only_b == 0:
         return 0, 0, 1.0
@@ -93,9 +95,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], seed: int = 0) -> t
     resampled together, so what the two share cancels); NaN below two pairs."""
     from scipy.stats import bootstrap
 
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired series differ in length: {a.size} and {b.size}")
+    a, b = _pairs(a, b)
     if a.size == 0:
         return math.nan, math.nan, math.nan
     diff = float((a - b).mean())

@@ -47,14 +47,14 @@ def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode
             if len(stream) < length + 1:
                 raise UsageError(f"the text has {len(stream)} tokens, fewer than one window of {length}")
             starts = rng.integers(0, len(stream) - length, samples)
-            total, count, windows = 0.0, 0, []
+            total, count, windows, prints = 0.0, 0, [], []
             for i in range(0, samples, ev.batch_size):
-                ids = torch.tensor([stream[s:s + length] for s in starts[i:i + ev.batch_size]])
-                rows, per_row = row_nll(ev.model, ids)
+                batch = [stream[s:s + length] for s in starts[i:i + ev.batch_size]]
+                rows, per_row = row_nll(ev.model, torch.tensor(batch))
                 total, count = total + sum(rows), count + per_row * len(rows)
                 windows += [round(t / per_row, 6) for t in rows]
-            extra["windows"] = windows
-            extra["prints"] = [fingerprint(stream[s:s + length], ()) for s in starts]
+                prints += [fingerprint(w, ()) for w in batch]
+            extra.update(windows=windows, prints=prints)
         else:
             step = stride or max(1, length // 2)
             span = min(len(stream), samples * length)
