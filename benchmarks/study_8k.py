@@ -146,9 +146,12 @@ def evaluation_file(out: Path) -> Path:
     report's `ropestretch eval --text` commands (they read the same documents in the same order)."""
     path = out / "data" / "eval.jsonl"
     text = "".join(json.dumps({"text": t}) + "\n" for t in evaluation_text())
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:  # written again if Python's topics changed
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(path, text)
+    if path.exists():
+        if not path.is_file() or path.read_text(encoding="utf-8", errors="replace") != text:  # never overwritten
+            raise SystemExit(f"{path} is not this Python's language reference as the study reads it; move it aside")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, text)
     return path
 
 

@@ -177,6 +177,11 @@ def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(study8k, tm
     path = study8k.evaluation_file(tmp_path)
     read = [t for t in load_records(path)["text"] if isinstance(t, str) and t.strip()]  # as `ropestretch eval` reads
     assert read == study8k.evaluation_text() and len(read) > 50
+    assert study8k.evaluation_file(tmp_path) == path  # the same text again: kept as it is
+    path.write_text('{"text": "a file of the user\'s"}\n')
+    with pytest.raises(SystemExit, match="move it aside"):
+        study8k.evaluation_file(tmp_path)
+    assert path.read_text() == '{"text": "a file of the user\'s"}\n'  # not overwritten
     parser = build_parser()
 
     def parse(command: str):
