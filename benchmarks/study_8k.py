@@ -74,7 +74,8 @@ class Cell:
 # Variant by variant first (a fine-tune is made when its first cell needs it, and costs about 1.7
 # hours here): yarn, then CREAM, PoSE and plain fine-tuning with 4 samples per depth at 16K, so the
 # three are compared as soon as they exist, each with what short context costs it (4K cells take a
-# few minutes a variant); then 8 per depth at 16K; only then CREAM under DPRoPE (a fourth
+# few minutes a variant); then 8 per depth at 16K, one draw for all four variants at a time (a stop
+# leaves them paired on the same prompts); only then CREAM under DPRoPE (a fourth
 # fine-tune) and 32K.
 FIRST = ("cream-yarn", "pose-yarn", "plain-yarn")
 SHORT = (("ppl", 4), ("passkey", 2))  # at 4096, with the samples each
@@ -83,7 +84,7 @@ EVALS = (
     *(Cell("needle", ("yarn",), 16384, 2, seed) for seed in range(2)),
     *(cell for variant in FIRST for cell in (*(Cell("needle", (variant,), 16384, 2, seed) for seed in range(2)),
                                              *(Cell(test, (variant,), 4096, k) for test, k in SHORT))),
-    *(Cell("needle", (variant,), 16384, 2, seed) for variant in ("yarn",) + FIRST for seed in (2, 3)),  # 8 per depth
+    *(Cell("needle", ("yarn",) + FIRST, 16384, 2, seed) for seed in (2, 3)),  # 8 per depth, a draw for all four at a time
     *(Cell("needle", ("cream-dprope",), 16384, 2, seed) for seed in range(4)),
     *(Cell(test, ("cream-dprope",), 4096, k) for test, k in SHORT),
     Cell("ppl", COMPARED, 32768, 1),
