@@ -344,6 +344,13 @@ def write_readme(readme: Path, lines: list[str]) -> None:
     write_whole(readme, head + "\n".join([begin] + lines + [end]) + tail)
 
 
+def conclusion(docs: Path) -> list[str]:
+    """The hand-written paragraph on what the data support (``<docs>/conclusion.md``), for the report
+    and the README alike; none until one is written."""
+    path = docs / "conclusion.md"
+    return path.read_text(encoding="utf-8").strip().splitlines() + [""] if path.is_file() else []
+
+
 def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
     from ropestretch.report import _table, render
 
@@ -415,13 +422,15 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
                                                   for v in order] for name in dict.fromkeys(c for _, c in planned)]),
               ""]
     head = summary(runs)
-    parts[parts.index("## Setup"):parts.index("## Setup")] = ["## Summary", ""] + head if head else []
+    said = conclusion(docs)
+    parts[parts.index("## Setup"):parts.index("## Setup")] = (["## Summary", ""] + head if head else []) + (
+        ["## What the data support", ""] + said if said else [])
     parts += render(runs, docs)
     if readme is not None:
         when = time.strftime("%Y-%m-%d")
         write_readme(readme, head + [f"Written {when} by `python benchmarks/study_8k.py --out <out> --report "
                                      f"docs/smollm2-8k --readme README.md` from {len(rows)} result rows; "
-                                     "rates with their 95% Wilson interval and n."])
+                                     "rates with their 95% Wilson interval and n.", ""] + said)
     path = docs / "report.md"
     write_whole(path, "\n".join(parts) + "\n")
     return path

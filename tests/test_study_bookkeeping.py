@@ -200,3 +200,30 @@ def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(study8k, tm
         assert (args.positions, args.scaling) == study8k.FINE_TUNES[variant] and str(args.target) == str(study8k.TARGET)
     args = parse(study8k.model_command("yarn"))
     assert (args.scaling, str(args.target)) == ("yarn", str(study8k.TARGET)) and study8k.model_command("base") is None
+
+
+def test_study_8k_report_carries_the_written_conclusion_into_the_report_and_the_readme(study8k, tmp_path):
+    """The report, written from the real archive into a scratch folder: the hand-written paragraph on
+    what the data support follows the summary, in the report and in the README block, and is left out
+    (no empty heading) until it is written; the archive's rows all survive the rewrite."""
+    import shutil
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(study8k.DOCS / "results.jsonl", docs / "results.jsonl")
+    rows = (docs / "results.jsonl").read_text()
+    begin, end = study8k.README_BLOCK
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n{begin}\nold\n{end}\nafter\n")
+    study8k.report(tmp_path / "out", docs, readme)
+    text = (docs / "report.md").read_text()
+    assert "## Summary" in text and "## What the data support" not in text
+    (docs / "conclusion.md").write_text("The data support X and not Y.\n")
+    study8k.report(tmp_path / "out", docs, readme)
+    text = (docs / "report.md").read_text()
+    assert text.index("## Summary") < text.index("## What the data support\n\nThe data support X and not Y.\n") \
+        < text.index("## Setup")
+    block = readme.read_text().split(begin)[1].split(end)[0]
+    assert block.index("| variant |") < block.index("Written ") < block.index("The data support X and not Y.")
+    assert readme.read_text().endswith(f"{end}\nafter\n")
+    assert (docs / "results.jsonl").read_text() == rows
