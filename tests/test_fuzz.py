@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clihelp import run_cli
@@ -148,8 +148,20 @@ def tiny_configs(draw):
     return config
 
 
+# found by this test: a Llama (whose attention rotates the whole head) asking a partial rotary factor
+LLAMA_PARTIAL = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 128,
+                 "max_position_embeddings": 64, "rms_norm_eps": 1e-06, "tie_word_embeddings": False, "bos_token_id": 1,
+                 "eos_token_id": 2, "rope_theta": 500000.0,
+                 "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 16, "partial_rotary_factor": 0.5}}
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(config=tiny_configs(), scaling=st.sampled_from(["dprope", "yarn", "linear", "ntk", "dynamic"]))
+@example(config=LLAMA_PARTIAL, scaling="dprope")
+@example(config={**{k: v for k, v in LLAMA_PARTIAL.items() if k != "rope_scaling"}, "partial_rotary_factor": 0.5},
+         scaling="yarn")
 def test_apply_writes_what_stock_transformers_loads_or_says_why_not(tmp_path_factory, tiny_weights, config, scaling):
     import shutil
 
@@ -169,3 +181,16 @@ def test_apply_writes_what_stock_transformers_loads_or_says_why_not(tmp_path_fac
     with torch.no_grad():
         logits = loaded(input_ids=torch.tensor([[1, 2, 3]]), position_ids=torch.tensor([[0, 100, 255]])).logits
     assert torch.isfinite(logits).all()
+
+
+def test_a_whole_head_family_asking_a_partial_rotary_factor_is_refused_before_anything_is_written(tmp_path, tiny_weights):
+    """Llama's attention rotates the whole head: a checkpoint whose RoPE covers half of it would not run
+    in transformers, so apply (and train, through the same export) refuse it in one line."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_weights, model)
+    (model / "config.json").write_text(json.dumps({**LLAMA_PARTIAL, "rope_scaling": None, "partial_rotary_factor": 0.5}))
+    code, _, err = run_cli("apply", "--model", model, "--scaling", "yarn", "--target", 256, "--out", tmp_path / "out")
+    assert code == 2 and "rotates the whole attention head" in err and "8 of 16 dimensions" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -108,7 +108,8 @@ def test_apply_keeps_weights_and_logits_within_window(tiny_llama_dir, tmp_path):
 
 @pytest.mark.parametrize("scaling", ["linear", "dynamic", "yarn", "dprope"])
 def test_partial_rotary_factor_matches_transformers(scaling):
-    config = tiny_llama_config(hidden_size=128, num_attention_heads=2, partial_rotary_factor=0.5)  # 32 of 64 dims
+    # 32 of 64 dims, in a family whose attention can rotate a share of the head (Llama's rotates all of it)
+    config = {**tiny_llama_config(hidden_size=128, num_attention_heads=2, partial_rotary_factor=0.5), "model_type": "nemotron"}
     rope = rope_config_from_dict(config)
     assert rope.rotary_dim == 32
     scaled = scale(rope, scaling, 256)

@@ -73,6 +73,10 @@ def exported_config(config: Mapping[str, Any], scaled: Scaled) -> dict[str, Any]
     out = copy.deepcopy(dict(config))
     section = out["text_config"] if text_section(config) is not config else out
     new, fam = scaled.exported, scaled.rope.family
+    if fam.whole_head and new.partial_rotary_factor != 1.0:
+        raise UsageError(f"{new.model_type} rotates the whole attention head in transformers, but the config asks "
+                         f"a partial_rotary_factor of {new.partial_rotary_factor:g} ({new.rotary_dim} of {new.head_dim} "
+                         "dimensions): no checkpoint of it would run; remove partial_rotary_factor or fix model_type")
     params = new.parameters()
     if new.layer_type:
         nested = {**copy.deepcopy(dict(new.other_layers)), new.layer_type: params}

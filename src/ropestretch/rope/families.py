@@ -16,7 +16,10 @@ in a few ways, each a field of :class:`Family`:
 - a transformers 4.x config class that accepts only an exact set of ``rope_scaling`` keys (Phi-3,
   OLMo), and for Phi-3 no attention factor of its own;
 - an attention scale computed from the RoPE settings (DeepSeek's ``mscale_all_dim``), which a
-  new scaling would change.
+  new scaling would change;
+- an attention that rotates the whole head (Llama, Mistral, Qwen 2/3, Gemma, ...), so that a
+  ``partial_rotary_factor`` below 1 gives transformers' rope functions fewer frequencies than the
+  head it rotates: a checkpoint it cannot run.
 
 Every other module asks :func:`family` and never tests ``model_type`` itself.
 """
@@ -60,6 +63,8 @@ class Family:
             are written in full, which that class refuses to load.
         explicit_attention: its configs may carry an ``attention_factor`` (Phi-3's 4.x class accepts none,
             so its LongRoPE attention factor is always its own formula of the window).
+        whole_head: its transformers attention rotates the whole head (for MLA, the whole rotary part), never
+            a share of it: a ``partial_rotary_factor`` below 1 is not one its model can run.
     """
 
     name: str
@@ -77,6 +82,7 @@ class Family:
     engine_scales_window: bool = True
     legacy_keys: dict[str, tuple[str, ...]] | None = None
     explicit_attention: bool = True
+    whole_head: bool = False
 
 
 _OLMO_LEGACY = {"linear": ("type", "factor"), "dynamic": ("type", "factor")}
@@ -89,16 +95,21 @@ FAMILIES: dict[str, Family] = {
     "persimmon": Family("Persimmon", default_partial=0.5),
     "phi3": Family("Phi-3", export_types=("default", "longrope"), top_level_original_window=True,
                    legacy_keys={"longrope": ("type", "short_factor", "long_factor")}, explicit_attention=False),
-    "olmo": Family("OLMo", legacy_keys=_OLMO_LEGACY),
-    "olmo2": Family("OLMo 2", legacy_keys=_OLMO_LEGACY),
+    "olmo": Family("OLMo", legacy_keys=_OLMO_LEGACY, whole_head=True),
+    "olmo2": Family("OLMo 2", legacy_keys=_OLMO_LEGACY, whole_head=True),
     "gemma3_text": Family("Gemma 3", default_theta=1_000_000.0, layer_rope=True,
-                          local_theta_key="rope_local_base_freq", engine_scales_window=False),
-    "deepseek_v2": Family("DeepSeek-V2", rope_head_dim_key="qk_rope_head_dim", softmax_reads_rope=True),
-    "deepseek_v3": Family("DeepSeek-V3", rope_head_dim_key="qk_rope_head_dim", softmax_reads_rope=True),
+                          local_theta_key="rope_local_base_freq", engine_scales_window=False, whole_head=True),
+    "deepseek_v2": Family("DeepSeek-V2", rope_head_dim_key="qk_rope_head_dim", softmax_reads_rope=True, whole_head=True),
+    "deepseek_v3": Family("DeepSeek-V3", rope_head_dim_key="qk_rope_head_dim", softmax_reads_rope=True, whole_head=True),
 }
 FAMILIES["gemma3"] = FAMILIES["gemma3_text"]  # a Gemma 3 config whose text part is read (see config.text_section)
+# transformers' own classes whose attention rotates the whole head (their modeling code never reads
+# partial_rotary_factor), spelt the Llama way; other types may rotate a share (GLM, Nemotron, GPT-J)
+WHOLE_HEAD = Family("llama-like", whole_head=True)
+WHOLE_HEAD_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
+                    "starcoder2", "cohere", "cohere2", "granite", "granitemoe", "falcon"}
 
 
 def family(model_type: str) -> Family:
     """The :class:`Family` of a config's ``model_type`` (the Llama spelling for every type not listed)."""
-    return FAMILIES.get(model_type, LLAMA_LIKE)
+    return FAMILIES.get(model_type) or (WHOLE_HEAD if model_type in WHOLE_HEAD_TYPES else LLAMA_LIKE)
