@@ -404,13 +404,13 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
     parts += ["## Budget", "",
               "The issue sized the whole study at about 8 hours of an AMX machine (a full fine-tune step of 8192 "
               "tokens in 54 s in bf16). This machine has no native bf16, so everything runs in fp32: a LoRA step "
-              "with gradient checkpointing takes about 190 s on idle cores (one fine-tune, about 1.7 hours; up to 416 s "
-              "a step beside the project's test suites and engine checks, which is why CREAM's took 3.2 hours), and "
+              "with gradient checkpointing takes 190 to 210 s on idle cores (one fine-tune, 1.7 to 1.9 hours; up to 416 s "
+              "a step beside the project's test suites and engine checks: the three took 2.0, 2.2 and 3.2 hours), and "
               "a 16K needle cell of 2 samples x 5 depths 17 to 26 minutes on idle cores (up to 70 beside other work; "
               "the times below are as measured, interruptions excluded). The cells therefore run most telling "
               "first (the list below), and a cell that has not run is cut from the tables for now, not estimated. "
               "The first stage that compares CREAM, PoSE and plain fine-tuning (three fine-tunes and 4 samples per "
-              "depth at 16K) is about 7 hours here.", ""]
+              "depth at 16K) took 11.2 hours here (7.3 of fine-tuning, 3.9 of evaluation: the table below).", ""]
     parts += ["## Time of each part", "", _table(["part", "seconds"],
               [[f"fine-tune {v}", f"{records[v]['train_seconds']:.0f}"] for v in FINE_TUNES if v in records]
               + [[f"eval {v} {c}", f"{s:.0f}"] for (v, c), s in seconds.items()]), ""]
