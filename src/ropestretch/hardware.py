@@ -75,10 +75,23 @@ def resolve_device(name: str = "auto") -> str:
     raise UsageError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
+PROBE_ENV = "ROPESTRETCH_CPU_BF16"
+
+
 def cpu_bf16() -> bool:
     """True where torch reports native bf16 on this CPU: AMX tiles or AVX512-BF16 (where it has
-    neither, torch emulates bf16 arithmetic, several times slower than fp32)."""
+    neither, torch emulates bf16 arithmetic, several times slower than fp32).
+
+    ``ROPESTRETCH_CPU_BF16=0`` (or ``1``) overrides the probe, so that ``--dtype auto`` resolves as on
+    a CPU without (or with) native bf16: a run reproduces one made on another kind of CPU, and the
+    test suite pins the answer (and runs the tests that depend on it under both)."""
+    import os
+
     import torch
+
+    forced = os.environ.get(PROBE_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
 
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         check = getattr(getattr(torch, "cpu", None), probe, None)

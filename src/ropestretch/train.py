@@ -489,7 +489,10 @@ def _callbacks(cfg: TrainConfig, out: Path, tokens_per_step: int):
 @dataclass
 class TrainResult:
     out: Path
-    model: Any  # the trained model in memory (merged when LoRA is merged); None on other ranks
+    # the trained model in memory (merged when LoRA is merged), computing what the saved checkpoint
+    # computes when loaded in its dtype: fp32 weights, without the mixed-precision wrapper training
+    # ran under; None on other ranks
+    model: Any
     already_done: bool = False  # --resume found the run finished and changed nothing
 
 
@@ -612,7 +615,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
     # 3. the checkpoint
     if not trainer.is_world_process_zero():
         return TrainResult(out, None)
-    final = trainer.model
+    # the model as the checkpoint holds it: mixed precision left accelerate's autocast wrapper on its
+    # forward (bf16 matmuls over fp32 weights), which the saved weights do not carry
+    final = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     if cfg.lora and cfg.merge_lora:
         final = final.merge_and_unload()
     staging = out / ".final.partial"
