@@ -107,38 +107,44 @@ def vllm_exports(root: Path) -> list[tuple[str, Path, Path, int, int]]:
     return out
 
 
-def transformers_logprobs(folder: Path, ids: list[int]):
-    import torch
-    from transformers import AutoModelForCausalLM
+def reference(folder: Path):
+    """transformers on ``folder`` in fp32, as an evaluation backend."""
+    from ropestretch.eval import load_for_eval
+    from ropestretch.eval.backends import TransformersBackend
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
-    logp = torch.log_softmax(logits, -1)
-    return logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    return TransformersBackend(*load_for_eval(str(folder)))
+
+
+def logprobs(backend, ids: list[int]):
+    """Each token's log-probability after the first, as ``backend`` gives it (a float tensor)."""
+    import torch
+
+    return torch.tensor([lp for lp, _ in backend.predictions([ids], 1)[0]])
+
+
+def transformers_logprobs(folder: Path, ids: list[int]):
+    return logprobs(reference(folder), ids)
 
 
 def check_vllm(root: Path) -> list[tuple[str, str, bool]]:
-    import torch
     from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
+
+    from ropestretch.eval.backends import VllmBackend
 
     rows = []
     for name, folder, base, length, target in vllm_exports(root):
-        ids = prompt(AutoTokenizer.from_pretrained(folder), length)
-        reference = transformers_logprobs(folder, ids)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        ids = prompt(tokenizer, length)
+        expected = transformers_logprobs(folder, ids)
         # the control: the same prompt in transformers without the scaling, which the served export must
         # differ from far more than from its own reference, or the check could not tell them apart
         control = None if name.endswith(" none") else transformers_logprobs(base, ids)
         started = time.time()
         try:
-            llm = LLM(model=str(folder), dtype="float32", max_model_len=target, enforce_eager=True, seed=0,
-                      max_num_seqs=1)
-            out = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
-                               use_tqdm=False)[0]
-            served = torch.tensor([entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], ids[1:])])
-            del llm
-            worst = float((served - reference).abs().max())
+            engine = VllmBackend(folder, tokenizer, "fp32", target, enforce_eager=True, max_num_seqs=1)
+            served = logprobs(engine, ids)
+            engine.close()
+            worst = float((served - expected).abs().max())
             measured = f"max abs difference {worst:.1e} over {len(ids) - 1} positions"
             ok = worst <= TOLERANCE
             if control is not None:
@@ -154,18 +160,12 @@ def check_vllm(root: Path) -> list[tuple[str, str, bool]]:
     return rows
 
 
-def llamacpp_logits(gguf_file: Path, ids: list[int]):
-    """llama.cpp's logits at every position of ``ids`` (float64), its KV cache in f32 so that only
-    the engine's arithmetic differs from transformers'."""
-    import numpy as np
-    from llama_cpp import Llama
+def llamacpp(gguf_file: Path, tokenizer, length: int):
+    """llama.cpp on ``gguf_file`` as an evaluation backend, its KV cache in f32 so that only the
+    engine's arithmetic differs from transformers'."""
+    from ropestretch.eval.backends import LlamaCppBackend
 
-    llm = Llama(model_path=str(gguf_file), n_ctx=len(ids) + 8, logits_all=True, n_threads=os.cpu_count() or 2,
-                verbose=False, n_batch=512, n_ubatch=512, type_k=0, type_v=0)  # 0: GGML_TYPE_F32
-    llm.eval(ids)
-    scores = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-    llm.close()
-    return scores
+    return LlamaCppBackend(gguf_file, tokenizer, length + 8, n_ubatch=512, type_k=0, type_v=0)  # 0: GGML_TYPE_F32
 
 
 def llamacpp_exports(root: Path) -> list[tuple[str, Path, Path, int]]:
@@ -199,7 +199,6 @@ def cli(argv: list[str]) -> int:
 def converted(name: str, folder: Path, base: Path, target: int, gguf_file: Path) -> tuple[str, bool]:
     """One checkpoint converted by `ropestretch gguf --type f32` and run in llama.cpp: (what was
     measured, whether it matches)."""
-    import torch
     from transformers import AutoTokenizer
 
     started = time.time()
@@ -207,8 +206,9 @@ def converted(name: str, folder: Path, base: Path, target: int, gguf_file: Path)
         return "ropestretch gguf refused it", False
     tok = AutoTokenizer.from_pretrained(folder)
     ids = prompt(tok, 3 * target // 4)
-    logits = torch.from_numpy(llamacpp_logits(gguf_file, ids))
-    served = torch.log_softmax(logits, -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].float()
+    engine = llamacpp(gguf_file, tok, len(ids))
+    served = logprobs(engine, ids)
+    engine.close()
     worst = float((served - transformers_logprobs(folder, ids)).abs().max())
     measured = f"max abs difference {worst:.1e} over {len(ids) - 1} positions"
     ok = worst <= GGUF_TOLERANCE
@@ -257,13 +257,16 @@ def check_llamacpp(root: Path) -> list[tuple[str, str, bool]]:
     tok = AutoTokenizer.from_pretrained(base)
 
     def top(gguf_file: Path, ids: list[int]):
-        return llamacpp_logits(gguf_file, ids).argmax(-1)
+        engine = llamacpp(gguf_file, tok, len(ids))
+        served = argmax(engine, ids)
+        engine.close()
+        return served
 
     short = prompt(tok, rope.window // 4)
     floor = float((top(source, short) == transformers_argmax(base, short)).mean())
-    row(f"SmolLM2 Q4_1 as shipped, {len(short)} tokens", f"next-token agreement {floor:.3f}", True)
+    row(f"SmolLM2 Q4_1 as shipped, {len(short) - 1} tokens", f"next-token agreement {floor:.3f}", True)
     ids = prompt(tok, rope.window + rope.window // 8)
-    past = slice(rope.window, len(ids))  # where the scalings part from the unscaled model
+    past = slice(rope.window, len(ids) - 1)  # where the scalings part from the unscaled model
     unscaled = transformers_argmax(base, ids)
     for scaling in SMOLLM2_SCALINGS:
         started = time.time()
@@ -277,19 +280,21 @@ def check_llamacpp(root: Path) -> list[tuple[str, str, bool]]:
         share, tail = float((served == expected).mean()), float((served[past] == expected[past]).mean())
         control = float((served[past] == unscaled[past]).mean())
         ok = share >= floor - GGUF_MARGIN and tail > control + GGUF_MARGIN
-        row(f"smollm2 {scaling} (Q4_1)", f"next-token agreement {share:.3f} over {len(ids)} tokens; past the window "
+        row(f"smollm2 {scaling} (Q4_1)", f"next-token agreement {share:.3f} over {len(ids) - 1} tokens; past the window "
             f"{tail:.3f} (unscaled: {control:.3f}), {time.time() - started:.0f} s", ok)
         gguf_file.unlink()
     return rows
 
 
-def transformers_argmax(folder: Path, ids: list[int]):
-    import torch
-    from transformers import AutoModelForCausalLM
+def argmax(backend, ids: list[int]):
+    """The token ``backend`` ranks first at every position of ``ids`` but the last."""
+    import numpy as np
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with torch.no_grad():
-        return model(input_ids=torch.tensor([ids]), logits_to_keep=len(ids)).logits[0].argmax(-1).numpy()
+    return np.array([top for _, top in backend.predictions([ids], 1)[0]])
+
+
+def transformers_argmax(folder: Path, ids: list[int]):
+    return argmax(reference(folder), ids)
 
 
 def llamacpp_tokens(gguf_file: Path, text: str) -> list[int]:

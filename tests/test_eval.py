@@ -13,7 +13,7 @@ from clihelp import assert_one_line_error, run_cli
 from ropestretch import UsageError
 from ropestretch.data import tasks
 from ropestretch.eval import Evaluator, RunStore, run_needle, run_ppl
-from ropestretch.eval.perplexity import nll_sum
+from ropestretch.eval.prefill import sequence_nll as nll_sum
 from ropestretch.eval.prefill import crop_to
 from ropestretch.eval.retrieval import cell_rng
 
@@ -46,9 +46,12 @@ def test_tasks_exact_lengths_and_answers(lm, haystack):
     s = tasks.kv(tok, 1200, 1.0, rng)
     text = tok.decode(s.prompt_ids)
     assert s.info["index"] == s.info["pairs"] - 1 and f'": "{s.answer}"' in text
-    assert tasks.score_text("passkey", "12345", " 12345. and more 999")
-    assert not tasks.score_text("passkey", "12345", " 1234 5")
-    assert tasks.score_text("kv", "ab-cd", 'x "ab-cd"')
+    rng = np.random.default_rng(1)
+    first, line = tasks.passkey(tok, haystack, 300, 50, rng), tasks.lines(tok, 400, rng)
+    needle, pairs = tasks.needle(tok, haystack, 300, 50, rng), tasks.kv(tok, 1200, 0.5, rng)
+    assert first.match("12345", " 12345. and more 999") and not first.match("12345", " 1234 5")
+    assert not line.match("12", "x 123 12") and line.match("12", "x 12 3")  # the first integer
+    assert needle.match("1234567", "is 1234567.") and pairs.match("ab-cd", 'x "ab-cd"')  # anywhere
 
 
 def test_lines_with_several_questions_answers_each_from_the_records(lm):

@@ -255,7 +255,7 @@ def test_values_that_overflow_are_refused_before_a_config_is_written(tmp_path, t
     assert not out.exists()
 
 
-def test_routine_runs_print_no_library_warnings(tiny_lm_dir, tmp_path):
+def test_routine_runs_print_no_library_warnings(tiny_lm_dir, tmp_path, cpu_bf16):
     """eval needle, eval ppl and report, in one fresh process (train's resume: above)."""
     run = tmp_path / "run"
     common = ["--model", tiny_lm_dir, "--out", run, "--no-progress"]

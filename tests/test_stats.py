@@ -202,17 +202,31 @@ def test_runs_that_do_not_share_prompts_are_unpaired_in_one_line(runs, tiny_lm_d
     assert "### " not in report.split("## Paired comparisons")[1]  # nothing compared as if paired
 
 
-def test_eval_records_its_dtype_and_refuses_another(tmp_path, capfd):
-    from ropestretch.hardware import cpu_bf16, resolve_dtype
+def test_eval_records_its_dtype_and_refuses_another(tmp_path, capfd, cpu_bf16):
+    from ropestretch.hardware import resolve_dtype
 
     run = tmp_path / "run"
     base = REPO / "models" / "tiny-llama-256"
     common = ["--model", base, "--out", run, "--lengths", 256, "--samples", 1, "--no-progress"]
     assert run_cli("eval", "ppl", *common)[0] == 0
     recorded = json.loads((run / "eval-args.json").read_text())["ppl"]["dtype"]
-    assert recorded == resolve_dtype("auto", "cpu") == ("bf16" if cpu_bf16() else "fp32")
+    assert recorded == resolve_dtype("auto", "cpu") == ("bf16" if cpu_bf16 else "fp32")
     other = "fp32" if recorded == "bf16" else "bf16"
     assert_one_line_error(run_cli("eval", "ppl", *common, "--dtype", other), "different arguments (differs in: dtype)")
+
+
+def test_the_bf16_probe_can_be_overridden_to_reproduce_another_cpu_kind(monkeypatch):
+    import torch
+
+    from ropestretch import hardware
+
+    monkeypatch.setenv(hardware.PROBE_ENV, "1")
+    assert hardware.cpu_bf16() and hardware.resolve_dtype("auto", "cpu") == "bf16"
+    monkeypatch.setenv(hardware.PROBE_ENV, "0")
+    assert not hardware.cpu_bf16() and hardware.resolve_dtype("auto", "cpu") == "fp32"
+    monkeypatch.delenv(hardware.PROBE_ENV)  # torch's own answer for this CPU
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert hardware.cpu_bf16() == native
 
 
 def test_auto_dtype_follows_the_cpu_and_emulated_bf16_warns(monkeypatch, capsys):

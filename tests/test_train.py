@@ -19,7 +19,9 @@ def train_cli(model, data, out, *extra):
     return run_cli("train", "--model", model, "--data", data, "--out", out, *BASE, *extra)
 
 
-def test_checkpoint_is_standard_and_matches_in_process_model(tiny_lm_dir, text_dir, tmp_path):
+def test_checkpoint_is_standard_and_matches_in_process_model(tiny_lm_dir, text_dir, tmp_path, cpu_bf16):
+    """Under both answers of the bf16 probe: `--dtype auto` trains in bf16 mixed precision where the
+    CPU has native bf16, and the model train() returns computes what the saved checkpoint computes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ropestretch.train import make_config, train
@@ -39,6 +41,7 @@ def test_checkpoint_is_standard_and_matches_in_process_model(tiny_lm_dir, text_d
     assert (meta["positions"], meta["scaling"], meta["window"], meta["target"], meta["steps"]) == \
         ("cream", "yarn", 64, 256, 4)
     assert meta["training"]["lr"] == 1e-3 and meta["final_loss"] is not None
+    assert meta["precision"] == ("bf16" if cpu_bf16 else "fp32")
     # stock transformers, no custom code, gives the in-process model's logits at 3x the window
     stock = AutoModelForCausalLM.from_pretrained(out)
     ids = torch.randint(0, 300, (1, 200))
@@ -108,6 +111,20 @@ def test_sigkill_and_resume_matches_straight_run(tiny_lm_dir, text_dir, tmp_path
     restart = next(i for i in range(1, len(log)) if log[i]["elapsed_s"] < log[i - 1]["elapsed_s"])
     record = json.loads((killed / "ropestretch.json").read_text())
     assert record["train_seconds"] >= log[restart - 1]["elapsed_s"] >= 0.2 * 10
+
+
+def test_lora_model_in_process_is_the_merged_checkpoint(tiny_lm_dir, text_dir, tmp_path, cpu_bf16):
+    from transformers import AutoModelForCausalLM
+
+    from ropestretch.train import make_config, train
+
+    out = tmp_path / "run"
+    result = train(make_config(model=str(tiny_lm_dir), data=str(text_dir), out=str(out), target=256, positions="pose",
+                               scaling="yarn", steps=2, batch_size=2, lr=1e-3, lora=True, lora_rank=4, progress=False))
+    stock = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.randint(0, 300, (1, 150))
+    with torch.no_grad():
+        torch.testing.assert_close(stock(ids).logits, result.model.eval()(ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_lora_merged_with_embeddings_and_norms(tiny_lm_dir, text_dir, tmp_path):

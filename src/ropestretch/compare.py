@@ -29,12 +29,17 @@ BAND_TEXT = {"all": "all", "ends": "0-10, 90-100%", "middle": "25-75%"}
 
 
 def place(test: str, cell: dict[str, Any]) -> float | None:
-    """Where in the context a cell asks, in percent: the depth, the gold position, or None (lines)."""
-    if test in ("passkey", "needle"):
-        return float(cell["depth"])
-    if test == "kv":
-        return 100.0 * float(cell["gold"])
-    return None
+    """Where in the context a cell asks, in percent, as its task declares it (the depth, the gold
+    position), or None (a task whose cells ask nowhere in particular, or one not registered)."""
+    from ropestretch.eval.tasks import TASKS
+
+    return TASKS[test].where(cell) if test in TASKS else None
+
+
+def _perplexity_task(test: str | None) -> str:
+    from ropestretch.eval.tasks import TASKS
+
+    return test or next(name for name, t in TASKS.items() if t.measure == "perplexity")
 
 
 def in_band(band: str, where: float | None) -> bool:
@@ -103,8 +108,12 @@ def differences(p: Pairing) -> list[dict[str, Any]]:
     a paired bootstrap from 20 units on, the paired t interval below; ``method`` says which). For
     the needle, one draw (its haystack, key and number) placed at every depth is one unit, its
     depths' differences averaged; for the other tests every sample is drawn on its own."""
+    from ropestretch.eval.tasks import TASKS
+
+    task = TASKS.get(p.test)
     out = []
-    bands = ("all", "ends", "middle") if p.test != "lines" else ("all",)
+    bands = ("all", "ends", "middle") if task is not None and task.place is not None else ("all",)
+    by_draw = task is not None and task.unit == "draw"
     for length in sorted({k[1] for k in p.keys}):
         for band in bands:
             idx = [j for j, k in enumerate(p.keys) if k[1] == length and in_band(band, k[2])]
@@ -116,7 +125,7 @@ def differences(p: Pairing) -> list[dict[str, Any]]:
             units: dict[tuple, list[int]] = {}
             for j in idx:
                 seed, _, where, i = p.keys[j]
-                units.setdefault((seed, i) if p.test == "needle" else (seed, where, i), []).append(j)
+                units.setdefault((seed, i) if by_draw else (seed, where, i), []).append(j)
             unit_a = [sum(per_token(p.left[j]) for j in js) / len(js) for js in units.values()]
             unit_b = [sum(per_token(p.right[j]) for j in js) / len(js) for js in units.values()]
             diff, low, high, method = paired_interval(unit_a, unit_b)
@@ -132,12 +141,12 @@ def prints_match(prints: Any, windows: Any) -> bool:
             and all(isinstance(x, str) for x in prints))
 
 
-def _windows(run: dict[str, Any], length: int) -> dict[tuple, float] | str:
+def _windows(run: dict[str, Any], length: int, test: str) -> dict[tuple, float] | str:
     """A run's scored windows at ``length`` over all its rows there, keyed by (fingerprint, its
     occurrence), or why it has none that can pair."""
     out: dict[tuple, float] = {}
     seen: Counter = Counter()
-    for row in run["results"].get("ppl") or []:
+    for row in run["results"].get(test) or []:
         if row["cell"]["length"] != length:
             continue
         windows, prints = row.get("windows"), row.get("prints")
@@ -153,19 +162,21 @@ def _windows(run: dict[str, Any], length: int) -> dict[tuple, float] | str:
     return out
 
 
-def pair_perplexity(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+def pair_perplexity(a: dict[str, Any], b: dict[str, Any], test: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Per length both runs scored, the perplexity ratio ``a / b`` over the windows both scored
     (the same fingerprints, whichever rows or seeds hold them): exp of the mean per-window NLL
     difference with its 95% paired t interval, as {length, n, ppl_a, ppl_b, ratio, low, high}; and
-    a line for each length (or the whole pair) that does not pair, saying why."""
+    a line for each length (or the whole pair) that does not pair, saying why. ``test``: the
+    perplexity task (default: the registry's first)."""
+    test = _perplexity_task(test)
     why = f"`{a['label']}` and `{b['label']}` are unpaired on perplexity"
-    lengths = [{r["cell"]["length"] for r in run["results"].get("ppl") or []} for run in (a, b)]
+    lengths = [{r["cell"]["length"] for r in run["results"].get(test) or []} for run in (a, b)]
     common = sorted(lengths[0] & lengths[1])
     if not common:
         return [], [f"{why}: no length in common"]
     rows, unpaired = [], []
     for length in common:
-        wa, wb = _windows(a, length), _windows(b, length)
+        wa, wb = _windows(a, length, test), _windows(b, length, test)
         problem = next((w for w in (wa, wb) if isinstance(w, str)), None)
         keys = [] if problem else [k for k in wa if k in wb]
         if problem or not keys:

@@ -190,7 +190,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     from ropestretch.data.corpus import builtin_documents
     from ropestretch.data.tasks import Haystack
-    from ropestretch.eval.perplexity import token_stream
+    from ropestretch.data.corpus import token_stream
 
     from ropestretch.resources import named_path
 

@@ -17,8 +17,13 @@ from ropestretch.errors import UsageError
 from ropestretch.eval.store import ARGS_FILE, RESULTS_FILE, read_results
 from ropestretch.stats import BOOTSTRAP_MIN_PAIRS, mean_interval, safe_exp, wilson
 
-RETRIEVAL = (("passkey", "Passkey retrieval"), ("needle", "Needle in a haystack"), ("lines", "LongChat-Lines"),
-             ("kv", "Key-value retrieval (lost in the middle)"))
+
+
+def _tasks(measure: str) -> list:
+    """The registered tasks of one measure (``retrieval`` or ``perplexity``), in registry order."""
+    from ropestretch.eval.tasks import TASKS
+
+    return [t for t in TASKS.values() if t.measure == measure]
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:
@@ -61,10 +66,15 @@ def _count(x: Any, low: int = 0) -> bool:
 
 def row_problem(row: dict[str, Any]) -> str | None:
     """What is wrong with a result row for the report to use it, or None."""
+    from ropestretch.eval.tasks import TASKS
+
     test, cell = row["test"], row["cell"]
     if not _count(cell.get("length"), 1):
         return "has no cell length (a positive integer)"
-    if test == "ppl":
+    task = TASKS.get(test)
+    if task is None:
+        return None  # another test's row: not reported, not in the way
+    if task.measure == "perplexity":
         value = row.get("ppl")  # NaN or infinity: a run that overflowed, reported as "-"
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (math.isnan(value) or value > 0)
         windows = row.get("windows")  # a window that overflowed is NaN or infinity, as the perplexity
@@ -75,12 +85,8 @@ def row_problem(row: dict[str, Any]) -> str | None:
         if ok and prints is not None and not prints_match(prints, windows):
             return "has prints that are not one fingerprint (a string) per window"
         return None if ok else "has no perplexity (a positive number)"
-    if test not in ("passkey", "needle", "lines", "kv"):
-        return None  # another test's row: not reported, not in the way
-    if test in ("passkey", "needle") and not _number(cell.get("depth"), 0, 100):
-        return "has no depth in [0, 100]"
-    if test == "kv" and not _number(cell.get("gold"), 0, 1):
-        return "has no gold position in [0, 1]"
+    if task.place is not None and not _number(cell.get(task.place.key), 0, 100 / task.place.percent):
+        return f"has no {task.place.plural[:-1]} in [0, {100 / task.place.percent:g}]"
     if not (_number(row.get("accuracy"), 0, 1) and _count(row.get("correct")) and _count(row.get("n"), 1)
             and row["correct"] <= row["n"]):
         return "needs accuracy (0 to 1), correct and n (counts, correct <= n)"
@@ -108,7 +114,8 @@ def _number_text(x: float) -> str:
     return f"{x:.2f}" if abs(x) < 1e6 or not math.isfinite(x) else f"{x:.3g}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: a header row, then the rows."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -179,10 +186,12 @@ def ratio_text(d: dict[str, Any], with_n: bool = False) -> str:
     return text + (f", n = {d['n']}" if with_n else "")
 
 
-def _rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = None) -> list[dict]:
-    """The rows of one length; with ``depths``, only those whose depth lies in that range."""
+def _rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = None, place=None) -> list[dict]:
+    """The rows of one length; with ``depths`` (percent of the context), only those whose place (a
+    :class:`ropestretch.eval.tasks.Place`; default the depth) lies in that range."""
+    key, percent = (place.key, place.percent) if place is not None else ("depth", 1.0)
     return [r for r in rows if r["cell"]["length"] == length
-            and (depths is None or depths[0] <= r["cell"]["depth"] <= depths[1])]
+            and (depths is None or depths[0] <= percent * r["cell"][key] <= depths[1])]
 
 
 def write_report(folders: list[str | Path], out: str | Path | None = None) -> Path:
@@ -219,55 +228,61 @@ def render(runs: list[dict[str, Any]], out: Path) -> list[str]:
     parts: list[str] = []
     trained = [r for r in runs if r["meta"].get("train_seconds") is not None]
     if trained:
-        parts += ["## Training cost", "", _table(
+        parts += ["## Training cost", "", markdown_table(
             ["run", "positions", "scaling", "window -> target", "steps", "train tokens", "train time", "final loss"],
             [[r["label"], r["meta"].get("positions", "-"), r["meta"].get("scaling", "-"),
               f"{r['meta']['window']} -> {r['meta']['target']}", str(r["meta"].get("steps")),
               f"{r['meta'].get('train_tokens', 0):,}", f"{r['meta']['train_seconds']:.0f} s",
               f"{r['meta'].get('final_loss') or float('nan'):.3f}"] for r in trained]), ""]
 
-    for test, title in RETRIEVAL:
-        have = [r for r in runs if r["results"].get(test)]
+    for task in _tasks("retrieval"):
+        have = [r for r in runs if r["results"].get(task.name)]
         if have:
-            parts += _retrieval_section(plt, out, test, title, have)
+            parts += _retrieval_section(plt, out, task, have)
     parts += _paired_section(runs)
-
-    have = [r for r in runs if r["results"].get("ppl")]
-    if have:
-        lengths = sorted({row["cell"]["length"] for r in have for row in r["results"]["ppl"]})
-        cells = [[_perplexity([x for x in r["results"]["ppl"] if x["cell"]["length"] == n]) for n in lengths]
-                 for r in have]
-        parts += ["## Perplexity vs length", "", _table(["run"] + [str(n) for n in lengths],
-                                                        [[r["label"]] + row for r, row in zip(have, cells)]), ""]
-        if any(", n = " in c for row in cells for c in row):
-            parts += ["With a 95% interval over the windows scored (exp of the Student-t interval of their mean "
-                      "per-token NLL) and their n.", ""]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in have:
-            by_len = _by(r["results"]["ppl"], "length", "ppl")
-            ax.plot(list(by_len), list(by_len.values()), marker="o", label=r["label"])
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("perplexity")
-        ax.set_title("Perplexity vs length")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "ppl-vs-length.png", dpi=110)
-        plt.close(fig)
-        parts += ["![perplexity vs length](ppl-vs-length.png)", ""]
+    for task in _tasks("perplexity"):
+        have = [r for r in runs if r["results"].get(task.name)]
+        if have:
+            parts += _perplexity_section(plt, out, task, have)
     return parts
 
 
-def _heatmap(plt, rows: list[dict], title: str, path: Path) -> None:
+def _perplexity_section(plt, out: Path, task, have: list[dict]) -> list[str]:
+    """A perplexity task's table (each run's perplexity by length) and its figure."""
+    test = task.name
+    lengths = sorted({row["cell"]["length"] for r in have for row in r["results"][test]})
+    cells = [[_perplexity([x for x in r["results"][test] if x["cell"]["length"] == n]) for n in lengths]
+             for r in have]
+    parts = [f"## {task.title}", "", markdown_table(["run"] + [str(n) for n in lengths],
+                                            [[r["label"]] + row for r, row in zip(have, cells)]), ""]
+    if any(", n = " in c for row in cells for c in row):
+        parts += ["With a 95% interval over the windows scored (exp of the Student-t interval of their mean "
+                  "per-token NLL) and their n.", ""]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in have:
+        by_len = _by(r["results"][test], "length", "ppl")
+        ax.plot(list(by_len), list(by_len.values()), marker="o", label=r["label"])
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(task.title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / f"{test}-vs-length.png", dpi=110)
+    plt.close(fig)
+    return parts + [f"![perplexity vs length]({test}-vs-length.png)", ""]
+
+
+def _heatmap(plt, rows: list[dict], key: str, title: str, path: Path) -> None:
     from matplotlib.colors import LinearSegmentedColormap
 
     lengths = sorted({r["cell"]["length"] for r in rows})
-    depths = sorted({r["cell"]["depth"] for r in rows})
+    depths = sorted({r["cell"][key] for r in rows})
     grid = np.full((len(depths), len(lengths)), np.nan)
     for d in depths:  # rows of several seeds for one cell are pooled
         for n in lengths:
-            k, total = _counts([r for r in rows if r["cell"]["depth"] == d and r["cell"]["length"] == n])
+            k, total = _counts([r for r in rows if r["cell"][key] == d and r["cell"]["length"] == n])
             if total:
                 grid[depths.index(d), lengths.index(n)] = k / total
     cmap = LinearSegmentedColormap.from_list("rg", ["#c0392b", "#f1c40f", "#1e8449"])
@@ -284,39 +299,44 @@ def _heatmap(plt, rows: list[dict], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _retrieval_section(plt, out: Path, test: str, title: str, have: list[dict]) -> list[str]:
-    """A retrieval test's tables (accuracy with intervals, the answer log-likelihood) and figures."""
+def _retrieval_section(plt, out: Path, task, have: list[dict]) -> list[str]:
+    """A retrieval task's tables (accuracy with intervals, the answer log-likelihood) and the views
+    its registry entry asks for (:class:`ropestretch.eval.tasks.Task`)."""
+    test, title, place = task.name, task.title, task.place
     lengths = sorted({row["cell"]["length"] for r in have for row in r["results"][test]})
     header = ["run"] + [str(n) for n in lengths]
-    over = {"passkey": " (all depths)", "needle": " (all depths)", "kv": " (all gold positions)"}.get(test, "")
+    over = f" (all {place.plural})" if place else ""
     parts = [f"## {title}", "", f"Accuracy by context length{over}, with its 95% Wilson interval and n:", "",
-             _table(header, [[r["label"]] + [_rate(_rows_at(r["results"][test], n)) for n in lengths]
+             markdown_table(header, [[r["label"]] + [_rate(_rows_at(r["results"][test], n)) for n in lengths]
                              for r in have]), ""]
-    if test in ("passkey", "needle"):
-        parts += ["Middle depths only (25-75%):", "", _table(header, [
-            [r["label"]] + [_rate(_rows_at(r["results"][test], n, (25, 75))) for n in lengths] for r in have]), ""]
+    if "middle" in task.views:
+        parts += [f"Middle {place.plural} only (25-75%):", "", markdown_table(header, [
+            [r["label"]] + [_rate(_rows_at(r["results"][test], n, (25, 75), place)) for n in lengths]
+            for r in have]), ""]
     if any(row.get("samples") for r in have for row in r["results"][test]):
         parts += ["The gold answer's log-likelihood per token (nats; teacher-forced, whatever the scoring; higher "
                   "is better), mean with its 95% interval and n:", "",
-                  _table(header, [[r["label"]] + [_loglik(_rows_at(r["results"][test], n)) for n in lengths]
+                  markdown_table(header, [[r["label"]] + [_loglik(_rows_at(r["results"][test], n)) for n in lengths]
                                   for r in have]), ""]
-    if test in ("passkey", "needle"):
-        name = f"{test}-by-depth.png"
-        _by_place(plt, have, test, "depth", 1.0, "depth of the needle (%)", f"{title}: accuracy by depth", out / name)
-        parts += [f"![{test} accuracy by depth]({name})", ""]
-    if test == "needle":
+    figure = f"{test}-by-{place.figure}.png" if place else None
+    if "by_place" in task.views:
+        _by_place(plt, have, test, place.key, place.percent, place.axis, f"{title}: accuracy by {place.figure}",
+                  out / figure)
+    if "by_place" in task.views and "place_table" not in task.views:
+        parts += [f"![{test} accuracy by {place.figure}]({figure})", ""]
+    if "heatmap" in task.views:
         for r in have:
-            path = out / f"needle-{r['label']}.png"
-            _heatmap(plt, r["results"][test], f"Needle in a haystack: {r['label']}", path)
-            parts += [f"![needle heatmap {r['label']}]({path.name})", ""]
-    if test == "kv":
-        _by_place(plt, have, test, "gold", 100.0, "position of the queried key in the context (%)",
-                  "Key-value retrieval by gold position", out / "kv-by-position.png")
-        golds = sorted({row["cell"]["gold"] for r in have for row in r["results"]["kv"]})
-        parts += ["Accuracy by gold position (all lengths):", "",
-                  _table(["run"] + [f"{100 * g:.0f}%" for g in golds],
-                         [[r["label"]] + [_rate([x for x in r["results"]["kv"] if x["cell"]["gold"] == g]) for g in golds]
-                          for r in have]), "", "![kv by position](kv-by-position.png)", ""]
+            path = out / f"{test}-{r['label']}.png"
+            _heatmap(plt, r["results"][test], place.key, f"{title}: {r['label']}", path)
+            parts += [f"![{test} heatmap {r['label']}]({path.name})", ""]
+    if "place_table" in task.views:
+        places = sorted({row["cell"][place.key] for r in have for row in r["results"][test]})
+        parts += [f"Accuracy by {place.plural[:-1]} (all lengths):", "",
+                  markdown_table(["run"] + [f"{place.percent * g:.0f}%" for g in places],
+                         [[r["label"]] + [_rate([x for x in r["results"][test] if x["cell"][place.key] == g])
+                                          for g in places] for r in have]), ""]
+        if figure:
+            parts += [f"![{test} by {place.figure}]({figure})", ""]
     return parts
 
 
@@ -350,11 +370,29 @@ def _by_place(plt, have: list[dict], test: str, key: str, scale: float, xlabel: 
     plt.close(fig)
 
 
+def _paired_perplexity(runs: list[dict], test: str) -> list[str]:
+    """For every two runs of a perplexity task: their ratio over the same windows, or why they do not pair."""
+    parts: list[str] = []
+    have = [r for r in runs if r["results"].get(test)]
+    for i, a in enumerate(have):
+        for b in have[i + 1:]:
+            paired, unpaired = pair_perplexity(a, b, test)
+            parts += [line for u in unpaired for line in (f"- {u}.", "")]
+            if paired:
+                parts += [f"### Perplexity: `{a['label']}` / `{b['label']}`, the same windows", "", markdown_table(
+                    ["length", "n windows", f"perplexity {a['label']}", f"perplexity {b['label']}",
+                     "ratio [95% paired t interval]"],
+                    [[str(d["length"]), str(d["n"]), _fmt(d["ppl_a"], pct=False), _fmt(d["ppl_b"], pct=False),
+                      ratio_text(d)] for d in paired]), ""]
+    return parts
+
+
 def _paired_section(runs: list[dict]) -> list[str]:
     """For every two runs and every retrieval test both ran: their paired differences, or why they
     cannot be paired."""
     parts: list[str] = []
-    for test, title in RETRIEVAL:
+    for task in _tasks("retrieval"):
+        test, title = task.name, task.title
         have = [r for r in runs if r["results"].get(test)]
         for i, a in enumerate(have):
             for b in have[i + 1:]:
@@ -367,7 +405,7 @@ def _paired_section(runs: list[dict]) -> list[str]:
                     f" ({pairing.only_a} samples only in `{a['label']}` and {pairing.only_b} only in `{b['label']}` "
                     "are left out)")
                 parts += [f"### {title}: `{a['label']}` - `{b['label']}`, {len(pairing.keys)} paired samples{extra}",
-                          "", _table(
+                          "", markdown_table(
                               ["length", "depths", "n pairs (independent)", f"accuracy {a['label']}",
                                f"accuracy {b['label']}",
                                "difference", "right only in each", "McNemar exact p",
@@ -377,17 +415,8 @@ def _paired_section(runs: list[dict]) -> list[str]:
                                 f"{d['only_a']} / {d['only_b']}", f"{d['p']:.3g}",
                                 loglik_difference(d)]
                                for d in rows]), ""]
-    have = [r for r in runs if r["results"].get("ppl")]
-    for i, a in enumerate(have):
-        for b in have[i + 1:]:
-            paired, unpaired = pair_perplexity(a, b)
-            parts += [line for u in unpaired for line in (f"- {u}.", "")]
-            if paired:
-                parts += [f"### Perplexity: `{a['label']}` / `{b['label']}`, the same windows", "", _table(
-                    ["length", "n windows", f"perplexity {a['label']}", f"perplexity {b['label']}",
-                     "ratio [95% paired t interval]"],
-                    [[str(d["length"]), str(d["n"]), _fmt(d["ppl_a"], pct=False), _fmt(d["ppl_b"], pct=False),
-                      ratio_text(d)] for d in paired]), ""]
+    for task in _tasks("perplexity"):
+        parts += _paired_perplexity(runs, task.name)
     if parts:
         parts = ["## Paired comparisons", "",
                  "Runs over the same prompts (same seed, scoring and prompt fingerprints), compared sample by sample: "
@@ -402,3 +431,6 @@ def _paired_section(runs: list[dict]) -> list[str]:
                  "windows' per-token NLL, with its paired Student-t interval.", ""] + parts
     return parts
 
+
+
+_table = markdown_table  # the name the studies' scripts import

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ropestretch.attention import EXPORT_HELP
+
 from ropestretch.cli import finite_float, nonnegative_int, positive_int
 
 
@@ -36,14 +38,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "the window extrapolate (default 32)")
     p.add_argument("--beta-slow", type=finite_float, metavar="B", help="yarn: pairs turning fewer than B times over "
                    "the window interpolate (default 1)")
+    p.add_argument("--attention", default="none", metavar="METHOD", help=EXPORT_HELP)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ropestretch.attention import refuse_export
     from ropestretch.checkpoints import resolve_model
     from ropestretch.errors import UsageError
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
     from ropestretch.rope.export import apply_to_checkpoint, engine_notes
+
+    refuse_export(args.attention)
 
     to_gguf = str(args.out).lower().endswith(".gguf")
     source = _gguf_source(args.model) if to_gguf else None  # before dequantizing

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ropestretch.attention import EXPORT_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ropestretch.gguf_export import TYPES
@@ -23,13 +25,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="new .gguf file (never overwritten)")
     p.add_argument("--type", default="f16", choices=TYPES,
                    help="weight type: f16 (default), q8_0 (8-bit blocks, half the size) or f32 (exact, for checks)")
+    p.add_argument("--attention", default="none", metavar="METHOD", help=EXPORT_HELP)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ropestretch.attention import refuse_export
     from ropestretch.checkpoints import resolve_model
     from ropestretch.gguf_export import write_gguf
     from ropestretch.resources import new_file
+
+    refuse_export(args.attention)
 
     model = resolve_model(args.model)
     out = new_file(args.out, ".gguf", "--out", reading={"model": model}, create=False)

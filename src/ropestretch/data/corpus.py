@@ -339,3 +339,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, extra_tokens: S
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def token_stream(tokenizer, documents: list[str]) -> list[int]:
+    """Documents tokenized and joined with EOS (the perplexity text as one stream)."""
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(documents, add_special_tokens=False)["input_ids"]
+    return [t for doc in ids for t in doc + ([eos] if eos is not None else [])]

@@ -21,7 +21,7 @@ import json
 import re
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,20 @@ CITIES = ("Oslo Lima Cairo Quito Dakar Hanoi Porto Riga Sofia Tunis Accra Baku B
           "Minsk Nairobi Perth Rome Seoul Tokyo Vienna Zagreb").split()
 
 
+_FIRST_INT = re.compile(r"\d+")
+
+
+def first_integer(answer: str, generated: str) -> bool:
+    """Right when the first integer of the generated text is the answer (passkey, LongChat-Lines)."""
+    found = _FIRST_INT.search(generated)
+    return bool(found) and found.group() == answer
+
+
+def contains(answer: str, generated: str) -> bool:
+    """Right when the generated text holds the answer (needle, key-value)."""
+    return answer in generated
+
+
 @dataclass
 class TaskSample:
     """One prompt and its expected answer.
@@ -52,6 +66,7 @@ class TaskSample:
         answer: the expected answer text (what string matching looks for).
         answer_ids: the answer's token ids (teacher-forced scoring compares these).
         info: where the answer sits (length, depth, gold index, ...).
+        match: ``match(answer, generated)``: whether a generated text is right (string-match scoring).
     """
 
     task: str
@@ -59,6 +74,7 @@ class TaskSample:
     answer: str
     answer_ids: list[int]
     info: dict[str, Any] = field(default_factory=dict)
+    match: Callable[[str, str], bool] = contains
 
 
 class Haystack:
@@ -135,6 +151,7 @@ class DepthSample:
     answer: str
     answer_ids: list[int]
     head: list[int] = field(default_factory=list)  # everything before it: template header, instruction
+    match: Callable[[str, str], bool] = contains  # string-match scoring of a generated answer
 
     def cut(self, depth: float) -> int:
         return min(self.bounds, key=lambda b: abs(b - depth / 100 * len(self.context)))
@@ -147,12 +164,12 @@ class DepthSample:
         cut = self.cut(depth)
         prompt = self.head + self.context[:cut] + self.needle + self.context[cut:] + self.question
         return TaskSample(self.task, prompt, self.answer, self.answer_ids,
-                          {"length": len(prompt), "depth": depth, "needle_at": cut / max(1, len(self.context))})
+                          {"length": len(prompt), "depth": depth, "needle_at": cut / max(1, len(self.context))}, self.match)
 
 
 def _depth_sample(task: str, tokenizer, haystack: Haystack, length: int, needle: str, question: list[int],
                   answer: str, rng: np.random.Generator, head: list[int] | None = None,
-                  answer_text: str | None = None) -> DepthSample:
+                  answer_text: str | None = None, match: Callable[[str, str], bool] = contains) -> DepthSample:
     head = head or []
     needle_ids = _ids(tokenizer, needle)
     room = length - len(head) - len(needle_ids) - len(question)
@@ -160,7 +177,7 @@ def _depth_sample(task: str, tokenizer, haystack: Haystack, length: int, needle:
         raise UsageError(f"length {length} is too short for this task's needle, question and haystack")
     context, bounds = haystack.fill(room, rng)
     answer_ids = _ids(tokenizer, " " + answer if answer_text is None else answer_text)
-    return DepthSample(task, context, bounds, needle_ids, question, answer, answer_ids, head)
+    return DepthSample(task, context, bounds, needle_ids, question, answer, answer_ids, head, match)
 
 
 # The standard forms (``base`` and ``chat`` prompts); ``legacy`` keeps the wording below each.
@@ -200,10 +217,11 @@ def passkey(tokenizer, haystack: Haystack, length: int, depth: float, rng: np.ra
     needle_text = PASSKEY["needle"].format(key=key)
     if prompt is None or prompt.legacy:
         return _depth_sample("passkey", tokenizer, haystack, length, needle_text,
-                             _ids(tokenizer, " What is the pass key? The pass key is"), key, rng).at(depth)
+                             _ids(tokenizer, " What is the pass key? The pass key is"), key, rng,
+                             match=first_integer).at(depth)
     return _depth_sample("passkey", tokenizer, filler_haystack(tokenizer), length, needle_text,
                          prompt.tail(tokenizer, PASSKEY["question"], PASSKEY["answer_prefix"]), key, rng,
-                         head=prompt.head(tokenizer, PASSKEY["instruction"])).at(depth)
+                         head=prompt.head(tokenizer, PASSKEY["instruction"]), match=first_integer).at(depth)
 
 
 def needle_draw(tokenizer, haystack: Haystack, length: int, rng: np.random.Generator,
@@ -297,7 +315,7 @@ def lines(tokenizer, length: int, rng: np.random.Generator, position: float | No
                                   LINES_TEXT["answer_prefix"].format(name=name))
     return TaskSample("lines", prompt_ids, value, _ids(tokenizer, " " + value),
                       {"length": len(prompt_ids), "lines": len(records), "index": k,
-                       "position": k / max(1, len(records) - 1)})
+                       "position": k / max(1, len(records) - 1)}, first_integer)
 
 
 def kv(tokenizer, length: int, gold: float, rng: np.random.Generator, prompt: PromptFormat | None = None) -> TaskSample:
@@ -335,17 +353,6 @@ def kv(tokenizer, length: int, gold: float, rng: np.random.Generator, prompt: Pr
         prompt_ids = head + _ids(tokenizer, body) + ask(key)
     return TaskSample("kv", prompt_ids, value, _ids(tokenizer, value), {"length": len(prompt_ids), "pairs": len(pairs),
                                                                         "index": k, "gold": gold})
-
-
-_FIRST_INT = re.compile(r"\d+")
-
-
-def score_text(task: str, answer: str, generated: str) -> bool:
-    """String-match scoring: passkey and lines by the first integer, needle and kv by substring."""
-    if task in ("passkey", "lines"):
-        found = _FIRST_INT.search(generated)
-        return bool(found) and found.group() == answer
-    return answer in generated
 
 
 def copy_sequence(length: int, low: int, high: int, rng: np.random.Generator, min_block: int = 8,

@@ -136,6 +136,7 @@ class Demo:
                         positions=positions, scaling=scaling, steps=steps, batch_size=batch, lr=self.plan.lr,
                         warmup_steps=min(self.plan.warmup, steps), schedule=self.plan.schedule, seed=self.plan.seed,
                         save_steps=max(1, steps // 2), save_total_limit=1, logging_steps=max(1, steps // 20),
+                        dtype=self.plan.dtype,
                         progress=self.progress, resume=out.exists() and any(out.iterdir()),
                         distill=self.plan.distill if length <= self.plan.window else 0.0)
         # the scaling's options under ropestretch train's names (see train.scaling_options)
@@ -154,31 +155,23 @@ class Demo:
         from tqdm.auto import tqdm
 
         from ropestretch.data.tasks import Haystack
-        from ropestretch.eval import (
-            Evaluator,
-            RunStore,
-            load_for_eval,
-            run_kv,
-            run_lines,
-            run_needle,
-            run_passkey,
-            run_ppl,
-            token_stream,
-        )
-        from ropestretch.eval.store import run_arguments
+        from ropestretch.eval import Evaluator, RunStore, load_for_eval
+        from ropestretch.eval.tasks import get_task, recorded_arguments
 
         run = self.out / "evals" / name
         p = self.plan
-        tail = {test: p.tail if test in p.tail_samples else [] for test in p.samples}
-        plan = {"passkey": len(p.depths), "needle": len(p.depths), "lines": 1, "kv": len(p.kv_positions), "ppl": 1}
-        plan = {test: cells * (len(p.lengths) + len(tail[test])) for test, cells in plan.items()}
+        tasks = [get_task(test) for test in p.samples]  # the plan names its tasks; the registry has the rest
+        given = {"depths": p.depths, "positions": p.kv_positions}
+        options = {t.name: t.resolve({o.name: given.get(o.name) for o in t.options}) for t in tasks}
+        tail = {t.name: p.tail if t.name in p.tail_samples else [] for t in tasks}
+        plan = {t.name: len(t.cells(p.lengths + tail[t.name], options[t.name])) for t in tasks}
         stores = {}
-        for test in plan:
-            args = run_arguments(test, str(model), p.lengths, p.samples[test], p.seed, depths=p.depths,
-                                 positions=p.kv_positions, dtype="fp32", folder=run)
-            if tail[test]:
-                args["tail"] = {"lengths": tail[test], "samples": p.tail_samples[test]}
-            stores[test] = RunStore(run, test, args)
+        for t in tasks:
+            args = recorded_arguments(t, str(model), p.lengths, p.samples[t.name], p.seed, None, options[t.name],
+                                      dtype="fp32", folder=run)
+            if tail[t.name]:
+                args["tail"] = {"lengths": tail[t.name], "samples": p.tail_samples[t.name]}
+            stores[t.name] = RunStore(run, t.name, args)
         if all(len(stores[t].done) == n for t, n in plan.items()):
             return run
         started = time.time()
@@ -187,20 +180,15 @@ class Demo:
             from ropestretch.data.corpus import builtin_documents
 
             docs = builtin_documents()
-            self._shared = {"haystack": Haystack(tok, docs), "stream": token_stream(tok, docs)}
+            self._shared = {"haystack": Haystack(tok, docs), "documents": docs}
         bar = tqdm(total=sum(plan.values()), desc=f"eval {name}", unit="cell", disable=not self.progress)
-        ev = Evaluator(model_, tok, "forced", batch_size=10, haystack=self._shared["haystack"], progress=bar)
-        runners = {
-            "passkey": lambda lengths, n: run_passkey(ev, stores["passkey"], lengths, p.depths, n, p.seed),
-            "needle": lambda lengths, n: run_needle(ev, stores["needle"], lengths, p.depths, n, p.seed),
-            "lines": lambda lengths, n: run_lines(ev, stores["lines"], lengths, n, p.seed),
-            "kv": lambda lengths, n: run_kv(ev, stores["kv"], lengths, p.kv_positions, n, p.seed),
-            "ppl": lambda lengths, n: run_ppl(ev, stores["ppl"], self._shared["stream"], lengths, n, p.seed)}
-        for test, run_test in runners.items():
-            run_test(p.lengths, p.samples[test])
-        for test, run_test in runners.items():
-            if tail[test]:
-                run_test(tail[test], p.tail_samples[test])
+        ev = Evaluator(model_, tok, "forced", batch_size=10, haystack=self._shared["haystack"], progress=bar,
+                       documents=self._shared["documents"])
+        for t in tasks:
+            t.run(ev, stores[t.name], p.lengths, p.samples[t.name], p.seed, options[t.name])
+        for t in tasks:
+            if tail[t.name]:
+                t.run(ev, stores[t.name], tail[t.name], p.tail_samples[t.name], p.seed, options[t.name])
         bar.close()
         self.timings[f"eval {name}"] = round(time.time() - started, 1)
         self._save()

@@ -1,58 +1,31 @@
 """Evaluation beyond the window: retrieval sweeps, perplexity vs length, lm-evaluation-harness.
 
-:func:`load_for_eval` loads a checkpoint; :class:`~ropestretch.eval.retrieval.Evaluator` holds it
-with the scoring mode; the ``run_*`` functions sweep their cells into a
-:class:`~ropestretch.eval.store.RunStore`.
+:func:`run` evaluates a model on one task into a run folder (:mod:`ropestretch.eval.sweep`); the
+tasks are the registry :data:`TASKS` (:mod:`ropestretch.eval.tasks`), the engines the registry
+:data:`BACKENDS` (:mod:`ropestretch.eval.backends`). Below it, :func:`load_for_eval` loads a
+checkpoint; :class:`~ropestretch.eval.retrieval.Evaluator` holds a backend with the scoring mode;
+the ``run_*`` functions sweep their cells into a :class:`~ropestretch.eval.store.RunStore`.
 """
 
 from __future__ import annotations
 
-from ropestretch.errors import UsageError, first_line
-from ropestretch.eval.perplexity import run_ppl, token_stream
-from ropestretch.eval.retrieval import Evaluator, run_kv, run_lines, run_needle, run_passkey
-from ropestretch.eval.store import RunStore, read_results
+import importlib
 
-TESTS = ("passkey", "needle", "lines", "kv", "ppl")
-
-
-def load_eval_tokenizer(model_dir: str, trust_remote_code: bool = False):
-    """The checkpoint's tokenizer alone (cheap: what a run's arguments need before the model loads)."""
-    from transformers import AutoTokenizer
-
-    from ropestretch.rope.export import quiet_engine_keys
-
-    quiet_engine_keys()
-    try:
-        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    except Exception as err:
-        reason = first_line(err)
-        raise UsageError(f"cannot load a tokenizer from {model_dir}: {reason}") from None
+# what the package offers, and the module that holds it: imported on first use, so that reading the
+# task registry (the CLI's parser) does not import torch
+_WHERE = {"token_stream": "ropestretch.data.corpus", "load_eval_tokenizer": "ropestretch.eval.loading",
+          "load_for_eval": "ropestretch.eval.loading", "run_ppl": "ropestretch.eval.perplexity",
+          "Evaluator": "ropestretch.eval.retrieval", "run_kv": "ropestretch.eval.retrieval",
+          "run_lines": "ropestretch.eval.retrieval", "run_needle": "ropestretch.eval.retrieval",
+          "run_passkey": "ropestretch.eval.retrieval", "RunStore": "ropestretch.eval.store",
+          "read_results": "ropestretch.eval.store", "run": "ropestretch.eval.sweep", "TASKS": "ropestretch.eval.tasks",
+          "BACKENDS": "ropestretch.eval.backends"}
+__all__ = ["TESTS", *_WHERE]
 
 
-def load_for_eval(model_dir: str, trust_remote_code: bool = False, placement=None):
-    """A checkpoint and its tokenizer in eval mode (safetensors only), placed as ``placement``
-    (a :class:`ropestretch.hardware.Placement`; default: float32 on the CPU)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from ropestretch.hardware import Placement, warn_if_emulated
-    from ropestretch.rope.export import quiet_engine_keys
-
-    quiet_engine_keys()
-    placement = placement or Placement("cpu", "fp32")
-    warn_if_emulated(placement)
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=trust_remote_code,
-                                                     **placement.load_kwargs())
-    except Exception as err:
-        reason = first_line(err)
-        raise UsageError(f"cannot load a model and tokenizer from {model_dir}: {reason}") from None
-    if not placement.device_map:
-        model = model.to(placement.device)
-    return model.eval(), tokenizer
-
-
-__all__ = ["TESTS", "Evaluator", "RunStore", "load_eval_tokenizer", "load_for_eval", "read_results", "run_kv", "run_lines",
-           "run_needle", "run_passkey", "run_ppl", "token_stream"]
+def __getattr__(name: str):
+    if name == "TESTS":  # the registered task names (the spelling before the registry)
+        return tuple(importlib.import_module("ropestretch.eval.tasks").TASKS)
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'ropestretch.eval' has no attribute {name!r}")

@@ -6,24 +6,9 @@ from __future__ import annotations
 import math
 import time
 
-import torch
-
 from ropestretch.errors import UsageError
-from ropestretch.eval.prefill import row_nll, sequence_nll
+from ropestretch.eval.retrieval import cell_rng
 from ropestretch.eval.scoring import fingerprint
-
-
-def token_stream(tokenizer, documents: list[str]) -> list[int]:
-    """Documents tokenized and joined with EOS."""
-    eos = tokenizer.eos_token_id
-    ids = tokenizer(documents, add_special_tokens=False)["input_ids"]
-    return [t for doc in ids for t in doc + ([eos] if eos is not None else [])]
-
-
-def nll_sum(model, ids: torch.Tensor, scored_from: int = 0) -> tuple[float, int]:
-    """Summed negative log-likelihood of tokens ``scored_from+1 ..`` of each row, and their count
-    (chunked prefill, logits only at scored positions: :func:`ropestretch.eval.prefill.sequence_nll`)."""
-    return sequence_nll(model, ids, scored_from)
 
 
 def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode: str = "truncate",
@@ -33,8 +18,6 @@ def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode
     fingerprint as ``prints``, so that two runs pair only over the same windows);
     ``sliding`` scores a span of ``samples * length`` tokens with windows of that length moved by
     ``stride`` (default length / 2), each token scored once with as much context as the window gives."""
-    from ropestretch.eval.retrieval import cell_rng
-
     out = []
     for length in lengths:
         cell = {"length": length}
@@ -50,7 +33,7 @@ def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode
             total, count, windows, prints = 0.0, 0, [], []
             for i in range(0, samples, ev.batch_size):
                 batch = [stream[s:s + length] for s in starts[i:i + ev.batch_size]]
-                rows, per_row = row_nll(ev.model, torch.tensor(batch))
+                rows, per_row = ev.backend.nll(batch)
                 total, count = total + sum(rows), count + per_row * len(rows)
                 windows += [round(t / per_row, 6) for t in rows]
                 prints += [fingerprint(w, ()) for w in batch]
@@ -65,8 +48,7 @@ def run_ppl(ev, store, stream: list[int], lengths, samples: int, seed: int, mode
             total, count, scored_to = 0.0, 0, 0
             for start in range(0, span - 1, step):
                 end = min(span, start + length)
-                ids = torch.tensor([text[start:end]])
-                t, c = nll_sum(ev.model, ids, scored_from=max(0, scored_to - start - 1) if start else 0)
+                [t], c = ev.backend.nll([text[start:end]], scored_from=max(0, scored_to - start - 1) if start else 0)
                 total, count, scored_to = total + t, count + c, end
                 if end == span:
                     break

@@ -15,49 +15,53 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from ropestretch.data import tasks
 from ropestretch.data.tasks import TaskSample
-from ropestretch.eval.prefill import can_crop, crop_to, new_cache, prefill
-from ropestretch.eval.scoring import Scored, fingerprint, forced_scores, generate_scored, generated_scores
-from ropestretch.eval.store import RunStore
+from ropestretch.eval.scoring import Scored, fingerprint
 
 
 @dataclass
 class Evaluator:
-    """A model, its tokenizer, and how to score: ``forced`` (one pass) or ``generate``."""
+    """What a sweep runs on: a model (a transformers model, or any
+    :class:`~ropestretch.eval.backends.Backend`) with its tokenizer, how to score (``forced``: one
+    pass; ``generate``: greedy, string match), the batch size, the haystack, the prompt format
+    (None: the legacy wording), the perplexity text (``documents``: default the built-in prose) and a
+    progress bar."""
 
     model: Any
-    tokenizer: Any
+    tokenizer: Any = None
     scoring: str = "forced"
     batch_size: int = 8
     haystack: Any = None
     progress: Any = None  # a tqdm bar or None
     prompt: Any = None  # a PromptFormat; None is the legacy wording
+    documents: Any = None  # the perplexity text, as documents
+
+    def __post_init__(self):
+        from ropestretch.eval.backends import Backend, TransformersBackend
+
+        if isinstance(self.model, Backend):
+            self.backend = self.model
+            self.tokenizer = self.tokenizer or self.backend.tokenizer
+        else:
+            self.backend = TransformersBackend(self.model, self.tokenizer)
 
     @property
     def pad(self) -> int:
-        t = self.tokenizer
-        return t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
+        return self.backend.pad()
 
     def score(self, samples: Sequence[TaskSample]) -> list[Scored]:
-        """Each sample's result and answer log-likelihood, batching prompts of equal length together."""
-        by_length: dict[int, list[int]] = {}
-        for i, s in enumerate(samples):
-            by_length.setdefault(len(s.prompt_ids), []).append(i)
-        scored: list[Scored | None] = [None] * len(samples)
-        for indices in by_length.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                batch = [samples[i] for i in chunk]
-                if self.scoring == "forced":
-                    result = forced_scores(self.model, batch, self.pad)
-                else:
-                    result, _ = generated_scores(self.model, self.tokenizer, batch, pad=self.pad)
-                for i, one in zip(chunk, result):
-                    scored[i] = one
-        return scored  # type: ignore[return-value]
+        """Each sample's result and answer log-likelihood (prompts of equal length batched together)."""
+        return self.backend.score(samples, self.scoring, self.batch_size)
+
+    def stream(self) -> list[int]:
+        """The perplexity text as one token stream (documents joined with EOS), tokenized once."""
+        from ropestretch.data.corpus import builtin_documents, token_stream
+
+        if getattr(self, "_stream", None) is None:
+            self._stream = token_stream(self.tokenizer, self.documents or builtin_documents())
+        return self._stream
 
     def tick(self, n: int = 1) -> None:
         if self.progress is not None:
@@ -76,14 +80,14 @@ def sample_rows(scored: Sequence[Scored], prints: Sequence[str]) -> list[dict]:
             for i, (s, p) in enumerate(zip(scored, prints))]
 
 
-def _record(store: RunStore, cell: dict, scored: Sequence[Scored], prints: Sequence[str], seed: int,
+def _record(store, cell: dict, scored: Sequence[Scored], prints: Sequence[str], seed: int,
             seconds: float) -> dict:
     correct = [s.correct for s in scored]
     return store.add(cell, accuracy=float(np.mean(correct)), correct=int(sum(correct)), n=len(correct),
                      seconds=round(seconds, 3), seed=seed, samples=sample_rows(scored, prints))
 
 
-def sweep(ev: Evaluator, store: RunStore, cells: list[dict], make: Callable[[dict, np.random.Generator], TaskSample],
+def sweep(ev: Evaluator, store, cells: list[dict], make: Callable[[dict, np.random.Generator], TaskSample],
           samples: int, seed: int) -> list[dict]:
     """Score ``samples`` prompts per unfinished cell; ``make`` builds one prompt for a cell."""
     out = []
@@ -126,13 +130,11 @@ def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Gene
     return [tasks.needle_draw(ev.tokenizer, ev.haystack, length, rng, ev.prompt) for _ in range(samples)]
 
 
-@torch.no_grad()
-def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, reuse_prefix: bool = True):
-    """The needle grid. Each sample has its own haystack, shared by every depth: with
-    ``reuse_prefix`` the keys and values of the haystack before its deepest needle are computed
-    once and cropped for each shallower depth, so each depth only runs what follows its needle
-    (not for a model whose cache cannot be cropped: sliding-window layers drop the prefix)."""
-    reuse_prefix = reuse_prefix and can_crop(new_cache(ev.model))
+def run_needle(ev: Evaluator, store, lengths, depths, samples, seed, reuse_prefix: bool = True):
+    """The needle grid. Each sample has its own haystack, shared by every depth: a backend that can
+    (transformers, where the cache crops) computes the haystack before its deepest needle once and
+    crops it for each shallower depth, so each depth only runs what follows its needle; the others
+    score each placement (vLLM's prefix caching reuses the prefix by itself)."""
     out = []
     for length in lengths:
         cells = [{"length": length, "depth": d} for d in depths]
@@ -143,9 +145,12 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
         draws = needle_prompts(ev, length, samples, cell_rng(seed, "needle", length))
         results: dict[str, list] = {str(c["depth"]): [None] * samples for c in todo}
         timings = {str(c["depth"]): 0.0 for c in todo}
-        if reuse_prefix:
+        if reuse_prefix and ev.backend.reuses_prefix:
             for i, draw in enumerate(draws):
-                _needle_reuse(ev, draw, i, todo, results, timings)
+                for depth, (scored, seconds) in ev.backend.score_draw(draw, [c["depth"] for c in todo],
+                                                                      ev.scoring).items():
+                    results[str(depth)][i] = scored
+                    timings[str(depth)] += seconds
         else:
             for cell in todo:
                 started = time.time()
@@ -157,33 +162,3 @@ def run_needle(ev: Evaluator, store: RunStore, lengths, depths, samples, seed, r
             out.append(_record(store, cell, results[key], prints, seed, timings[key]))
             ev.tick()
     return out
-
-
-def _needle_reuse(ev, draw: tasks.DepthSample, index: int, cells, results, timings) -> None:
-    """Score one sample at every depth of ``cells`` over one cache of its haystack's prefix."""
-    order = sorted(cells, key=lambda c: -draw.cut(c["depth"]))  # deepest cut first: crop, never copy
-    started = time.time()
-    deepest = draw.prefix(order[0]["depth"])
-    cache = new_cache(ev.model)
-    if deepest:
-        prefill(ev.model, torch.tensor([deepest], device=next(ev.model.parameters()).device), cache)
-    share = (time.time() - started) / len(order)
-    for cell in order:
-        started = time.time()
-        cut = draw.cut(cell["depth"])
-        prefix = draw.prefix(cell["depth"])
-        crop_to(cache, len(prefix))
-        rest = draw.needle + draw.context[cut:] + draw.question
-        results[str(cell["depth"])][index] = _score_continuation(ev, cache, prefix, rest, draw)
-        timings[str(cell["depth"])] += share + time.time() - started
-
-
-def _score_continuation(ev, cache, prefix: list[int], rest: list[int], draw: tasks.DepthSample) -> Scored:
-    """Score the prompt ``prefix + rest``, whose ``prefix`` is in ``cache``; the cache is left at the prefix."""
-    device = next(ev.model.parameters()).device
-    if ev.scoring == "forced":
-        return forced_scores(ev.model, [TaskSample(draw.task, rest, draw.answer, draw.answer_ids)], ev.pad,
-                             cache=cache)[0]
-    full = torch.tensor([prefix + rest], device=device)
-    [(hits, logprob)], [text] = generate_scored(ev.model, ev.tokenizer, full, [draw.answer_ids], cache, ev.pad)
-    return Scored(tasks.score_text("needle", draw.answer, text), logprob, len(hits), hits)

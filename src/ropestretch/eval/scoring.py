@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ropestretch.data.tasks import TaskSample, score_text
+from ropestretch.data.tasks import TaskSample
 from ropestretch.eval.prefill import answer_logits, can_crop, crop_to, new_cache, prefill
 
 
@@ -146,13 +146,6 @@ def generated_scores(model, tokenizer, samples: Sequence[TaskSample], max_new_to
         forced, generated = generate_scored(model, tokenizer, prompt, answers, new_cache(model), pad, max_new_tokens)
         for i, (hits, logprob), text in zip(indices, forced, generated):
             s = samples[i]
-            scored[i] = Scored(score_text(s.task, s.answer, text), logprob, len(hits), hits)
+            scored[i] = Scored(s.match(s.answer, text), logprob, len(hits), hits)
             texts[i] = text
     return scored, texts  # type: ignore[return-value]
-
-
-def generated_correct(model, tokenizer, samples: Sequence[TaskSample], max_new_tokens: int | None = None,
-                      pad: int = 0) -> tuple[list[bool], list[str]]:
-    """Per sample: right by greedy generation and string match, and the generated text."""
-    scored, texts = generated_scores(model, tokenizer, samples, max_new_tokens, pad)
-    return [s.correct for s in scored], texts

@@ -7,48 +7,32 @@ run folder holding results of different arguments for the same test is refused.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ropestretch.errors import UsageError
+from ropestretch.eval.registry import recorded_path  # noqa: F401  (the run record's spelling of a path)
 from ropestretch.jsonl import append_jsonl, read_jsonl, write_whole
 
 ARGS_FILE = "eval-args.json"
 RESULTS_FILE = "results.jsonl"
 
 
-def recorded_path(value: str | None, folder: str | Path) -> str | None:
-    """A path as a run record keeps it: relative to the run folder when it is a local path (so that a
-    committed run reruns from any checkout), else as given (a hub id, a bundled model name)."""
-    if value is None or not Path(value).exists():
-        return value
-    return os.path.relpath(Path(value).resolve(), Path(folder).resolve())
-
-
 def run_arguments(test: str, model: str, lengths: list[int], samples: int, seed: int, text: str | None = None,
                   depths: list[float] | None = None, positions: list[float] | None = None,
                   scoring: str = "forced", mode: str = "truncate", stride: int | None = None,
                   prompt: str | None = None, *, dtype: str, folder: str | Path) -> dict[str, Any]:
-    """The arguments a test's results depend on, as recorded in the run folder: a rerun with the
-    same ones resumes, different ones are refused. Only the fields the test uses are kept.
-    ``dtype`` is the one the model runs in (``fp32``, ``bf16``, ``fp16``), not ``auto``: folders
-    from before it was recorded are refused a rerun, since what they ran in is unknown."""
-    args: dict[str, Any] = {"model": recorded_path(model, folder), "lengths": lengths,
-                            "samples": samples, "seed": seed, "text": recorded_path(text, folder), "dtype": dtype}
-    if test in ("passkey", "needle"):
-        args["depths"] = depths
-    if test == "needle":
-        args["haystack"] = "one per sample"  # older runs drew one per length: their results are not reused
-    if test == "kv":
-        args["positions"] = positions
-    if test == "ppl":
-        args.update(mode=mode, stride=stride)
-    else:
-        args["scoring"] = scoring
-        args["prompt"] = prompt  # older run folders have none: their prompts differ, so they are not mixed
-    return args
+    """The run record of ``test`` with its options given by keyword (the spelling before the task
+    registry: :func:`ropestretch.eval.tasks.recorded_arguments`, which takes them as a dict, keeps
+    only the ones the task declares)."""
+    from ropestretch.eval.tasks import get_task, recorded_arguments
+
+    task = get_task(test)
+    given = {"depths": depths, "positions": positions, "mode": mode, "stride": stride}
+    options = {o.name: given.get(o.name) for o in task.options}
+    return recorded_arguments(task, model, lengths, samples, seed, text, options, scoring, prompt, dtype=dtype,
+                              folder=folder)
 
 
 def cell_key(cell: dict[str, Any]) -> str:
@@ -59,10 +43,11 @@ class RunStore:
     """One test's results in a run folder. The test's arguments are recorded with its first result,
     so a run that failed before finishing a cell leaves nothing that refuses a corrected command."""
 
-    def __init__(self, folder: str | Path, test: str, args: dict[str, Any]):
+    def __init__(self, folder: str | Path, test: str, args: dict[str, Any], stamp: dict[str, Any] | None = None):
         from ropestretch.resources import is_empty
 
         self.folder, self.test, self.args = Path(folder), test, args
+        self.stamp = dict(stamp or {})  # added to every row this store writes (the backend that ran it)
         if self.folder.exists() and not self.folder.is_dir():
             raise UsageError(f"run folder {self.folder} is a file")
         recorded = self._read_args()
@@ -101,7 +86,7 @@ class RunStore:
     def add(self, cell: dict[str, Any], **values: Any) -> dict[str, Any]:
         if not self._recorded:
             self._record_args()
-        record = {"test": self.test, "cell": cell, **values}
+        record = {"test": self.test, "cell": cell, **values, **self.stamp}
         append_jsonl(self.folder / RESULTS_FILE, record)
         self.done[cell_key(cell)] = record
         return record
