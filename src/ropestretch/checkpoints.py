@@ -59,8 +59,11 @@ def resolve_model(source: str | os.PathLike, quiet: bool = False) -> Path:
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
+        from ropestretch.integrity import check_folder
+
         if not (path / "config.json").is_file():
             raise UsageError(f"model folder {source} has no config.json")
+        check_folder(path)  # cut-short weights, a missing shard, a damaged tokenizer: one line, before any use
         return path
     if text in BUNDLED:
         return from_gguf(bundled_file(text), quiet=quiet)
@@ -97,6 +100,9 @@ def from_gguf(path: str | os.PathLike, quiet: bool = False) -> Path:
         import gguf  # noqa: F401
     except ImportError:
         raise UsageError("reading a .gguf model needs the gguf package: pip install gguf") from None
+    from ropestretch.integrity import check_gguf
+
+    check_gguf(path)  # a file cut short: one line naming it, not transformers' error deep in its reader
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -139,4 +145,8 @@ def from_hub(model_id: str) -> Path:
     if not looks_like_hub_id(model_id):
         raise UsageError(f"no such model folder, GGUF file or bundled model: {model_id} "
                          f"(bundled: {', '.join(BUNDLED)}; a hub id looks like owner/name)")
-    return snapshot(model_id, ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"])
+    from ropestretch.integrity import check_folder
+
+    folder = snapshot(model_id, ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"])
+    check_folder(folder)
+    return folder

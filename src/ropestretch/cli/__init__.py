@@ -43,6 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ropestretch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk, a quota, a read-only volume while writing: one line, what is left
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        left = getattr(args, "left_on_write_error", "")
+        print(f"ropestretch {args.command}: error: {err.strerror}{where}" + (f"; {left}" if left else ""),
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         import os
 

@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta-slow", type=finite_float, metavar="B", help="yarn: pairs turning fewer than B times over "
                    "the window interpolate (default 1)")
     p.add_argument("--attention", default="none", metavar="METHOD", help=EXPORT_HELP)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, left_on_write_error="nothing was written (the partial output was removed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,8 +87,6 @@ def _gguf_source(model: str):
     from pathlib import Path
 
     from ropestretch.checkpoints import BUNDLED, bundled_file, is_gguf
-    import gguf
-
     from ropestretch.rope.llamacpp import writable_architecture
 
     if model in BUNDLED:
@@ -97,7 +95,9 @@ def _gguf_source(model: str):
         source = Path(model)
     else:
         return None  # a checkpoint folder or hub id: applied, then converted
-    reader = gguf.GGUFReader(str(source))
+    from ropestretch.integrity import check_gguf
+
+    reader = check_gguf(source)  # a file cut short is one line, before anything is written
     writable_architecture(reader, source.name)
     return source, reader
 

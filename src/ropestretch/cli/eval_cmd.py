@@ -63,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--trust-remote-code", action="store_true")
         add_hardware(t)
         t.add_argument("--no-progress", dest="progress", action="store_false")
-        t.set_defaults(run=run)
+        t.set_defaults(run=run, left_on_write_error="every finished cell stays in the run folder: rerun the same command "
+                       "to resume")
     lm = tests.add_parser("lm-eval", help="LongBench, RULER, short tasks via lm-evaluation-harness",
                           description="Run lm-evaluation-harness (lm_eval.simple_evaluate) on the checkpoint.")
     lm.add_argument("--model", required=True, metavar="MODEL", help="checkpoint folder, .gguf file, bundled model "

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--type", default="f16", choices=TYPES,
                    help="weight type: f16 (default), q8_0 (8-bit blocks, half the size) or f32 (exact, for checks)")
     p.add_argument("--attention", default="none", metavar="METHOD", help=EXPORT_HELP)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, left_on_write_error="nothing was written (the partial file was removed)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             default = f" (default {f.default})" if f.default not in (None, "", 0) else ""
             p.add_argument(flag, dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(),
                            help=help_text + default)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, left_on_write_error="the last complete checkpoint stays, and --resume continues from it")
 
 
 def run(args: argparse.Namespace) -> int:

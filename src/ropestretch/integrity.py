@@ -1,0 +1,135 @@
+"""A model's files checked before a command relies on them, from their headers alone (no weights
+loaded): a download cut short, a file copied halfway, a shard missing, a config that does not
+describe the weights. Each problem is one :class:`~ropestretch.errors.UsageError` naming the file.
+
+- :func:`check_folder`: ``config.json`` is a JSON object; every safetensors file (every shard that
+  ``model.safetensors.index.json`` names) is present and its header covers the file exactly
+  (``safetensors.safe_open`` checks the header against the file's size); the tokenizer and
+  generation files parse; and the weights' shapes, read from the headers, are the ones the config
+  describes (the model built from the config on the ``meta`` device, which allocates nothing).
+- :func:`check_gguf`: the GGUF file's tensor table is read (``gguf.GGUFReader``, memory-mapped) and
+  every tensor's data lies inside the file.
+
+A bit flipped inside the weights' data cannot be seen from headers (safetensors and GGUF carry no
+checksum); a flip in a header, or in a JSON file, is refused as corrupt.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ropestretch.errors import UsageError, first_line
+
+INDEX = "model.safetensors.index.json"
+JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def _json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not text: {what} must be JSON (a binary or damaged file?)") from None
+    except ValueError as err:
+        raise UsageError(f"{path} is not valid JSON ({first_line(err)}): {what} is damaged or cut short") from None
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path} holds a JSON {type(value).__name__}, not the object {what} is")
+    return value
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a folder's weights are in: the shards its index names, or every
+    ``*.safetensors`` file; a shard the index names that is missing is refused."""
+    index = folder / INDEX
+    if index.is_file():
+        weight_map = _json_object(index, "the shard index").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise UsageError(f"{index} has no weight_map of tensor -> shard")
+        shards = [folder / str(name) for name in dict.fromkeys(weight_map.values())]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise UsageError(f"{folder}: {len(missing)} of the {len(shards)} shards {INDEX} names are missing "
+                             f"({', '.join(missing[:3])}); the download is incomplete")
+        return shards
+    return sorted(folder.glob("*.safetensors"))
+
+
+def weight_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the files' headers; a file whose header does not cover it exactly
+    (cut short, or not safetensors) is refused."""
+    from safetensors import SafetensorError, safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), "pt") as handle:
+                for name in handle.keys():
+                    shapes[name] = tuple(handle.get_slice(name).get_shape())
+        except (SafetensorError, OSError, ValueError) as err:
+            raise UsageError(f"{path} is truncated or not a safetensors file ({first_line(err)})") from None
+    return shapes
+
+
+def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+    """The parameter shapes of the model ``config`` describes (built on the meta device), or None for
+    a model transformers cannot build here (its own code on the hub, say)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        kind = config.get("model_type")
+        cfg = AutoConfig.for_model(kind, **{k: v for k, v in config.items() if k != "model_type"})
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    except Exception:  # noqa: BLE001  (not buildable here: the shapes are not checked)
+        return None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return {name: tuple(p.shape) for name, p in model.state_dict().items()}
+
+
+def check_folder(folder: str | Path) -> None:
+    """Refuse, in one line, a checkpoint folder whose files cannot be what a command relies on."""
+    folder = Path(folder)
+    config = _json_object(folder / "config.json", "config.json")
+    for name in JSON_FILES:
+        if (folder / name).is_file():
+            _json_object(folder / name, name)
+    files = weight_files(folder)
+    if not files:
+        return  # no weights: a config-only folder (the commands that need weights say so)
+    shapes = weight_shapes(files)
+    expected = expected_shapes(config)
+    if not expected:
+        return
+    common = [n for n in shapes if n in expected]
+    wrong = [n for n in common if shapes[n] != expected[n]]
+    if wrong:
+        n = wrong[0]
+        raise UsageError(f"{folder}: config.json does not describe these weights ({len(wrong)} tensors differ, e.g. "
+                         f"{n} is {list(shapes[n])} in the file and {list(expected[n])} by the config)")
+
+
+def check_gguf(path: str | Path):
+    """A reader open on a GGUF file whose tensor table and data the file holds, or one line."""
+    import gguf
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as err:  # noqa: BLE001  (numpy's errors on a short file: cryptic, so named here)
+        raise UsageError(f"{path} is truncated or not a GGUF file ({size:,} bytes; reading its tensor table "
+                         f"failed: {first_line(err)})") from None
+    for tensor in reader.tensors:
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        if end > size:
+            raise UsageError(f"{path} is truncated: tensor {tensor.name} ends at byte {end:,} of a "
+                             f"{size:,}-byte file")
+    return reader

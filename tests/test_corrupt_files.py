@@ -1,0 +1,155 @@
+"""Broken model files and a full disk: each is one line and exit 2, and nothing a user had changes."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clihelp import assert_one_line_error, run_cli
+from conftest import REPO
+
+TINY = Path(REPO) / "models" / "tiny-llama-256"
+APPLY = ["--scaling", "yarn", "--target", "1024"]
+
+
+def copy_of(tmp_path, name="m"):
+    folder = tmp_path / name
+    shutil.copytree(TINY, folder)
+    return folder
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def refused_everywhere(tmp_path, model, *fragments):
+    """apply and eval on ``model`` refuse it in one line, write nothing, and leave it as it was."""
+    before = snapshot(model) if model.is_dir() else model.read_bytes()
+    assert_one_line_error(run_cli("apply", "--model", model, *APPLY, "--out", tmp_path / "out"), *fragments)
+    assert_one_line_error(run_cli("eval", "ppl", "--model", model, "--out", tmp_path / "run", "--lengths", "64"),
+                          *fragments)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+    assert (snapshot(model) if model.is_dir() else model.read_bytes()) == before
+
+
+def test_weights_cut_short_or_with_a_damaged_header(tmp_path):
+    model = copy_of(tmp_path)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    refused_everywhere(tmp_path, model, "model.safetensors is truncated or not a safetensors file")
+    header = int.from_bytes(data[:8], "little")
+    flipped = bytearray(data)
+    flipped[8 + header // 2] ^= 0x40  # a bit inside the header's JSON
+    weights.write_bytes(bytes(flipped))
+    refused_everywhere(tmp_path, model, "model.safetensors")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\xff\xfe binary", b'{"version": "1.0", "truncated', b"[1, 2]"],
+                         ids=["empty", "binary", "cut-short", "not-an-object"])
+def test_a_tokenizer_file_that_is_not_its_json(tmp_path, content):
+    model = copy_of(tmp_path)
+    (model / "tokenizer.json").write_bytes(content)
+    refused_everywhere(tmp_path, model, "tokenizer.json")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n", b'{"model_type": "llama",'], ids=["empty", "binary", "cut"])
+def test_a_config_that_is_not_json(tmp_path, content):
+    model = copy_of(tmp_path)
+    (model / "config.json").write_bytes(content)
+    assert_one_line_error(run_cli("apply", "--model", model, *APPLY, "--out", tmp_path / "out"), "config.json")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_that_does_not_describe_the_weights(tmp_path):
+    model = copy_of(tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (model / "config.json").write_text(json.dumps(config))
+    refused_everywhere(tmp_path, model, "config.json does not describe these weights", "mlp")
+
+
+def test_a_sharded_checkpoint_with_a_missing_shard(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = copy_of(tmp_path)
+    tensors = load_file(model / "model.safetensors")
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, keys in halves.items():
+        save_file({k: tensors[k] for k in keys}, model / shard, metadata={"format": "pt"})
+    (model / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert run_cli("apply", "--model", model, *APPLY, "--out", tmp_path / "whole")[0] == 0  # both shards: fine
+    (model / "model-00002-of-00002.safetensors").unlink()
+    refused_everywhere(tmp_path, model, "1 of the 2 shards", "model-00002-of-00002.safetensors", "incomplete")
+
+
+def test_a_gguf_cut_short(tmp_path):
+    from ropestretch.checkpoints import bundled_file
+
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(bundled_file("smollm2-135m-instruct").read_bytes()[: 1 << 20])
+    assert_one_line_error(run_cli("apply", "--model", cut, *APPLY, "--out", tmp_path / "x.gguf"),
+                          "cut.gguf is truncated or not a GGUF file")
+    assert_one_line_error(run_cli("eval", "ppl", "--model", cut, "--out", tmp_path / "run", "--lengths", "64"),
+                          "cut.gguf is truncated")
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "run").exists()
+
+
+def small_volume(tmp_path, size="2m"):
+    """A tmpfs of ``size`` mounted for the test where the test may mount (root), else None."""
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    return mount if done.returncode == 0 else None
+
+
+def test_apply_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    model = copy_of(tmp_path)
+    volume = small_volume(tmp_path)
+    try:
+        if volume is None:  # no mount here: the writer fails as a full disk makes it fail
+            real = shutil.copyfile
+
+            def full(src, dst, *a, **kw):
+                if "model.safetensors" in str(dst):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+                return real(src, dst, *a, **kw)
+            monkeypatch.setattr(shutil, "copyfile", full)
+            volume = tmp_path / "disk"
+            volume.mkdir()
+        code, _, err = run_cli("apply", "--model", model, *APPLY, "--out", volume / "out")
+        assert_one_line_error((code, "", err), "No space left on device", "nothing was written")
+        assert not (volume / "out").exists() and list(volume.iterdir()) == []
+    finally:
+        if volume is not None and volume.name == "volume":
+            subprocess.run(["umount", str(volume)], capture_output=True)
+
+
+def test_eval_keeps_its_rows_when_the_disk_fills_and_resumes(tmp_path, monkeypatch):
+    import ropestretch.eval.store as store
+
+    run = tmp_path / "run"
+    args = ["eval", "ppl", "--model", TINY, "--out", run, "--lengths", "64,128,256", "--samples", "1", "--no-progress"]
+    real, written = store.append_jsonl, []
+
+    def filling(path, record):
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        written.append(record)
+        return real(path, record)
+    monkeypatch.setattr(store, "append_jsonl", filling)
+    assert_one_line_error(run_cli(*args), "No space left on device", "every finished cell stays")
+    rows = (run / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 1
+    monkeypatch.setattr(store, "append_jsonl", real)
+    assert run_cli(*args)[0] == 0
+    again = (run / "results.jsonl").read_text().splitlines()
+    assert again[0] == rows[0] and len(again) == 3  # the first row kept, the other two added once
