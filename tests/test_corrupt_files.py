@@ -153,3 +153,32 @@ def test_eval_keeps_its_rows_when_the_disk_fills_and_resumes(tmp_path, monkeypat
     assert run_cli(*args)[0] == 0
     again = (run / "results.jsonl").read_text().splitlines()
     assert again[0] == rows[0] and len(again) == 3  # the first row kept, the other two added once
+
+
+def test_train_stopped_by_a_full_disk_resumes_from_its_last_complete_checkpoint(tiny_lm_dir, text_dir, tmp_path,
+                                                                               monkeypatch):
+    from transformers import AutoModelForCausalLM, Trainer
+
+    out = tmp_path / "run"
+    args = ["train", "--model", tiny_lm_dir, "--data", text_dir, "--out", out, "--target", "256", "--steps", "6",
+            "--batch-size", "2", "--save-steps", "2", "--save-total-limit", "1", "--positions", "cream", "--scaling",
+            "linear", "--cream-k", "4", "--no-progress", "--dtype", "fp32"]
+    real = Trainer._save_optimizer_and_scheduler
+
+    def full(self, output_dir):
+        if self.state.global_step == 4:  # the disk fills while checkpoint 4 is written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(output_dir, "optimizer.pt"))
+        return real(self, output_dir)
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", full)
+    code, _, err = run_cli(*args)  # train's own line on what it trains, then the error's one line
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and last.startswith("ropestretch train: error: No space left")
+    assert "optimizer.pt" in last and "--resume continues" in last
+    assert not (out / "ropestretch.json").exists()
+    assert (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()  # the last complete one
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", real)
+    code, _, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    assert "resuming from" in err and "checkpoint-2" in err
+    assert json.loads((out / "ropestretch.json").read_text())["steps"] == 6
+    AutoModelForCausalLM.from_pretrained(out)
