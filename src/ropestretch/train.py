@@ -607,6 +607,13 @@ def _train(cfg: TrainConfig) -> TrainResult:
     started = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except RuntimeError as err:  # torch.save's own words for a write that failed (a full disk among them)
+        if "file write failed" in str(err) or "No space left" in str(err):
+            import errno
+
+            raise OSError(errno.ENOSPC, f"writing a checkpoint failed ({first_line(err)})", str(out / CHECKPOINTS)) \
+                from err
+        raise
     finally:
         for logger in loggers:
             logger.removeFilter(quiet)

@@ -43,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ropestretch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as err:  # a full disk, a quota, a read-only volume while writing: one line, what is left
         import errno
 
@@ -53,11 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ropestretch {args.command}: error: {err.strerror}{where}" + (f"; {left}" if left else ""),
               file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def positive_int(text: str) -> int:

@@ -270,11 +270,10 @@ class VllmBackend(Backend):
         import os
 
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        # a prompt of exactly the export's length needs room for its answer past it
-        os.environ.setdefault("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")
         from vllm import LLM
 
         self.tokenizer = tokenizer
+        options.update(_vllm_length(model_dir, max_len))
         self.llm = LLM(model=str(model_dir), dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
                        max_model_len=max_len, seed=0, enable_prefix_caching=True, **options)
 
@@ -287,7 +286,8 @@ class VllmBackend(Backend):
         from vllm import SamplingParams
 
         outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences],
-                                 SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1), use_tqdm=False)
+                                 SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False),
+                                 use_tqdm=False)
         result = []
         for seq, out in zip(sequences, outs):
             rows = []
@@ -310,6 +310,29 @@ class VllmBackend(Backend):
 
         del self.llm
         gc.collect()
+
+
+def _vllm_length(model_dir, max_len: int) -> dict:
+    """vLLM's options for prompts of up to ``max_len`` tokens: vLLM tabulates RoPE up to the length it
+    derives from the config, and past it gives NaN. An unscaled RoPE's table is extended (its
+    frequencies do not depend on the length); a scaled one's is its scaling's, so a longer request is
+    one line."""
+    from pathlib import Path
+
+    from ropestretch.jsonl import read_json
+    from ropestretch.rope.config import text_section
+
+    config = text_section(read_json(Path(model_dir) / "config.json", "a model config"))
+    window = config.get("max_position_embeddings")
+    if not isinstance(window, int) or max_len <= window:
+        return {}
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
+    if kind == "default":
+        return {"hf_overrides": {"max_position_embeddings": max_len}}
+    raise UsageError(f"vLLM runs this {kind} export up to its max_position_embeddings ({window} tokens); the longest "
+                     f"prompt with its answer needs {max_len}: evaluate up to {window - (max_len - window) - 1} tokens "
+                     "in vLLM, or further in transformers")
 
 
 class LlamaCppBackend(Backend):
@@ -359,10 +382,14 @@ class LlamaCppBackend(Backend):
         for seq in sequences:
             seq = list(seq)
             self._evaluate(seq[:-1], start)
-            scores = np.asarray(self.llm.scores[start - 1:len(seq) - 1], dtype=np.float64)
-            scores = scores - scores.max(-1, keepdims=True)
-            logp = scores - np.log(np.exp(scores).sum(-1, keepdims=True))
-            out.append([(float(logp[j, t]), int(logp[j].argmax())) for j, t in enumerate(seq[start:])])
+            rows = []
+            for block in range(start - 1, len(seq) - 1, 1024):  # float32 rows a block at a time: bounded memory
+                scores = np.asarray(self.llm.scores[block:min(len(seq) - 1, block + 1024)], dtype=np.float32)
+                peak = scores.max(-1, keepdims=True)
+                norm = peak[:, 0] + np.log(np.exp(scores - peak).sum(-1))
+                targets = seq[block + 1:block + 1 + len(scores)]
+                rows += [(float(scores[k, t] - norm[k]), int(scores[k].argmax())) for k, t in enumerate(targets)]
+            out.append(rows)
         return out
 
     def generate(self, prompts, budgets):
@@ -370,8 +397,9 @@ class LlamaCppBackend(Backend):
         for prompt, budget in zip(prompts, budgets):
             tokens = []
             # greedy; generate() reuses the longest prefix it already holds
+            stop = {self.llm.token_eos(), self.tokenizer.eos_token_id}  # the chat template's end of turn too
             for token in self.llm.generate(list(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-                if token == self.llm.token_eos() or len(tokens) >= budget:
+                if token in stop or len(tokens) >= budget:
                     break
                 tokens.append(token)
             texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True))

@@ -125,7 +125,9 @@ def run(task: str, model: str, out: str | Path, *, lengths: list[int] | None = N
             raise UsageError(f"--attention {attention} runs on the transformers backend: no engine runs it")
         window = config_window(read_json(Path(model_dir) / "config.json", "a model config"))
         settings["attention"] = resolve(attention, window, max(lengths) + ANSWER_ROOM, **(attention_options or {}))
-    batch = fitting_batch(model_dir, max(lengths), batch_size if spec.retrieval else 1, where)
+    # an engine places its own memory; transformers' batch is sized here
+    batch = fitting_batch(model_dir, max(lengths), batch_size if spec.retrieval else 1, where) \
+        if backend == "transformers" else batch_size
     if backend == "llamacpp" and gguf is None:
         raise UsageError("--backend llamacpp runs a .gguf file: pass the file apply or gguf wrote as --model")
     with folder_lock(out, "eval"):

@@ -113,3 +113,17 @@ WHOLE_HEAD_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3"
 def family(model_type: str) -> Family:
     """The :class:`Family` of a config's ``model_type`` (the Llama spelling for every type not listed)."""
     return FAMILIES.get(model_type) or (WHOLE_HEAD if model_type in WHOLE_HEAD_TYPES else LLAMA_LIKE)
+
+
+# transformers' classes whose attention rotates with rotate-half pairing (dimension i with i + d/2) in
+# every layer: what an extra rotation of q and k (ropestretch.attention) assumes. Others pair
+# interleaved dimensions (Command R, GLM, Ernie 4.5), rotate by complex multiplication (Llama 4), skip
+# RoPE in some layers (SmolLM3), or attend through MLA (DeepSeek).
+ROTATE_HALF_TYPES = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "phi",
+                     "stablelm", "gpt_neox", "granite", "granitemoe", "olmo", "olmo2", "starcoder2", "gemma", "gemma2",
+                     "gemma3_text"}
+
+
+def rotates_half(model_type: str) -> bool:
+    """Whether every layer of this family rotates q and k with rotate-half pairing (see above)."""
+    return model_type in ROTATE_HALF_TYPES
