@@ -419,10 +419,11 @@ def write_readme(readme: Path, lines: list[str]) -> None:
     write_whole(readme, head + "\n".join([begin] + lines + [end]) + tail)
 
 
-def conclusion(docs: Path) -> list[str]:
-    """The hand-written paragraph on what the data support (``<docs>/conclusion.md``), for the report
-    and the README alike; none until one is written."""
-    path = docs / "conclusion.md"
+def conclusion(docs: Path, name: str = "conclusion.md") -> list[str]:
+    """The hand-written paragraph on what the data support (``<docs>/conclusion.md``) for the report,
+    and its few lines for the README (``summary.md``, the whole paragraph where there is none); none
+    until one is written."""
+    path = docs / name
     return path.read_text(encoding="utf-8").strip().splitlines() + [""] if path.is_file() else []
 
 
@@ -506,9 +507,10 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
     parts += render(runs, docs)
     if readme is not None:
         when = time.strftime("%Y-%m-%d")
+        short = conclusion(docs, "summary.md") or said  # the README's few lines; the report has the whole reading
         write_readme(readme, head + [f"Written {when} by `python benchmarks/study_8k.py --out <out> --report "
                                      f"docs/smollm2-8k --readme README.md` from {len(rows)} result rows; "
-                                     f"{INTERVALS}", ""] + said)
+                                     f"{INTERVALS}", ""] + short)
     path = docs / "report.md"
     write_whole(path, "\n".join(parts) + "\n")
     return path

@@ -140,3 +140,21 @@ def test_an_engine_that_is_not_installed_is_one_line_naming_make_engines(tiny_lm
         assert_one_line_error(run_cli("eval", "needle", "--model", tiny_lm_dir, "--out", tmp_path / backend,
                                       "--backend", backend, "--lengths", "128"), "make engines")
         assert not (tmp_path / backend).exists()
+
+
+def test_vllm_is_given_room_past_an_unscaled_window_and_refused_past_a_scaled_one(tmp_path):
+    """vLLM tabulates RoPE up to the length it derives from the config (NaN past it): an unscaled
+    model's table is extended for a prompt that needs more; a scaled export's cannot be."""
+    from ropestretch import UsageError
+    from ropestretch.eval.backends import _vllm_length
+
+    config = {"model_type": "llama", "max_position_embeddings": 8192, "rope_theta": 1e5}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert _vllm_length(tmp_path, 8000) == {}
+    assert _vllm_length(tmp_path, 8256) == {"hf_overrides": {"max_position_embeddings": 8256}}
+    config.update(max_position_embeddings=32768, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                               "original_max_position_embeddings": 8192})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert _vllm_length(tmp_path, 32768) == {}
+    with pytest.raises(UsageError, match="vLLM runs this yarn export up to its max_position_embeddings"):
+        _vllm_length(tmp_path, 32832)

@@ -227,6 +227,11 @@ def test_study_8k_report_carries_the_written_conclusion_into_the_report_and_the_
     assert block.index("| variant |") < block.index("Written ") < block.index("The data support X and not Y.")
     assert readme.read_text().endswith(f"{end}\nafter\n")
     assert (docs / "results.jsonl").read_text() == rows
+    (docs / "summary.md").write_text("In short: X.\n")  # the README's few lines; the report keeps the paragraph
+    study8k.report(tmp_path / "out", docs, readme)
+    block = readme.read_text().split(begin)[1].split(end)[0]
+    assert "In short: X." in block and "The data support X and not Y." not in block
+    assert "The data support X and not Y." in (docs / "report.md").read_text()
 
 
 def _absolute_paths(value):
