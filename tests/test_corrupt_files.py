@@ -182,3 +182,23 @@ def test_train_stopped_by_a_full_disk_resumes_from_its_last_complete_checkpoint(
     assert "resuming from" in err and "checkpoint-2" in err
     assert json.loads((out / "ropestretch.json").read_text())["steps"] == 6
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_gguf_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    volume = small_volume(tmp_path, "1m")  # the tiny model's f16 GGUF is about 2.3 MB
+    try:
+        if volume is None:
+            import ropestretch.gguf_export as export
+
+            def full(model, out, *a, **kw):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))
+            monkeypatch.setattr(export, "write_gguf", full)
+            volume = tmp_path / "disk"
+            volume.mkdir()
+        code, _, err = run_cli("gguf", "--model", TINY, "--out", volume / "tiny.gguf")
+        assert_one_line_error((code, "", err), "nothing was written")
+        assert "No space left on device" in err or "is the disk full?" in err  # numpy's writer says it its own way
+        assert list(volume.iterdir()) == []
+    finally:
+        if volume is not None and volume.name == "volume":
+            subprocess.run(["umount", str(volume)], capture_output=True)

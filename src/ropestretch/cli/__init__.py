@@ -51,12 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # a full disk, a quota, a read-only volume while writing: one line, what is left
         import errno
 
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+        short = err.errno is None and " requested and " in str(err) and "written" in str(err)  # numpy's short write
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) and not short:
             raise
+        what = f"a write came up short ({err}): is the disk full?" if short else err.strerror
         where = f" writing {err.filename}" if err.filename else ""
         left = getattr(args, "left_on_write_error", "")
-        print(f"ropestretch {args.command}: error: {err.strerror}{where}" + (f"; {left}" if left else ""),
-              file=sys.stderr)
+        print(f"ropestretch {args.command}: error: {what}{where}" + (f"; {left}" if left else ""), file=sys.stderr)
         return 2
 
 
