@@ -313,10 +313,10 @@ class VllmBackend(Backend):
 
 
 def _vllm_length(model_dir, max_len: int) -> dict:
-    """vLLM's options for prompts of up to ``max_len`` tokens: vLLM tabulates RoPE up to the length it
-    derives from the config, and past it gives NaN. An unscaled RoPE's table is extended (its
-    frequencies do not depend on the length); a scaled one's is its scaling's, so a longer request is
-    one line."""
+    """vLLM's options for prompts of up to ``max_len`` tokens. vLLM tabulates RoPE up to the length it
+    derives from the config (a scaled RoPE's: its scaling's), refuses a longer ``max_model_len`` and,
+    forced past it, gives NaN. An unscaled RoPE's frequencies do not depend on the length, so its
+    table is extended; a scaled one is left to vLLM's own check (one line, through :meth:`open`)."""
     from pathlib import Path
 
     from ropestretch.jsonl import read_json
@@ -324,15 +324,11 @@ def _vllm_length(model_dir, max_len: int) -> dict:
 
     config = text_section(read_json(Path(model_dir) / "config.json", "a model config"))
     window = config.get("max_position_embeddings")
-    if not isinstance(window, int) or max_len <= window:
-        return {}
     params = config.get("rope_parameters") or config.get("rope_scaling") or {}
     kind = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
-    if kind == "default":
+    if isinstance(window, int) and max_len > window and kind == "default":
         return {"hf_overrides": {"max_position_embeddings": max_len}}
-    raise UsageError(f"vLLM runs this {kind} export up to its max_position_embeddings ({window} tokens); the longest "
-                     f"prompt with its answer needs {max_len}: evaluate up to {window - (max_len - window) - 1} tokens "
-                     "in vLLM, or further in transformers")
+    return {}
 
 
 class LlamaCppBackend(Backend):
