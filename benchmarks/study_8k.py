@@ -127,7 +127,7 @@ SUMMARY = (("ppl", 4096, None, "ppl 4K"), ("ppl-ratio", 4096, None, "ppl 4K / ba
            ("needle", 32768, (25.0, 75.0), "needle 32K, depths 25-75%"), ("passkey", 16384, None, "passkey 16K"),
            ("passkey", 32768, None, "passkey 32K"), ("ppl", 32768, None, "ppl 32K"))
 PAIRS = (("cream-yarn", "pose-yarn"), ("cream-yarn", "plain-yarn"), ("pose-yarn", "plain-yarn"),
-         ("cream-dprope", "cream-yarn"))
+         ("cream-dprope", "cream-yarn"), ("yarn", "base"))  # the last: what YaRN costs inside the window
 INTERVALS = ("rates with their 95% Wilson interval over the n prompts, which takes a draw's depths (one haystack) as "
              "independent and so is narrower than one over draws; the paired comparisons use draws.")
 README_BLOCK = ("<!-- study-8k: written by benchmarks/study_8k.py --readme -->", "<!-- study-8k: end -->")
@@ -369,7 +369,7 @@ def summary(runs: list[dict]) -> list[str]:
     """One row per variant over :data:`SUMMARY`'s columns (rates with their 95% interval and n; the
     4K perplexity also as a ratio to the base's on the same windows, exp of the paired t interval of
     the per-window NLL differences), and the paired middle-depth needle differences of :data:`PAIRS`."""
-    from ropestretch.compare import differences, pair_perplexity, pair_runs
+    from ropestretch.compare import BAND_TEXT, differences, pair_perplexity, pair_runs
     from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table, loglik_difference, ratio_text
 
     def value(run: dict, test: str, length: int, depths) -> str | None:
@@ -391,20 +391,21 @@ def summary(runs: list[dict]) -> list[str]:
     parts = [_table(["variant"] + columns, [[label] + [row[c] or "-" for c in columns] for label, row in table.items()]),
              "", INTERVALS[0].upper() + INTERVALS[1:], ""]
     paired = []
-    for a, b in PAIRS:
-        if a not in by_label or b not in by_label:
-            continue
-        pairing = pair_runs(by_label[a], by_label[b], "needle")
-        if isinstance(pairing, str):
-            continue
-        paired += [[f"{a} - {b}", str(d["length"]), f"{d['n']} ({d['units']})",
-                    f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points", f"{d['only_a']} / {d['only_b']}", f"{d['p']:.2g}",
-                    loglik_difference(d, 2)]
-                   for d in differences(pairing) if d["band"] == "middle"]
+    for test in ("needle", "passkey"):
+        for a, b in PAIRS:
+            if a not in by_label or b not in by_label:
+                continue
+            pairing = pair_runs(by_label[a], by_label[b], test)
+            if isinstance(pairing, str):
+                continue
+            paired += [[f"{a} - {b}", test, str(d["length"]), BAND_TEXT[d["band"]], f"{d['n']} ({d['units']})",
+                        f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points", f"{d['only_a']} / {d['only_b']}",
+                        f"{d['p']:.2g}", loglik_difference(d, 2)]
+                       for d in differences(pairing) if d["band"] in ("all", "middle")]
     if paired:
-        parts += ["Paired on the same needle prompts, depths 25-75%:", "", _table(
-            ["difference", "length", "n pairs (draws)", "accuracy", "right only in each", "McNemar p",
-             "answer log-lik/token [95% paired interval]"], paired), ""]
+        parts += ["Paired on the same prompts (all depths, and depths 25-75%):", "", _table(
+            ["difference", "test", "length", "depths", "n pairs (units)", "accuracy", "right only in each",
+             "McNemar p", "answer log-lik/token [95% paired interval]"], paired), ""]
     return parts
 
 
@@ -481,7 +482,9 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
         "```", ""]
     parts += ["## Budget", "",
               "The issue sized the whole study at about 8 hours of an AMX machine (a full fine-tune step of 8192 "
-              "tokens in 54 s in bf16). This machine has no native bf16, so everything runs in fp32: a LoRA step "
+              "tokens in 54 s in bf16). The first stage ran on a machine without native bf16, in fp32, and every "
+              "fine-tune and cell since is pinned to fp32 too (the cells of 2026-12-07 on an AMD EPYC with "
+              "AVX512-BF16), so that every draw runs in one dtype: a LoRA step "
               "with gradient checkpointing takes 190 to 210 s on idle cores (one fine-tune, 1.7 to 1.9 hours; up to 416 s "
               "a step beside the project's test suites and engine checks: the three took 2.0, 2.2 and 3.2 hours), and "
               "a 16K needle cell of 2 samples x 5 depths 17 to 26 minutes on idle cores (up to 70 beside other work; "

@@ -149,12 +149,14 @@ def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(stud
     assert "93% [70-99], n = 15" in table and "89% [57-98], n = 9" in table
     assert "| pose-yarn | - | - | 7% [1-30], n = 15 | 0% [0-30], n = 9 | -1.00 [-1.00, -1.00], n = 15 |" in table
     # paired, middle band: 9 pairs over 3 draws, cream right alone in 8, pose in 0; log-lik (-1-1-3)/3/2 - (-1)
-    paired = table[table.index("Paired on the same needle prompts, depths 25-75%:"):]
-    [pair] = [x for x in paired.splitlines() if x.startswith("| cream-yarn - pose-yarn")]
+    paired = table[table.index("Paired on the same prompts (all depths, and depths 25-75%):"):]
+    [pair] = [x for x in paired.splitlines() if x.startswith("| cream-yarn - pose-yarn | needle | 16384 | 25-75%")]
     cells = [c.strip() for c in pair.strip("|").split("|")]
-    assert cells[1:5] == ["16384", "9 (3)", "+89 points", "8 / 0"]
-    assert float(cells[5]) == pytest.approx(2 * 0.5 ** 8, rel=0.01)  # McNemar exact, 8 discordant one way
-    assert cells[6].startswith("+0.17 [") and cells[6].endswith("(t)")  # 3 draws: Student's t, marked
+    assert cells[4:7] == ["9 (3)", "+89 points", "8 / 0"]
+    assert float(cells[7]) == pytest.approx(2 * 0.5 ** 8, rel=0.01)  # McNemar exact, 8 discordant one way
+    assert cells[8].startswith("+0.17 [") and cells[8].endswith("(t)")  # 3 draws: Student's t, marked
+    [whole] = [x for x in paired.splitlines() if x.startswith("| cream-yarn - pose-yarn | needle | 16384 | all")]
+    assert "| 15 (3) | +87 points | 13 / 0 |" in whole  # every depth: 14 right against 1, the one at 100% shared
     readme = tmp_path / "README.md"
     begin, end = study8k.README_BLOCK
     readme.write_text(f"# title\n\nbefore\n{begin}\nold table\n{end}\nafter\n")
