@@ -177,13 +177,13 @@ class Demo:
         started = time.time()
         model_, tok = load_for_eval(str(model))
         if not self._shared:
-            from ropestretch.data.corpus import builtin_documents
+            from ropestretch.data.corpus import builtin_documents, token_stream
 
             docs = builtin_documents()
-            self._shared = {"haystack": Haystack(tok, docs), "documents": docs}
+            self._shared = {"haystack": Haystack(tok, docs), "stream": token_stream(tok, docs)}
         bar = tqdm(total=sum(plan.values()), desc=f"eval {name}", unit="cell", disable=not self.progress)
         ev = Evaluator(model_, tok, "forced", batch_size=10, haystack=self._shared["haystack"], progress=bar,
-                       documents=self._shared["documents"])
+                       tokens=self._shared["stream"])
         for t in tasks:
             t.run(ev, stores[t.name], p.lengths, p.samples[t.name], p.seed, options[t.name])
         for t in tasks:

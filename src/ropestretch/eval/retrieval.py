@@ -26,8 +26,8 @@ class Evaluator:
     """What a sweep runs on: a model (a transformers model, or any
     :class:`~ropestretch.eval.backends.Backend`) with its tokenizer, how to score (``forced``: one
     pass; ``generate``: greedy, string match), the batch size, the haystack, the prompt format
-    (None: the legacy wording), the perplexity text (``documents``: default the built-in prose) and a
-    progress bar."""
+    (None: the legacy wording), the perplexity text (``documents``, default the built-in prose, or
+    ``tokens`` already tokenized) and a progress bar."""
 
     model: Any
     tokenizer: Any = None
@@ -37,6 +37,7 @@ class Evaluator:
     progress: Any = None  # a tqdm bar or None
     prompt: Any = None  # a PromptFormat; None is the legacy wording
     documents: Any = None  # the perplexity text, as documents
+    tokens: Any = None  # or already as one token stream (several evaluators over one tokenizer share it)
 
     def __post_init__(self):
         from ropestretch.eval.backends import Backend, TransformersBackend
@@ -59,9 +60,9 @@ class Evaluator:
         """The perplexity text as one token stream (documents joined with EOS), tokenized once."""
         from ropestretch.data.corpus import builtin_documents, token_stream
 
-        if getattr(self, "_stream", None) is None:
-            self._stream = token_stream(self.tokenizer, self.documents or builtin_documents())
-        return self._stream
+        if self.tokens is None:
+            self.tokens = token_stream(self.tokenizer, self.documents or builtin_documents())
+        return self.tokens
 
     def tick(self, n: int = 1) -> None:
         if self.progress is not None:
