@@ -33,6 +33,8 @@ def _json_object(path: Path, what: str) -> dict[str, Any]:
         raise UsageError(f"{path} is not text: {what} must be JSON (a binary or damaged file?)") from None
     except ValueError as err:
         raise UsageError(f"{path} is not valid JSON ({first_line(err)}): {what} is damaged or cut short") from None
+    except RecursionError:
+        raise UsageError(f"{path} is nested too deeply to be {what}") from None
     except OSError as err:
         raise UsageError(f"cannot read {path}: {err.strerror}") from None
     if not isinstance(value, dict):
