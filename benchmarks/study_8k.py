@@ -512,8 +512,8 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
         when = time.strftime("%Y-%m-%d")
         short = conclusion(docs, "summary.md") or said  # the README's few lines; the report has the whole reading
         write_readme(readme, head + [f"Written {when} by `python benchmarks/study_8k.py --out <out> --report "
-                                     f"docs/smollm2-8k --readme README.md` from {len(rows)} result rows; "
-                                     f"{INTERVALS}", ""] + short)
+                                     f"docs/smollm2-8k --readme README.md` from {len(rows)} result rows.", ""]
+                     + short)
     path = docs / "report.md"
     write_whole(path, "\n".join(parts) + "\n")
     return path
