@@ -112,7 +112,8 @@ def test_bad_gguf_files_are_one_line(tmp_path):
     bogus = tiny_gguf(tmp_path / "bogus.gguf", "bogusarch")
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + bytes(100))
-    for path, fragment in ((bogus, "architecture bogusarch is not supported"), (corrupt, "corrupt.gguf is truncated or not a GGUF file"),
+    for path, fragment in ((bogus, "architecture bogusarch is not supported"),
+                           (corrupt, "corrupt.gguf is truncated or not a GGUF file"),
                            (tmp_path / "missing.gguf", "no such GGUF file")):
         assert_one_line_error(run_cli("apply", "--model", path, "--scaling", "yarn", "--target", 256,
                                       "--out", tmp_path / "o"), fragment)
