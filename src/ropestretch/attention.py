@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ropestretch.errors import UsageError
-from ropestretch.eval.registry import Option, positive_int
+from ropestretch.eval.registry import Option, option_values, positive_int
 
 CHUNK_FLOATS = 1 << 25  # score entries per query chunk (128 MB in float32), per branch
 
@@ -229,10 +229,7 @@ def resolve(method: str, window: int, length: int, **options) -> dict[str, Any]:
     if method not in ATTENTION_METHODS:
         raise UsageError(f"unknown attention method {method!r} (one of {', '.join(ATTENTION_METHODS)})")
     spec = ATTENTION_METHODS[method]
-    unknown = sorted(k for k, v in options.items() if v is not None and k not in {o.name for o in spec.options})
-    if unknown:
-        raise UsageError(f"--attention {method} takes no option {unknown[0]!r}")
-    values = spec.resolve(window, {o.name: o.value(options.get(o.name)) for o in spec.options})
+    values = spec.resolve(window, option_values(spec.options, options, f"--attention {method}"))
     reach = spec.reach(window, values)
     if length > reach:
         shown = ", ".join(f"{k} {v}" for k, v in values.items())

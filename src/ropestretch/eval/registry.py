@@ -66,6 +66,16 @@ class Option:
         return given
 
 
+def option_values(options: tuple[Option, ...], given: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Every declared option's value (its default where not given); a given option that ``owner`` (a
+    task, an attention method) does not declare is one line naming the ones it does."""
+    names = [o.name for o in options]
+    unknown = sorted(k for k, v in given.items() if v is not None and k not in names)
+    if unknown:
+        raise UsageError(f"{owner} takes no option {unknown[0]!r} (its options: {', '.join(names) or 'none'})")
+    return {o.name: o.value(given.get(o.name)) for o in options}
+
+
 @dataclass(frozen=True)
 class Place:
     """Where in the context a task's cells ask: the cell key, its factor to percent, and its names."""
@@ -118,11 +128,7 @@ class Task:
 
     def resolve(self, given: dict[str, Any]) -> dict[str, Any]:
         """Every option's value (its default where not given); an option the task lacks is refused."""
-        unknown = sorted(k for k, v in given.items() if v is not None and k not in {o.name for o in self.options})
-        if unknown:
-            raise UsageError(f"eval {self.name} takes no option {unknown[0]!r} "
-                             f"(its options: {', '.join(o.name for o in self.options) or 'none'})")
-        return {o.name: o.value(given.get(o.name)) for o in self.options}
+        return option_values(self.options, given, f"eval {self.name}")
 
     def where(self, cell: dict[str, Any]) -> float | None:
         """Where a cell asks, in percent of the context, or None."""
