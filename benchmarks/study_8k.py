@@ -511,7 +511,8 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
     if readme is not None:
         when = time.strftime("%Y-%m-%d")
         short = conclusion(docs, "summary.md") or said  # the README's few lines; the report has the whole reading
-        write_readme(readme, head + [f"Written {when} by `python benchmarks/study_8k.py --out <out> --report "
+        table = head[:next((i for i, line in enumerate(head) if line.startswith("Paired")), len(head))]
+        write_readme(readme, table + [f"Written {when} by `python benchmarks/study_8k.py --out <out> --report "
                                      f"docs/smollm2-8k --readme README.md` from {len(rows)} result rows.", ""]
                      + short)
     path = docs / "report.md"
