@@ -19,6 +19,10 @@ from ropestretch.stats import BOOTSTRAP_MIN_PAIRS, mean_interval, safe_exp, wils
 
 
 
+RULER_THRESHOLD = 85.6  # RULER's effective-length threshold: Llama-2-7B-chat's score at 4K
+NOLIMA_SHARE = 0.85  # NoLiMa's: 85% of the model's own score at its shortest length
+
+
 def _tasks(measure: str) -> list:
     """The registered tasks of one measure (``retrieval`` or ``perplexity``), in registry order."""
     from ropestretch.eval.tasks import TASKS
@@ -194,7 +198,8 @@ def _rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None =
             and (depths is None or depths[0] <= percent * r["cell"][key] <= depths[1])]
 
 
-def write_report(folders: list[str | Path], out: str | Path | None = None) -> Path:
+def write_report(folders: list[str | Path], out: str | Path | None = None,
+                 threshold: float = RULER_THRESHOLD) -> Path:
     if not folders:
         raise UsageError("give at least one run folder")
     runs = [load_run(f) for f in folders]
@@ -213,13 +218,14 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.md"
     path.write_text("\n".join(["# ropestretch report", "", "Runs: " + ", ".join(f"`{r['label']}`" for r in runs), ""]
-                              + render(runs, out)))
+                              + render(runs, out, threshold)))
     return path
 
 
-def render(runs: list[dict[str, Any]], out: Path) -> list[str]:
+def render(runs: list[dict[str, Any]], out: Path, threshold: float = RULER_THRESHOLD) -> list[str]:
     """The report's sections (markdown lines) for loaded runs (:func:`load_run`'s dicts, or any with
-    its keys: label, args, results, meta), writing the figures into ``out``."""
+    its keys: label, args, results, meta), writing the figures into ``out``; ``threshold``: the
+    RULER score an effective length must reach."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,8 +243,9 @@ def render(runs: list[dict[str, Any]], out: Path) -> list[str]:
 
     for task in _tasks("retrieval"):
         have = [r for r in runs if r["results"].get(task.name)]
-        if have:
+        if have and task.suite is None:
             parts += _retrieval_section(plt, out, task, have)
+    parts += ruler_section(runs, threshold)
     parts += _paired_section(runs)
     for task in _tasks("perplexity"):
         have = [r for r in runs if r["results"].get(task.name)]
@@ -434,3 +441,64 @@ def _paired_section(runs: list[dict]) -> list[str]:
 
 
 _table = markdown_table  # the name the studies' scripts import
+
+
+def _shares(row: dict[str, Any]) -> list[float]:
+    """A RULER row's per-sample shares of the references found (its right/wrong where it has none)."""
+    return [float(x.get("score", x["correct"])) for x in row.get("samples") or []]
+
+
+def effective_length(averages: dict[int, float], threshold: float) -> int | None:
+    """The longest tested length up to which every tested length's score (percent) reaches
+    ``threshold``; None when the shortest does not."""
+    found = None
+    for length in sorted(averages):
+        if not averages[length] >= threshold:
+            break
+        found = length
+    return found
+
+
+def ruler_section(runs: list[dict[str, Any]], threshold: float = RULER_THRESHOLD) -> list[str]:
+    """RULER's scores per run: each task's score (percent of references found, 95% interval, n) by
+    length, the average over the tasks run (a stratified bootstrap interval) and the effective length
+    against ``threshold`` and against NoLiMa's 85% of the run's own score at its shortest length."""
+    from ropestretch.stats import share_interval, stratified_mean_interval
+
+    tasks = [t for t in _tasks("retrieval") if t.suite == "ruler"]
+    parts: list[str] = []
+    for run in runs:
+        have = [t for t in tasks if run["results"].get(t.name)]
+        if not have:
+            continue
+        lengths = sorted({r["cell"]["length"] for t in have for r in run["results"][t.name]})
+        table, averages, complete = [], {}, True
+        for length in lengths:
+            groups = {t.name: [x for r in run["results"][t.name] if r["cell"]["length"] == length for x in _shares(r)]
+                      for t in have}
+            cells = []
+            for t in have:
+                mean, low, high = share_interval(groups[t.name])
+                cells.append("-" if not groups[t.name] else
+                             f"{100 * mean:.1f} [{100 * low:.0f}-{100 * high:.0f}], n = {len(groups[t.name])}")
+            complete &= all(groups.values())
+            mean, low, high = stratified_mean_interval(list(groups.values()))
+            averages[length] = 100 * mean
+            table.append([str(length)] + cells + [f"{100 * mean:.1f} [{100 * low:.1f}-{100 * high:.1f}]"])
+        parts += [f"## RULER: {run['label']}", "",
+                  "Each task's score is RULER's: the share of the references found in the generated text (percent), "
+                  "with its 95% interval (Wilson's where every sample is all or nothing, else Student's t) and n; the "
+                  f"average is over the {len(have)} synthetic task(s) run, with a bootstrap interval stratified by "
+                  "task (RULER's published average also holds its two QA tasks).", "",
+                  markdown_table(["length"] + [t.name for t in have] + ["average"], table), ""]
+        absolute = effective_length(averages, threshold)
+        short = averages[lengths[0]]
+        relative = effective_length(averages, NOLIMA_SHARE * short)
+        parts += ["Effective length, the longest tested length up to which every tested length reaches the threshold"
+                  + ("" if complete else " (some tasks lack some lengths: the averages there hold fewer tasks)") + ":",
+                  f"- at RULER's threshold, {threshold:g}: "
+                  + (f"{absolute} tokens" if absolute else f"none (below it at {lengths[0]})"),
+                  f"- at NoLiMa's, 85% of the run's own score at {lengths[0]} tokens ({NOLIMA_SHARE * short:.1f}): "
+                  + (f"{relative} tokens" if relative and short > 0 else "none" if short > 0
+                     else f"none (it scores 0 at {lengths[0]})"), ""]
+    return parts

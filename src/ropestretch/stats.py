@@ -107,3 +107,30 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], seed: int = 0) -> t
                     n_resamples=RESAMPLES, confidence_level=CONFIDENCE, method="percentile",
                     rng=np.random.default_rng(seed))
     return diff, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def share_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """The mean of per-sample shares in [0, 1] (RULER's per-sample score) and its 95% interval:
+    Wilson's where every share is 0 or 1, else Student's t clipped to [0, 1]."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    if np.all((x == 0) | (x == 1)):
+        low, high = wilson(int(x.sum()), int(x.size))
+        return float(x.mean()), low, high
+    mean, low, high = mean_interval(x)
+    return mean, max(0.0, low), min(1.0, high)
+
+
+def stratified_mean_interval(groups: Sequence[Sequence[float]], resamples: int = 2000,
+                             seed: int = 0) -> tuple[float, float, float]:
+    """The unweighted mean of the groups' means (RULER's average over tasks) and its 95% percentile
+    bootstrap interval, each group resampled within itself."""
+    arrays = [np.asarray(g, dtype=float) for g in groups if len(g)]
+    if not arrays:
+        return math.nan, math.nan, math.nan
+    point = float(np.mean([a.mean() for a in arrays]))
+    rng = np.random.default_rng(seed)
+    draws = np.mean([a[rng.integers(0, a.size, (resamples, a.size))].mean(axis=1) for a in arrays], axis=0)
+    alpha = (1 - CONFIDENCE) / 2
+    return point, float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))

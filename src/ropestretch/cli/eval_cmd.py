@@ -23,7 +23,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ropestretch.eval.backends import BACKENDS
     from ropestretch.eval.tasks import TASKS
 
     p = sub.add_parser("eval", help="measure a model beyond its window (retrieval, perplexity, lm-eval)",
@@ -33,38 +32,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tests = p.add_subparsers(dest="test", metavar="TEST", parser_class=type(p))
     tests.required = True
     for name, task in TASKS.items():  # one subcommand per registered task, its options declared by the task
-        t = tests.add_parser(name, help=task.help, description=f"{task.help}.")
-        t.add_argument("--model", required=True, metavar="MODEL",
-                       help="checkpoint folder, .gguf file, bundled model name or hub id (online)")
-        t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for results")
-        t.add_argument("--lengths", type=_int_list, metavar="L1,L2,...",
-                       help="context lengths in tokens (default: the window doubling up to the target, or 1-8x)")
-        for option in task.options:
-            extra = {"choices": option.choices} if option.choices else {"type": option.parse, "metavar": option.metavar}
-            t.add_argument("--" + option.name.replace("_", "-"), dest=option.name, default=None, help=option.help,
-                           **extra)
-        t.add_argument("--samples", type=positive_int, default=task.samples,
-                       help=f"samples per cell (default {task.samples})")
-        t.add_argument("--seed", type=nonnegative_int, default=0)
-        if task.retrieval:
-            t.add_argument("--scoring", choices=["forced", "generate"], default="forced",
-                           help="forced: one forward pass, argmax over the answer; generate: greedy, string match")
-            t.add_argument("--prompt", choices=["auto", "legacy", "base", "chat"], default="auto",
-                           help="auto (chat when the tokenizer has a chat template, else base), base (standard "
-                           "forms, instruction first), chat (the same as a user turn) or legacy (the tiny base's "
-                           "pre-training wording); see docs/evaluation.md")
-        t.add_argument("--batch-size", type=positive_int, default=8)
-        t.add_argument("--text", metavar="PATH", help=task.text_help)
-        t.add_argument("--backend", choices=list(BACKENDS), default="transformers",
-                       help="; ".join(f"{b}: {cls.help}" for b, cls in BACKENDS.items()))
-        t.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
-                       help="with --backend vllm: the GPUs to split the model over (recorded)")
-        add_attention(t)
-        t.add_argument("--trust-remote-code", action="store_true")
-        add_hardware(t)
-        t.add_argument("--no-progress", dest="progress", action="store_false")
-        t.set_defaults(run=run, left_on_write_error="every finished cell stays in the run folder: rerun the same command "
-                       "to resume")
+        if task.suite is None:
+            _add_task(tests.add_parser(name, help=task.help, description=f"{task.help}."), task)
+    ruler = [t for t in TASKS.values() if t.suite == "ruler"]
+    r = tests.add_parser("ruler", help="RULER's synthetic tasks (niah x8, vt, cwe, fwe), generated offline",
+                         description="RULER's 11 synthetic tasks (Hsieh et al. 2024), generated offline from a seed "
+                         "and scored as RULER scores them (the share of the references in the generated text); "
+                         "`ropestretch report` gives each task's score with its interval, RULER's average and the "
+                         "effective length. See docs/evaluation.md.")
+    r.add_argument("--tasks", default="all", metavar="TASKS",
+                   help="all, niah, or comma-separated names: " + ", ".join(t.name for t in ruler))
+    _add_task(r, ruler[0])
+    r.set_defaults(run=run_suite)
     lm = tests.add_parser("lm-eval", help="LongBench, RULER, short tasks via lm-evaluation-harness",
                           description="Run lm-evaluation-harness (lm_eval.simple_evaluate) on the checkpoint.")
     lm.add_argument("--model", required=True, metavar="MODEL", help="checkpoint folder, .gguf file, bundled model "
@@ -78,6 +57,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lm.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     add_hardware(lm)
     lm.set_defaults(run=run_lm_eval)
+
+
+def _add_task(t: argparse.ArgumentParser, task) -> None:
+    """A task's flags: the common ones and those it declares."""
+    from ropestretch.eval.backends import BACKENDS
+
+    t.add_argument("--model", required=True, metavar="MODEL",
+                   help="checkpoint folder, .gguf file, bundled model name or hub id (online)")
+    t.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for results")
+    t.add_argument("--lengths", type=_int_list, metavar="L1,L2,...",
+                   help="context lengths in tokens (default: the window doubling up to the target, or 1-8x)")
+    for option in task.options:
+        extra = {"choices": option.choices} if option.choices else {"type": option.parse, "metavar": option.metavar}
+        t.add_argument("--" + option.name.replace("_", "-"), dest=option.name, default=None, help=option.help,
+                       **extra)
+    t.add_argument("--samples", type=positive_int, default=task.samples,
+                   help=f"samples per cell (default {task.samples})")
+    t.add_argument("--seed", type=nonnegative_int, default=0)
+    if task.retrieval:
+        t.add_argument("--scoring", choices=["forced", "generate"], default=None,
+                       help="forced: one forward pass, argmax over the answer; generate: greedy, string match "
+                       f"(default {task.scoring})")
+        t.add_argument("--prompt", choices=["auto", "legacy", "base", "chat"], default="auto",
+                       help="auto (chat when the tokenizer has a chat template, else base), base (standard "
+                       "forms, instruction first), chat (the same as a user turn) or legacy (the tiny base's "
+                       "pre-training wording); see docs/evaluation.md")
+    t.add_argument("--batch-size", type=positive_int, default=8)
+    t.add_argument("--text", metavar="PATH", help=task.text_help)
+    t.add_argument("--backend", choices=list(BACKENDS), default="transformers",
+                   help="; ".join(f"{b}: {cls.help}" for b, cls in BACKENDS.items()))
+    t.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
+                   help="with --backend vllm: the GPUs to split the model over (recorded)")
+    add_attention(t)
+    t.add_argument("--trust-remote-code", action="store_true")
+    add_hardware(t)
+    t.add_argument("--no-progress", dest="progress", action="store_false")
+    t.set_defaults(run=run, left_on_write_error="every finished cell stays in the run folder: rerun the same command "
+                   "to resume")
 
 
 def add_attention(parser: argparse.ArgumentParser) -> None:
@@ -108,23 +125,36 @@ def attention_request(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Parse, run :func:`ropestretch.eval.run`, print each finished cell."""
+    from ropestretch.eval.tasks import TASKS
+
+    return _evaluate(args, args.test, TASKS[args.test].options)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """``eval ruler``: the chosen tasks one after the other on one loaded model."""
+    from ropestretch.data.ruler import select
+
+    return _evaluate(args, select(args.tasks), ())
+
+
+def _evaluate(args: argparse.Namespace, tasks, options) -> int:
     import json
 
     from ropestretch.eval import run as evaluate
-    from ropestretch.eval.tasks import TASKS
 
-    task = TASKS[args.test]
     attention = attention_request(args)
-    rows = evaluate(args.test, args.model, args.out, lengths=args.lengths, samples=args.samples, seed=args.seed,
-                    text=args.text, scoring=getattr(args, "scoring", "forced"), prompt=getattr(args, "prompt", "auto"),
+    rows = evaluate(tasks, args.model, args.out, lengths=args.lengths, samples=args.samples, seed=args.seed,
+                    text=args.text, scoring=getattr(args, "scoring", None), prompt=getattr(args, "prompt", "auto"),
                     batch_size=args.batch_size, backend=args.backend, tensor_parallel_size=args.tensor_parallel_size,
                     device=args.device, dtype=args.dtype, device_map=args.device_map,
                     attn_implementation=args.attn_implementation, trust_remote_code=args.trust_remote_code,
                     progress=args.progress, attention=args.attention, attention_options=attention,
-                    **{o.name: getattr(args, o.name) for o in task.options})
+                    **{o.name: getattr(args, o.name) for o in options})
     for record in rows:
         value = f"ppl {record['ppl']:.2f}" if "ppl" in record else f"accuracy {record['accuracy']:.2f}"
-        print(f"{args.test} {json.dumps(record['cell'])}: {value}")
+        if record.get("score") is not None:
+            value += f", score {100 * record['score']:.1f}"
+        print(f"{record['test']} {json.dumps(record['cell'])}: {value}")
     return 0
 
 

@@ -16,13 +16,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "the reason. The tables are printed too.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", metavar="DIR", help="where to write report.md (default: the first run folder)")
+    p.add_argument("--threshold", type=float, default=85.6, metavar="SCORE",
+                   help="RULER: the score (0-100) an effective length must reach (default 85.6, RULER's: "
+                   "Llama-2-7B-chat at 4K); the report also gives NoLiMa's, 85%% of the run's shortest-length score")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ropestretch.report import write_report
 
-    path = write_report(args.runs, args.out)
+    from ropestretch.errors import UsageError
+
+    if not 0 <= args.threshold <= 100:
+        raise UsageError(f"--threshold is a score from 0 to 100, got {args.threshold:g}")
+    path = write_report(args.runs, args.out, args.threshold)
     print("\n".join(line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("![")))
     print(f"wrote {path}")
     return 0

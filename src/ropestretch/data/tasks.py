@@ -67,6 +67,9 @@ class TaskSample:
         answer_ids: the answer's token ids (teacher-forced scoring compares these).
         info: where the answer sits (length, depth, gold index, ...).
         match: ``match(answer, generated)``: whether a generated text is right (string-match scoring).
+        references: RULER's references: a generated text is scored by the share of them it holds
+            (:func:`ropestretch.data.ruler.match_all`) and is right when it holds them all.
+        budget: the most tokens to generate (default: the answer's length + 4).
     """
 
     task: str
@@ -75,6 +78,21 @@ class TaskSample:
     answer_ids: list[int]
     info: dict[str, Any] = field(default_factory=dict)
     match: Callable[[str, str], bool] = contains
+    references: tuple[str, ...] = ()
+    budget: int | None = None
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.budget or len(self.answer_ids) + 4
+
+    def judge(self, generated: str) -> tuple[bool, float | None]:
+        """A generated text's verdict, and its share of the references where the task has them."""
+        if self.references:
+            from ropestretch.data.ruler import match_all
+
+            share = match_all(self.references, generated)
+            return share == 1.0, share
+        return self.match(self.answer, generated), None
 
 
 class Haystack:

@@ -40,10 +40,11 @@ def check_backend(name: str):
     return cls
 
 
-def _scored(correct: bool, answer_logprobs: Sequence[float], hits: Sequence[bool]):
+def _scored(correct: bool, answer_logprobs: Sequence[float], hits: Sequence[bool], share: float | None = None):
     from ropestretch.eval.scoring import Scored
 
-    return Scored(bool(correct), float(sum(answer_logprobs)), len(answer_logprobs), tuple(bool(h) for h in hits))
+    return Scored(bool(correct), float(sum(answer_logprobs)), len(answer_logprobs), tuple(bool(h) for h in hits),
+                  share)
 
 
 class Backend:
@@ -98,9 +99,9 @@ class Backend:
             forced.append(([lp for lp, _ in rows], [top == t for (_, top), t in zip(rows, s.answer_ids)]))
         if scoring == "forced":
             return [_scored(all(hits), lps, hits) for lps, hits in forced]
-        texts = self.generate([s.prompt_ids for s in samples], [len(s.answer_ids) + 4 for s in samples])
-        return [_scored(s.match(s.answer, text), lps, hits)
-                for s, text, (lps, hits) in zip(samples, texts, forced)]
+        texts = self.generate([s.prompt_ids for s in samples], [s.max_new_tokens for s in samples])
+        verdicts = [s.judge(text) for s, text in zip(samples, texts)]
+        return [_scored(correct, lps, hits, share) for (correct, share), (lps, hits) in zip(verdicts, forced)]
 
     def nll(self, windows: Sequence[Sequence[int]], scored_from: int = 0) -> tuple[list[float], int]:
         """Per window, the summed negative log-likelihood of tokens ``scored_from + 1 ..``; and how many

@@ -105,7 +105,9 @@ class Task:
     (place x length, a figure per run), ``place_table`` (accuracy by place over all lengths).
     ``haystack``: its prompts are built in a prose haystack (``--text``). ``record`` holds fixed
     entries of the run record (a change of method that makes older runs' results incomparable: they
-    are then refused a rerun, not mixed)."""
+    are then refused a rerun, not mixed). ``scoring``: its default (RULER's tasks generate);
+    ``suite``: the suite it is run in (``ropestretch eval ruler``); ``past_length``: how far past a
+    cell's length its generation may reach."""
 
     name: str
     help: str
@@ -121,6 +123,9 @@ class Task:
     record: dict[str, Any] = field(default_factory=dict)
     haystack: bool = False  # whether its prompts are built in a prose haystack (--text)
     text_help: str = "haystack text: a file or folder (default: the English that ships with Python)"
+    scoring: str = "forced"  # its default scoring (a retrieval task)
+    suite: str | None = None  # the suite it belongs to (``ruler``): run by ``eval SUITE``, not by its own subcommand
+    past_length: int = 0  # tokens it may generate past a cell's length (RULER's fwe: its budget)
 
     @property
     def retrieval(self) -> bool:
@@ -153,6 +158,8 @@ def register_task(task: Task) -> Task:
     """Add ``task`` to :data:`TASKS` (a name already there is refused)."""
     if task.name in TASKS:
         raise ValueError(f"evaluation task {task.name!r} is already registered")
+    if task.scoring not in ("forced", "generate"):
+        raise ValueError(f"task {task.name!r}: scoring must be forced or generate")
     if task.measure not in ("retrieval", "perplexity"):
         raise ValueError(f"task {task.name!r}: measure must be retrieval or perplexity")
     TASKS[task.name] = task

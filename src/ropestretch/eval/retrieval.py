@@ -64,6 +64,15 @@ class Evaluator:
             self.tokens = token_stream(self.tokenizer, self.documents or builtin_documents())
         return self.tokens
 
+    @property
+    def essay(self) -> list[str]:
+        """RULER's essay haystack: the text's words in order (:func:`ropestretch.data.ruler.essay_words`)."""
+        if getattr(self, "_essay", None) is None:
+            from ropestretch.data.ruler import essay_words
+
+            self._essay = essay_words(self.documents)
+        return self._essay
+
     def tick(self, n: int = 1) -> None:
         if self.progress is not None:
             self.progress.update(n)
@@ -78,13 +87,16 @@ def sample_rows(scored: Sequence[Scored], prints: Sequence[str]) -> list[dict]:
     """The per-sample part of a result row: index, right or wrong, the gold answer's summed
     log-likelihood and token count, and the prompt's fingerprint."""
     return [{"i": i, "correct": s.correct, "logprob": round(s.logprob, 5), "tokens": s.tokens, "prompt": p}
+            | ({} if s.score is None else {"score": round(s.score, 5)})
             for i, (s, p) in enumerate(zip(scored, prints))]
 
 
 def _record(store, cell: dict, scored: Sequence[Scored], prints: Sequence[str], seed: int,
             seconds: float) -> dict:
     correct = [s.correct for s in scored]
-    return store.add(cell, accuracy=float(np.mean(correct)), correct=int(sum(correct)), n=len(correct),
+    shares = [s.score for s in scored if s.score is not None]
+    extra = {"score": round(float(np.mean(shares)), 5)} if len(shares) == len(scored) else {}
+    return store.add(cell, accuracy=float(np.mean(correct)), correct=int(sum(correct)), n=len(correct), **extra,
                      seconds=round(seconds, 3), seed=seed, samples=sample_rows(scored, prints))
 
 
@@ -123,6 +135,14 @@ def run_kv(ev, store, lengths, positions, samples, seed):
     cells = [{"length": n, "gold": g} for n in lengths for g in positions]
     return sweep(ev, store, cells, lambda c, rng: tasks.kv(ev.tokenizer, c["length"], c["gold"], rng, ev.prompt),
                  samples, seed)
+
+
+def run_ruler(ev: Evaluator, store, name: str, lengths, samples, seed):
+    """A RULER task by length: ``samples`` prompts per length, each filled to the cell's length."""
+    from ropestretch.data import ruler
+
+    return sweep(ev, store, [{"length": n} for n in lengths],
+                 lambda c, rng: ruler.sample(name, ev.tokenizer, c["length"], rng, ev.prompt, ev.essay), samples, seed)
 
 
 def needle_prompts(ev: Evaluator, length: int, samples: int, rng: np.random.Generator) -> list[tasks.DepthSample]:

@@ -27,6 +27,7 @@ class Scored:
     logprob: float
     tokens: int
     hits: tuple[bool, ...] = ()
+    score: float | None = None  # RULER's share of the references found (a task with references)
 
 
 def fingerprint(prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> str:
@@ -111,14 +112,16 @@ def generate_after(model, tokenizer, prompt: torch.Tensor, cache, max_new_tokens
 
 @torch.no_grad()
 def generate_scored(model, tokenizer, prompt: torch.Tensor, answers: Sequence[Sequence[int]], cache, pad: int,
-                    max_new_tokens: int | None = None) -> tuple[list[tuple[tuple[bool, ...], float]], list[str]]:
+                    max_new_tokens: int | Sequence[int] | None = None
+                    ) -> tuple[list[tuple[tuple[bool, ...], float]], list[str]]:
     """The gold answers' forced scores and the greedy continuations of ``prompt`` ``(batch, P)``, whose
     first tokens ``cache`` may already hold; the cache is left holding just those. One prefill
     serves both: the answer is scored on top of it, cropped off, and generation continues there
     (a cache that cannot be cropped, of a sliding-window model, is copied for the scoring instead)."""
     held = cache.get_seq_length()
     padded = _pad_right(answers, pad).to(prompt.device)
-    budgets = [max_new_tokens or len(a) + 4 for a in answers]
+    budgets = list(max_new_tokens) if isinstance(max_new_tokens, Sequence) else \
+        [max_new_tokens or len(a) + 4 for a in answers]
     if can_crop(cache):
         forced = _answer_scores(answer_logits(model, prompt[:, held:], padded, cache), answers)
         crop_to(cache, prompt.shape[1] - 1)  # the prompt but its last token, where generate_after continues
@@ -136,16 +139,18 @@ def generated_scores(model, tokenizer, samples: Sequence[TaskSample], max_new_to
                      pad: int = 0) -> tuple[list[Scored], list[str]]:
     """Greedy generation, then string match (first integer, or substring); with each sample's
     forced answer log-likelihood from the same prefill. Prompts of one length run as one batch;
-    each sample's text is its first ``max_new_tokens`` tokens (default: its answer's length + 4)."""
+    each sample's text is its first ``max_new_tokens`` tokens (default: its own budget, else its
+    answer's length + 4)."""
     device = next(model.parameters()).device
     scored: list[Scored | None] = [None] * len(samples)
     texts: list[str] = [""] * len(samples)
     for indices in _by_length(samples).values():
         prompt = torch.tensor([samples[i].prompt_ids for i in indices], device=device)
         answers = [samples[i].answer_ids for i in indices]
-        forced, generated = generate_scored(model, tokenizer, prompt, answers, new_cache(model), pad, max_new_tokens)
+        budgets = [max_new_tokens or samples[i].max_new_tokens for i in indices]
+        forced, generated = generate_scored(model, tokenizer, prompt, answers, new_cache(model), pad, budgets)
         for i, (hits, logprob), text in zip(indices, forced, generated):
-            s = samples[i]
-            scored[i] = Scored(s.match(s.answer, text), logprob, len(hits), hits)
+            correct, share = samples[i].judge(text)
+            scored[i] = Scored(correct, logprob, len(hits), hits, share)
             texts[i] = text
     return scored, texts  # type: ignore[return-value]

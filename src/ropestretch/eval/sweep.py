@@ -11,6 +11,7 @@ folder is touched, and a rerun with the same arguments skips the cells already f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +75,21 @@ def read_documents(text: str | None) -> list[str] | None:
     return documents
 
 
-def run(task: str, model: str, out: str | Path, *, lengths: list[int] | None = None, samples: int | None = None,
-        seed: int = 0, text: str | None = None, scoring: str = "forced", prompt: str = "auto", batch_size: int = 8,
-        backend: str = "transformers", tensor_parallel_size: int = 1, device: str = "auto", dtype: str = "auto",
-        device_map: str | None = None, attn_implementation: str = "auto", trust_remote_code: bool = False,
-        progress: bool = False, attention: str | None = None, attention_options: dict[str, Any] | None = None,
-        **options: Any) -> list[dict[str, Any]]:
-    """Evaluate ``model`` on ``task`` into the run folder ``out``; returns every finished row of the
-    task there (this call's and a previous run's with the same arguments).
+def run(task: str | Sequence[str], model: str, out: str | Path, *, lengths: list[int] | None = None,
+        samples: int | None = None, seed: int = 0, text: str | None = None, scoring: str | None = None,
+        prompt: str = "auto", batch_size: int = 8, backend: str = "transformers", tensor_parallel_size: int = 1,
+        device: str = "auto", dtype: str = "auto", device_map: str | None = None, attn_implementation: str = "auto",
+        trust_remote_code: bool = False, progress: bool = False, attention: str | None = None,
+        attention_options: dict[str, Any] | None = None, **options: Any) -> list[dict[str, Any]]:
+    """Evaluate ``model`` on ``task`` (a task name, or several: a suite such as RULER's, run one after
+    the other on one loaded model) into the run folder ``out``; returns every finished row of the
+    tasks there (this call's and a previous run's with the same arguments).
 
     ``options`` are the task's own (``depths`` for passkey and needle, ``positions`` for kv, ``mode``
-    and ``stride`` for ppl: :data:`ropestretch.eval.tasks.TASKS`). ``backend`` is ``transformers``
-    (this process), ``vllm`` (the checkpoint folder in vLLM's offline engine, ``tensor_parallel_size``
-    GPUs) or ``llamacpp`` (a ``.gguf`` file): :mod:`ropestretch.eval.backends`. ``attention`` is a
+    and ``stride`` for ppl: :data:`ropestretch.eval.tasks.TASKS`). ``scoring`` is ``forced`` or
+    ``generate`` (default: the task's own). ``backend`` is ``transformers`` (this process),
+    ``vllm`` (the checkpoint folder in vLLM's offline engine, ``tensor_parallel_size`` GPUs) or
+    ``llamacpp`` (a ``.gguf`` file): :mod:`ropestretch.eval.backends`. ``attention`` is a
     training-free method of :mod:`ropestretch.attention` (``self-extend``, ``string``) with its
     ``attention_options``, on the transformers backend, recorded in the run's arguments."""
     from ropestretch.checkpoints import resolve_model
@@ -98,9 +101,11 @@ def run(task: str, model: str, out: str | Path, *, lengths: list[int] | None = N
     from ropestretch.hardware import placement
     from ropestretch.resources import folder_lock, named_path, outside
 
-    spec = get_task(task)
-    values = spec.resolve(options)
-    if scoring not in ("forced", "generate"):
+    specs = [get_task(t) for t in ([task] if isinstance(task, str) else task)]
+    if not specs:
+        raise UsageError("no evaluation task given")
+    values = {spec.name: spec.resolve(options) for spec in specs}
+    if scoring not in (None, "forced", "generate"):
         raise UsageError(f"scoring must be forced or generate, got {scoring!r}")
     check_backend(backend)
     where = placement(device, dtype, device_map, attn_implementation)
@@ -112,11 +117,15 @@ def run(task: str, model: str, out: str | Path, *, lengths: list[int] | None = N
     lengths = lengths or default_lengths(model_dir)
     documents = read_documents(text)
     tokenizer = load_eval_tokenizer(str(model_dir), trust_remote_code)
-    form = prompt_format(tokenizer, prompt) if spec.retrieval else None
-    settings = recorded_arguments(spec, str(model), lengths, samples or spec.samples, seed, text, values, scoring,
-                                  form.name if form else None, backend, dtype=where.dtype, folder=out)
+    retrieval = any(spec.retrieval for spec in specs)
+    form = prompt_format(tokenizer, prompt) if retrieval else None
+    settings = {spec.name: recorded_arguments(
+        spec, str(model), lengths, samples or spec.samples, seed, text, values[spec.name], scoring or spec.scoring,
+        form.name if form and spec.retrieval else None, backend, dtype=where.dtype, folder=out) for spec in specs}
+    extra: dict[str, Any] = {}
     if backend == "vllm" and tensor_parallel_size != 1:
-        settings["tensor_parallel_size"] = tensor_parallel_size
+        extra["tensor_parallel_size"] = tensor_parallel_size
+    longest = max(lengths) + ANSWER_ROOM + max(spec.past_length for spec in specs)
     if attention not in (None, "none"):
         from ropestretch.attention import config_window, resolve
         from ropestretch.jsonl import read_json
@@ -124,29 +133,33 @@ def run(task: str, model: str, out: str | Path, *, lengths: list[int] | None = N
         if backend != "transformers":
             raise UsageError(f"--attention {attention} runs on the transformers backend: no engine runs it")
         window = config_window(read_json(Path(model_dir) / "config.json", "a model config"))
-        settings["attention"] = resolve(attention, window, max(lengths) + ANSWER_ROOM, **(attention_options or {}))
+        extra["attention"] = resolve(attention, window, longest, **(attention_options or {}))
+    for recorded in settings.values():
+        recorded.update(extra)
     # an engine places its own memory; transformers' batch is sized here
-    batch = fitting_batch(model_dir, max(lengths), batch_size if spec.retrieval else 1, where) \
+    batch = fitting_batch(model_dir, max(lengths), batch_size if retrieval else 1, where) \
         if backend == "transformers" else batch_size
     if backend == "llamacpp" and gguf is None:
         raise UsageError("--backend llamacpp runs a .gguf file: pass the file apply or gguf wrote as --model")
     with folder_lock(out, "eval"):
-        store = RunStore(out, spec.name, settings)  # refuses a folder of other arguments
-        engine = _open(backend, model_dir, tokenizer, where, max(lengths), gguf, tensor_parallel_size,
+        stores = [RunStore(out, spec.name, settings[spec.name]) for spec in specs]  # refuse other arguments first
+        engine = _open(backend, model_dir, tokenizer, where, longest - ANSWER_ROOM, gguf, tensor_parallel_size,
                        trust_remote_code)
-        store.stamp["backend"] = engine.describe()
-        if "attention" in settings:
+        if "attention" in extra:
             from ropestretch.attention import enable
 
-            method = settings["attention"]
-            enable(engine.model, method["method"], max(lengths) + ANSWER_ROOM,
-                   **{k: v for k, v in method.items() if k != "method"})
+            method = extra["attention"]
+            enable(engine.model, method["method"], longest, **{k: v for k, v in method.items() if k != "method"})
+        rows: list[dict[str, Any]] = []
         try:
-            _sweep(spec, engine, store, form, documents, lengths, values, samples or spec.samples, seed, scoring,
-                   batch, progress)
+            for spec, store in zip(specs, stores):
+                store.stamp["backend"] = engine.describe()
+                _sweep(spec, engine, store, form if spec.retrieval else None, documents, lengths, values[spec.name],
+                       samples or spec.samples, seed, scoring or spec.scoring, batch, progress)
+                rows += list(store.done.values())
         finally:
             engine.close()
-        return list(store.done.values())
+        return rows
 
 
 def _open(backend, model_dir, tokenizer, where, longest, gguf, tensor_parallel_size, trust_remote_code):

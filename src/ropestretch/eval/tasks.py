@@ -1,5 +1,6 @@
 """The built-in evaluation tasks, each one entry of the registry (:mod:`ropestretch.eval.registry`):
-passkey, needle, LongChat-Lines, key-value retrieval and perplexity. Importing this module registers
+passkey, needle, LongChat-Lines, key-value retrieval, perplexity, and RULER's 11 synthetic tasks
+(the ``ruler`` suite, :mod:`ropestretch.data.ruler`). Importing this module registers
 them; the registry's names are re-exported here, so ``from ropestretch.eval.tasks import TASKS``
 gives the registry with its built-ins."""
 
@@ -89,3 +90,27 @@ register_task(Task(
             "windows moved by --stride", choices=("truncate", "sliding")),
      Option("stride", None, "sliding mode: window step (default length / 2)", positive_int)),
     text_help="perplexity text: a file or folder (default: the English that ships with Python)"))
+
+
+def _ruler(name: str):
+    def run(ev, store, lengths, samples, seed, o):
+        from ropestretch.eval.retrieval import run_ruler
+
+        return run_ruler(ev, store, name, lengths, samples, seed)
+    return run
+
+
+def _register_ruler() -> None:
+    from ropestretch.data.ruler import RULER_TASKS
+
+    for name, spec in RULER_TASKS.items():
+        essay = spec.haystack == "essay"
+        register_task(Task(
+            name, f"RULER {name}: {spec.help}", f"RULER {name}", 20, "retrieval", _by_length, _ruler(name),
+            record={"definition": "RULER e40fae1"}, scoring="generate", suite="ruler",
+            past_length=spec.budget if name == "fwe" else 0,
+            text_help="essay haystack: a file or folder (default: the English that ships with Python)" if essay
+            else "unused by this task"))
+
+
+_register_ruler()
