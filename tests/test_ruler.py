@@ -67,8 +67,7 @@ def test_niah_single_1_one_number_needle_in_repeated_noise_singular_wording(tok)
     s, text = make(tok, "niah_single_1")
     assert text.startswith("A special magic number is hidden within the following text. Make sure to memorize it. "
                            "I will quiz you about the number afterwards.\n")
-    assert text.endswith(" The special magic number for {0} mentioned in the provided text is".format(
-        needles(text)[0][1]))
+    assert text.endswith(f" The special magic number for {needles(text)[0][1]} mentioned in the provided text is")
     [(kind, key, value)] = needles(text)
     assert kind == "numbers"  # the needle keeps the plural, as RULER's does
     assert re.fullmatch(r"\d{7}", value) and s.references == (value,)

@@ -25,7 +25,6 @@ a sample is right when it finds them all.
 
 from __future__ import annotations
 
-import re
 import string
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from functools import cache
 import numpy as np
 
 from ropestretch.data.prompts import PromptFormat
-from ropestretch.data.tasks import TaskSample, check_length
+from ropestretch.data.tasks import TaskSample, check_length, clean_prediction, match_all, match_part  # noqa: F401
 from ropestretch.errors import UsageError
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -110,29 +109,6 @@ def select(text: str) -> list[str]:
     if not chosen:
         raise UsageError("--tasks names no RULER task")
     return [n for n in RULER_TASKS if n in chosen]
-
-
-# --- scoring -------------------------------------------------------------------------------------
-
-_CONTROL = re.compile(r"[\x00-\x1f]")
-
-
-def clean_prediction(text: str) -> str:
-    """RULER's post-processing of a prediction: stripped, control characters turned into newlines."""
-    return _CONTROL.sub("\n", text.strip()).strip()
-
-
-def match_all(references: Sequence[str], prediction: str) -> float:
-    """RULER's ``string_match_all`` for one sample: the share of references found in the prediction,
-    case-insensitive."""
-    text = clean_prediction(prediction).lower()
-    return sum(r.lower() in text for r in references) / len(references)
-
-
-def match_part(references: Sequence[str], prediction: str) -> float:
-    """RULER's ``string_match_part`` (its QA metric) for one sample: 1 when any reference is found."""
-    text = clean_prediction(prediction).lower()
-    return float(any(r.lower() in text for r in references))
 
 
 # --- word lists and values -----------------------------------------------------------------------

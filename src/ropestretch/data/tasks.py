@@ -56,6 +56,27 @@ def contains(answer: str, generated: str) -> bool:
     return answer in generated
 
 
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def clean_prediction(text: str) -> str:
+    """RULER's post-processing of a prediction: stripped, control characters turned into newlines."""
+    return _CONTROL.sub("\n", text.strip()).strip()
+
+
+def match_all(references: Sequence[str], prediction: str) -> float:
+    """RULER's ``string_match_all`` for one sample: the share of references found in the prediction,
+    case-insensitive."""
+    text = clean_prediction(prediction).lower()
+    return sum(r.lower() in text for r in references) / len(references)
+
+
+def match_part(references: Sequence[str], prediction: str) -> float:
+    """RULER's ``string_match_part`` (its QA metric) for one sample: 1 when any reference is found."""
+    text = clean_prediction(prediction).lower()
+    return float(any(r.lower() in text for r in references))
+
+
 @dataclass
 class TaskSample:
     """One prompt and its expected answer.
@@ -88,8 +109,6 @@ class TaskSample:
     def judge(self, generated: str) -> tuple[bool, float | None]:
         """A generated text's verdict, and its share of the references where the task has them."""
         if self.references:
-            from ropestretch.data.ruler import match_all
-
             share = match_all(self.references, generated)
             return share == 1.0, share
         return self.match(self.answer, generated), None
