@@ -350,7 +350,7 @@ def report(out: Path, docs: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ropestretch.report import _heatmap
+    from ropestretch.report import heatmap
 
     docs.mkdir(parents=True, exist_ok=True)
     found = results(out, docs / "results.jsonl")
@@ -411,7 +411,7 @@ def report(out: Path, docs: Path) -> Path:
     for v in ("base", "yarn", "pose-yarn", "cream-yarn"):
         rows = found.get((v, "needle"))
         if rows:
-            _heatmap(plt, rows, f"needle, {v}", docs / f"needle-{v}.png")
+            heatmap(plt, rows, f"needle, {v}", docs / f"needle-{v}.png")
             lines.append(f"![needle {v}](needle-{v}.png)")
     b = FULL
     lines += ["", "## Fine-tuning budget", "",

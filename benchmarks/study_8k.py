@@ -355,13 +355,13 @@ def rebuilt_section(rows: list[dict], records: dict) -> list[str]:
                       f"{same} of {len(pairs)}" if pairs else "-", f"{worst:.2g}" if pairs else "-"])
     if not lines:
         return []
-    from ropestretch.report import _table
+    from ropestretch.report import markdown_table
 
     return ["## Rebuilt checkpoints", "",
             "A fine-tune whose checkpoint was lost with its machine is rebuilt by the same command (same rows, "
             "settings, seed and dtype) and first reruns an archived cell; its rows count only if they reproduce "
             "the archived ones:", "",
-            _table(["variant", "final loss, first", "final loss, rebuilt", "rebuild seconds", "rerun cell",
+            markdown_table(["variant", "final loss, first", "final loss, rebuilt", "rebuild seconds", "rerun cell",
                     "same answer", "largest answer log-lik difference (nats)"], lines), ""]
 
 
@@ -370,7 +370,7 @@ def summary(runs: list[dict]) -> list[str]:
     4K perplexity also as a ratio to the base's on the same windows, exp of the paired t interval of
     the per-window NLL differences), and the paired middle-depth needle differences of :data:`PAIRS`."""
     from ropestretch.compare import BAND_TEXT, differences, pair_perplexity, pair_runs
-    from ropestretch.report import _loglik, _perplexity, _rate, _rows_at, _table, loglik_difference, ratio_text
+    from ropestretch.report import loglik_text, perplexity_text, rate_text, rows_at, markdown_table, loglik_difference, ratio_text
 
     def value(run: dict, test: str, length: int, depths) -> str | None:
         if test == "ppl-ratio":  # over the same windows (their fingerprints agree) under the variant and the base
@@ -378,17 +378,17 @@ def summary(runs: list[dict]) -> list[str]:
             ratio = next((d for d in paired if d["length"] == length), None)
             return ratio and ratio_text(ratio, with_n=True)
         rows = run["results"].get("needle" if test == "loglik" else test, [])
-        rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else _rows_at(rows, length, depths)
+        rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else rows_at(rows, length, depths)
         if not rows:
             return None
-        return {"ppl": _perplexity, "loglik": _loglik}.get(test, _rate)(rows)
+        return {"ppl": perplexity_text, "loglik": loglik_text}.get(test, rate_text)(rows)
 
     by_label = {r["label"]: r for r in runs}
     table = {r["label"]: {c[3]: value(r, *c[:3]) for c in SUMMARY} for r in runs}
     columns = [c[3] for c in SUMMARY if any(table[r][c[3]] for r in table)]
     if not columns:
         return []
-    parts = [_table(["variant"] + columns, [[label] + [row[c] or "-" for c in columns] for label, row in table.items()]),
+    parts = [markdown_table(["variant"] + columns, [[label] + [row[c] or "-" for c in columns] for label, row in table.items()]),
              "", INTERVALS[0].upper() + INTERVALS[1:], ""]
     paired = []
     for test in ("needle", "passkey"):
@@ -403,7 +403,7 @@ def summary(runs: list[dict]) -> list[str]:
                         f"{d['p']:.2g}", loglik_difference(d, 2)]
                        for d in differences(pairing) if d["band"] in ("all", "middle")]
     if paired:
-        parts += ["Paired on the same prompts (all depths, and depths 25-75%):", "", _table(
+        parts += ["Paired on the same prompts (all depths, and depths 25-75%):", "", markdown_table(
             ["difference", "test", "length", "depths", "n pairs (units)", "accuracy", "right only in each",
              "McNemar p", "answer log-lik/token [95% paired interval]"], paired), ""]
     return parts
@@ -429,7 +429,7 @@ def conclusion(docs: Path, name: str = "conclusion.md") -> list[str]:
 
 
 def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
-    from ropestretch.report import _table, render
+    from ropestretch.report import markdown_table, render
 
     rows = collect(out, docs / "results.jsonl")
     records = training_records(out, docs)
@@ -492,14 +492,14 @@ def report(out: Path, docs: Path, readme: Path | None = None) -> Path:
               "first (the list below), and a cell that has not run is cut from the tables for now, not estimated. "
               "The first stage that compares CREAM, PoSE and plain fine-tuning (three fine-tunes and 4 samples per "
               "depth at 16K) took 11.2 hours here (7.3 of fine-tuning, 3.9 of evaluation: the table below).", ""]
-    parts += ["## Time of each part", "", _table(["part", "seconds"],
+    parts += ["## Time of each part", "", markdown_table(["part", "seconds"],
               [[f"fine-tune {v}", f"{records[v]['train_seconds']:.0f}"] for v in FINE_TUNES if v in records]
               + [[f"eval {v} {c}", f"{s:.0f}"] for (v, c), s in seconds.items()]), ""]
     order = [v for v in ("base",) + COMPARED if any(v in c.variants for c in EVALS)]
     parts += ["## Planned cells, most telling first", "",
               f"{sum(p in done for p in planned)} of {len(planned)} variant cells have run (a cell missing from the "
               "tables below has not). A row per cell, in the order they first run (`x`: done, `.`: to run):", "",
-              _table(["cell"] + order, [[name] + [("x" if (v, name) in done else ".") if (v, name) in planned else ""
+              markdown_table(["cell"] + order, [[name] + [("x" if (v, name) in done else ".") if (v, name) in planned else ""
                                                   for v in order] for name in dict.fromkeys(c for _, c in planned)]),
               ""]
     head = summary(runs)

@@ -145,7 +145,7 @@ def test_a_record_rewritten_when_the_write_fails_keeps_its_old_text(tmp_path, mo
 
 
 def test_demo_folder_has_one_writer(tmp_path):
-    from ropestretch.resources import folder_lock
+    from ropestretch.locks import folder_lock
 
     out = tmp_path / "demo"
     with folder_lock(out, "test"):

@@ -66,3 +66,44 @@ def test_no_import_circle():
     graph = import_graph()
     assert "ropestretch.hub" in graph["ropestretch.checkpoints"]  # the graph sees imports inside functions
     assert circles(graph) == []
+
+
+def test_the_base_modules_import_nothing_above_them():
+    """Errors, JSON lines, paths, locks and budgets are the floor every other module stands on: they
+    import only each other (a budget that read a model config would tie the floor to the rope package)."""
+    base = {"ropestretch.errors", "ropestretch.jsonl", "ropestretch.paths", "ropestretch.locks", "ropestretch.budgets"}
+    graph = import_graph()
+    assert base <= set(graph)
+    assert {m: graph[m] - base for m in base if graph[m] - base} == {}
+
+
+def private_uses(path: Path) -> list[str]:
+    """Where a file reaches into another ropestretch module's private names: ``from ropestretch.x
+    import _y``, or ``x._y`` on a ropestretch module it imported (reading or patching)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ropestretch"):
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"{path.name}:{node.lineno}: from {node.module} import {a.name}")
+                modules.add(a.asname or a.name)  # a submodule, or a name: attributes of either count
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("ropestretch")}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names(tmp_path):
+    """The package, its benchmarks and the engines' check use each other's public names only (tests
+    may test a private helper); the check finds both spellings."""
+    root = SRC.parent
+    files = [p for folder in ("src", "benchmarks", "engines", "examples") for p in sorted((root / folder).rglob("*.py"))]
+    found = [use for p in files for use in private_uses(p)]
+    assert not found, found
+    probe = tmp_path / "probe.py"
+    probe.write_text("from ropestretch.report import _table\nfrom ropestretch.data import tasks\ntasks._digits = 1\n")
+    assert len(private_uses(probe)) == 2

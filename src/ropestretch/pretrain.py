@@ -192,7 +192,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     from ropestretch.data.tasks import Haystack
     from ropestretch.data.corpus import token_stream
 
-    from ropestretch.resources import named_path
+    from ropestretch.paths import named_path
 
     out = named_path(cfg.out, "--out")
     if out.exists() and not out.is_dir():

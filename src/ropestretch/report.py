@@ -137,7 +137,7 @@ def _counts(rows: list[dict]) -> tuple[int, int]:
     return sum(int(r["correct"]) for r in rows), sum(int(r["n"]) for r in rows)
 
 
-def _rate(rows: list[dict]) -> str:
+def rate_text(rows: list[dict]) -> str:
     """``85% [74-92], n = 40``: the pooled accuracy, its 95% Wilson interval and its n."""
     k, n = _counts(rows)
     if not n:
@@ -146,7 +146,7 @@ def _rate(rows: list[dict]) -> str:
     return f"{100 * k / n:.0f}% [{100 * low:.0f}-{100 * high:.0f}], n = {n}"
 
 
-def _loglik(rows: list[dict]) -> str:
+def loglik_text(rows: list[dict]) -> str:
     """The mean per-token log-likelihood of the gold answers, its 95% interval and its n; "-" for
     rows from before per-sample records."""
     values = [per_token(s) for r in rows for s in r.get("samples") or []]
@@ -157,7 +157,7 @@ def _loglik(rows: list[dict]) -> str:
     return f"{mean:.2f}{interval}, n = {len(values)}"
 
 
-def _perplexity(rows: list[dict]) -> str:
+def perplexity_text(rows: list[dict]) -> str:
     """The perplexity over result rows of one length; with per-window records, its 95% interval over
     windows and their n (``11.03 [10.21-11.92], n = 4``)."""
     if not rows:
@@ -190,7 +190,7 @@ def ratio_text(d: dict[str, Any], with_n: bool = False) -> str:
     return text + (f", n = {d['n']}" if with_n else "")
 
 
-def _rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = None, place=None) -> list[dict]:
+def rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = None, place=None) -> list[dict]:
     """The rows of one length; with ``depths`` (percent of the context), only those whose place (a
     :class:`ropestretch.eval.tasks.Place`; default the depth) lies in that range."""
     key, percent = (place.key, place.percent) if place is not None else ("depth", 1.0)
@@ -207,7 +207,7 @@ def write_report(folders: list[str | Path], out: str | Path | None = None,
     if len(set(labels)) != len(labels):
         for r in runs:
             r["label"] = str(r["folder"])
-    from ropestretch.resources import named_path
+    from ropestretch.paths import named_path
 
     out = named_path(out, "--out") if out is not None else runs[0]["folder"]
     if out.exists() and not out.is_dir():
@@ -258,7 +258,7 @@ def _perplexity_section(plt, out: Path, task, have: list[dict]) -> list[str]:
     """A perplexity task's table (each run's perplexity by length) and its figure."""
     test = task.name
     lengths = sorted({row["cell"]["length"] for r in have for row in r["results"][test]})
-    cells = [[_perplexity([x for x in r["results"][test] if x["cell"]["length"] == n]) for n in lengths]
+    cells = [[perplexity_text([x for x in r["results"][test] if x["cell"]["length"] == n]) for n in lengths]
              for r in have]
     parts = [f"## {task.title}", "", markdown_table(["run"] + [str(n) for n in lengths],
                                             [[r["label"]] + row for r, row in zip(have, cells)]), ""]
@@ -281,7 +281,7 @@ def _perplexity_section(plt, out: Path, task, have: list[dict]) -> list[str]:
     return parts + [f"![perplexity vs length]({test}-vs-length.png)", ""]
 
 
-def _heatmap(plt, rows: list[dict], key: str, title: str, path: Path) -> None:
+def heatmap(plt, rows: list[dict], key: str, title: str, path: Path) -> None:
     from matplotlib.colors import LinearSegmentedColormap
 
     lengths = sorted({r["cell"]["length"] for r in rows})
@@ -314,16 +314,16 @@ def _retrieval_section(plt, out: Path, task, have: list[dict]) -> list[str]:
     header = ["run"] + [str(n) for n in lengths]
     over = f" (all {place.plural})" if place else ""
     parts = [f"## {title}", "", f"Accuracy by context length{over}, with its 95% Wilson interval and n:", "",
-             markdown_table(header, [[r["label"]] + [_rate(_rows_at(r["results"][test], n)) for n in lengths]
+             markdown_table(header, [[r["label"]] + [rate_text(rows_at(r["results"][test], n)) for n in lengths]
                              for r in have]), ""]
     if "middle" in task.views:
         parts += [f"Middle {place.plural} only (25-75%):", "", markdown_table(header, [
-            [r["label"]] + [_rate(_rows_at(r["results"][test], n, (25, 75), place)) for n in lengths]
+            [r["label"]] + [rate_text(rows_at(r["results"][test], n, (25, 75), place)) for n in lengths]
             for r in have]), ""]
     if any(row.get("samples") for r in have for row in r["results"][test]):
         parts += ["The gold answer's log-likelihood per token (nats; teacher-forced, whatever the scoring; higher "
                   "is better), mean with its 95% interval and n:", "",
-                  markdown_table(header, [[r["label"]] + [_loglik(_rows_at(r["results"][test], n)) for n in lengths]
+                  markdown_table(header, [[r["label"]] + [loglik_text(rows_at(r["results"][test], n)) for n in lengths]
                                   for r in have]), ""]
     figure = f"{test}-by-{place.figure}.png" if place else None
     if "by_place" in task.views:
@@ -334,13 +334,13 @@ def _retrieval_section(plt, out: Path, task, have: list[dict]) -> list[str]:
     if "heatmap" in task.views:
         for r in have:
             path = out / f"{test}-{r['label']}.png"
-            _heatmap(plt, r["results"][test], place.key, f"{title}: {r['label']}", path)
+            heatmap(plt, r["results"][test], place.key, f"{title}: {r['label']}", path)
             parts += [f"![{test} heatmap {r['label']}]({path.name})", ""]
     if "place_table" in task.views:
         places = sorted({row["cell"][place.key] for r in have for row in r["results"][test]})
         parts += [f"Accuracy by {place.plural[:-1]} (all lengths):", "",
                   markdown_table(["run"] + [f"{place.percent * g:.0f}%" for g in places],
-                         [[r["label"]] + [_rate([x for x in r["results"][test] if x["cell"][place.key] == g])
+                         [[r["label"]] + [rate_text([x for x in r["results"][test] if x["cell"][place.key] == g])
                                           for g in places] for r in have]), ""]
         if figure:
             parts += [f"![{test} by {place.figure}]({figure})", ""]
@@ -440,7 +440,6 @@ def _paired_section(runs: list[dict]) -> list[str]:
 
 
 
-_table = markdown_table  # the name the studies' scripts import
 
 
 def _shares(row: dict[str, Any]) -> list[float]:

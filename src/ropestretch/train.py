@@ -247,7 +247,7 @@ def position_options(cfg: TrainConfig) -> dict[str, Any]:
 def check_out_dir(cfg: TrainConfig) -> bool:
     """Refuse an output folder that holds anything but this same run (then only with --resume).
     Returns True when it holds this run, finished: ``--resume`` then has nothing to do."""
-    from ropestretch.resources import is_empty
+    from ropestretch.locks import is_empty
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -505,7 +505,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     import contextlib
 
-    from ropestretch.resources import folder_lock, named_path, outside
+    from ropestretch.locks import folder_lock
+
+    from ropestretch.paths import named_path, outside
     from ropestretch.rope.export import quiet_engine_keys
 
     quiet_engine_keys()

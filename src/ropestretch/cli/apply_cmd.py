@@ -103,7 +103,7 @@ def _gguf_source(model: str):
 
 
 def _to_gguf(args: argparse.Namespace, source, scaled) -> int:
-    from ropestretch.resources import new_file
+    from ropestretch.paths import new_file
     from ropestretch.rope.llamacpp import gguf_rope, write_scaled_gguf
 
     gguf_rope(scaled)  # what llama.cpp cannot express is refused before anything is written
@@ -123,7 +123,7 @@ def _folder_to_gguf(args: argparse.Namespace, model, scaled) -> int:
 
     from ropestretch.cli.gguf_cmd import describe
     from ropestretch.gguf_export import write_gguf
-    from ropestretch.resources import new_file
+    from ropestretch.paths import new_file
     from ropestretch.rope import load_config_dict
     from ropestretch.rope.export import exported_config
 

@@ -165,7 +165,7 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     from ropestretch.eval.lmeval import run_lm_eval as go
     from ropestretch.hardware import placement
 
-    from ropestretch.resources import named_path, outside
+    from ropestretch.paths import named_path, outside
 
     where = placement(args.device, args.dtype, args.device_map, args.attn_implementation)
     named_path(args.out, "--out")

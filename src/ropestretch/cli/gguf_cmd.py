@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.attention import refuse_export
     from ropestretch.checkpoints import resolve_model
     from ropestretch.gguf_export import write_gguf
-    from ropestretch.resources import new_file
+    from ropestretch.paths import new_file
 
     refuse_export(args.attention)
 

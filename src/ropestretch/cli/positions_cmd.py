@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if options and args.method != "cream":
         raise UsageError(f"--{', --'.join(options)} apply to --method cream only")
     from ropestretch.positions import sample_length
-    from ropestretch.resources import check_fits, new_file
+    from ropestretch.budgets import check_fits
+    from ropestretch.paths import new_file
 
     if args.out is not None:
         new_file(args.out, ".npy", "--out")

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.errors import UsageError
     from pathlib import Path
 
-    from ropestretch.resources import new_file
+    from ropestretch.paths import new_file
     from ropestretch.rope import angle_distribution, base_inv_freq, load_rope_config, method_disturbance, rope_frequencies, scale
     from ropestretch.rope.distribution import check_bins
     from ropestretch.rope.export import rope_scaling

@@ -17,7 +17,7 @@ import numpy as np
 from ropestretch.demo.plan import BASE_MODEL, DemoPlan, variant_name, variants
 from ropestretch.errors import UsageError
 from ropestretch.jsonl import write_whole
-from ropestretch.resources import folder_lock, is_empty
+from ropestretch.locks import folder_lock, is_empty
 
 
 def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], seed: int,
@@ -59,7 +59,7 @@ class Demo:
     :meth:`run` holds the folder's lock."""
 
     def __init__(self, out: str | Path, plan: DemoPlan, base: str | Path = BASE_MODEL, progress: bool = True):
-        from ropestretch.resources import named_path, outside
+        from ropestretch.paths import named_path, outside
 
         self.out, self.plan, self.base, self.progress = named_path(out, "--out"), plan, Path(base), progress
         if not (self.base / "config.json").is_file():

@@ -44,7 +44,7 @@ class RunStore:
     so a run that failed before finishing a cell leaves nothing that refuses a corrected command."""
 
     def __init__(self, folder: str | Path, test: str, args: dict[str, Any], stamp: dict[str, Any] | None = None):
-        from ropestretch.resources import is_empty
+        from ropestretch.locks import is_empty
 
         self.folder, self.test, self.args = Path(folder), test, args
         self.stamp = dict(stamp or {})  # added to every row this store writes (the backend that ran it)

@@ -138,7 +138,7 @@ def dprope_choice(rope: RopeConfig, target: int, bins: int = 360, threshold: flo
     model saw; interpolation keeps them within that range. A pair that does turn within ``N`` keeps
     extrapolation on a tie, as the released code does.
     """
-    from ropestretch.resources import check_histogram
+    from ropestretch.budgets import check_histogram
 
     bins = check_bins(bins)
     check_histogram(rope.pairs, bins, target)
@@ -161,7 +161,7 @@ def method_disturbance(scaled, bins: int = 360, reverse: bool = False,
     choice = scaled.details.get("choice")
     if choice is not None:
         return float(choice.chosen.mean())
-    from ropestretch.resources import check_histogram
+    from ropestretch.budgets import check_histogram
 
     rope = scaled.rope
     check_histogram(rope.pairs, bins, scaled.target)

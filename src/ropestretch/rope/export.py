@@ -172,7 +172,7 @@ def apply_to_checkpoint(model_dir: str | os.PathLike, out_dir: str | os.PathLike
     built in a temporary sibling folder and renamed into place, so an interruption leaves
     either nothing or a complete checkpoint.
     """
-    from ropestretch.resources import STAGING_MARK, new_folder, staging_folder
+    from ropestretch.paths import STAGING_MARK, new_folder, staging_folder
 
     src = Path(model_dir)
     if not (src / "config.json").is_file():
