@@ -54,9 +54,9 @@ def test_model_folder_config(tmp_path):
     (["--target", "lots"], "positive integer"),
     (["--target", 8192, "--scaling", "ntk3"], "unknown scaling"),
     (["--target", 8192, "--bins", 1], "bins"),
-    (["--target", 8192, "--threshold", 0.1, "--n-hat", 8], "not allowed with"),
+    (["--target", 8192, "--threshold", 0.1, "--n-hat", 8], "not both"),
     (["--target", 8192, "--n-hat", 200], "n_hat"),
-    (["--target", 8192, "--n-hat", -2], "integer >= 0"),
+    (["--target", 8192, "--n-hat", -2], "an integer in 0..128, got -2"),
     (["--target", 8192, "--threshold", "nan"], "finite"),
     (["--target", 8192, "--plot", "x.pdf"], ".png"),
 ])

@@ -19,17 +19,22 @@ import numpy as np
 import torch
 
 from ropestretch.errors import UsageError
+from ropestretch.options import Option, option_values
 
 SamplerFn = Callable[..., torch.Tensor]
 SAMPLERS: dict[str, SamplerFn] = {}
+SAMPLER_OPTIONS: dict[str, tuple[Option, ...]] = {}  # each sampler's options, declared beside it
 _FULL_LENGTH: set[str] = set()
 
 
-def register(name: str, full_length: bool = False) -> Callable[[SamplerFn], SamplerFn]:
-    """Add a sampler to :data:`SAMPLERS`; ``full_length`` samplers return ``L`` positions, not ``N``."""
+def register(name: str, *options: Option, full_length: bool = False) -> Callable[[SamplerFn], SamplerFn]:
+    """Add a sampler to :data:`SAMPLERS` with the options it takes (its keyword arguments, from
+    which ``positions``' flags and ``train``'s ``--NAME-OPTION`` fields and YAML keys are
+    generated); ``full_length`` samplers return ``L`` positions, not ``N``."""
 
     def add(fn: SamplerFn) -> SamplerFn:
         SAMPLERS[name] = fn
+        SAMPLER_OPTIONS[name] = tuple(options)
         if full_length:
             _FULL_LENGTH.add(name)
         return fn
@@ -70,12 +75,14 @@ def sample_positions(method: str, batch: int, window: int, target: int, seed: in
         raise UsageError(f"batch must be a positive integer, got {batch!r}")
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    try:
-        return SAMPLERS[method](batch, window, target, generator, **options)
-    except TypeError as err:
-        if "unexpected keyword" in str(err):
-            raise UsageError(f"positions method {method!r} takes no option {str(err).split()[-1]}") from None
-        raise
+    return SAMPLERS[method](batch, window, target, generator, **sampler_options(method, options))
+
+
+def sampler_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options given (not None) for ``method``, checked against the ones it declares."""
+    given = {k: v for k, v in options.items() if v is not None}
+    option_values(SAMPLER_OPTIONS.get(method, ()), given, f"positions method {method!r}")
+    return given
 
 
 def segments_to_positions(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -224,7 +231,14 @@ def truncated_gaussian_ratio(u: np.ndarray, f: float, mu: float, sigma: float) -
     return np.clip(np.interp(u, cdf, grid).astype(np.int64), 2, int(math.floor(2 * f)))
 
 
-@register("cream")
+@register("cream",
+          Option("k", 32, "continuity head/tail length", kind="int"),
+          Option("mu", None, "the middle's Gaussian mean on [2, 2f] (default f + 1)", kind="float"),
+          Option("sigma", None, "the middle's Gaussian std (default 3 (f - 1) / 7)", kind="float"),
+          Option("strategy", "both", "both (relativity or continuity, half each), relativity or continuity",
+                 choices=("both", "relativity", "continuity"), kind="str"),
+          Option("middle", "gaussian", "gaussian (the method) or uniform (the ablation)",
+                 choices=("gaussian", "uniform"), kind="str"))
 def cream(batch: int, window: int, target: int, generator: torch.Generator, **options: Any) -> torch.Tensor:
     """CREAM: head / middle / tail segments, middle placed by a truncated Gaussian (see :func:`cream_draw`)."""
     return cream_draw(batch, window, target, generator, **options).positions()
@@ -275,7 +289,7 @@ def position_stats(method: str, samples: int, window: int, target: int, seed: in
     stats: dict[str, Any] = {"method": method, "window": window, "target": target, "samples": samples,
                              "seed": seed, "options": options}
     if method == "cream":
-        draw = cream_draw(samples, window, target, gen, **options)
+        draw = cream_draw(samples, window, target, gen, **sampler_options(method, options))
         positions = draw.positions()
         rel = float(draw.relativity.double().mean())
         centre = (draw.middle_start + draw.end).double() / 2 / target

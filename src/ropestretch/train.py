@@ -52,8 +52,8 @@ class TrainConfig:
     data: str = _f("", "local .txt/.md/.jsonl/.json/.parquet file or folder, or a dataset hub name")
     out: str = _f("", "output folder (new, or a run of the same arguments with --resume)")
     target: int = _f(0, "target context length L")
-    positions: str = _f("cream", "training position ids: cream, pose, randpos, full or none")
-    scaling: str = _f("linear", "RoPE scaling: none, linear, ntk, dynamic, yarn or dprope")
+    positions: str = _f("cream", "training position ids, a sampler")
+    scaling: str = _f("linear", "RoPE scaling")
     row_length: int = _f(0, "tokens per training row R, at most the window N (0: N); positions still span [0, L) "
                          "(the samplers treat R as their window; see docs/training.md)")
     steps: int = _f(1000, "optimizer steps")
@@ -77,16 +77,6 @@ class TrainConfig:
     short_docs: str = _f("pack", "documents shorter than a sample: pack (joined with EOS) or drop (counted)")
     text_field: str = _f("text", "field holding the text in .jsonl/.parquet data")
     max_samples: int = _f(0, "use at most this many training samples (0: all)")
-    cream_k: int = _f(32, "CREAM continuity head/tail length")
-    cream_mu: float = _f(None, "CREAM Gaussian mean on [2, 2f] (default f + 1)")
-    cream_sigma: float = _f(None, "CREAM Gaussian std (default 3 (f - 1) / 7)")
-    cream_strategy: str = _f("both", "CREAM strategy: both, relativity or continuity")
-    cream_middle: str = _f("gaussian", "CREAM middle: gaussian or uniform")
-    dprope_bins: int = _f(360, "DPRoPE histogram bins")
-    dprope_threshold: float = _f(None, "DPRoPE threshold t")
-    dprope_n_hat: int = _f(None, "DPRoPE: interpolate exactly this many dimensions")
-    yarn_beta_fast: float = _f(32.0, "YaRN: pairs turning more than this many times over the window extrapolate")
-    yarn_beta_slow: float = _f(1.0, "YaRN: pairs turning fewer than this many times over the window interpolate")
     lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights")
     lora_rank: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")
@@ -101,10 +91,39 @@ class TrainConfig:
     trust_remote_code: bool = _f(False, "allow the model's own code from the hub (off by default)")
     resume: bool = _f(False, "continue the run in --out from its last complete checkpoint")
     progress: bool = _f(True, "show a progress bar")
+    # each sampler's and scaling's own options, as ``<entry>_<option>`` (``cream_k``, ``yarn_beta_fast``):
+    # declared by the registries (:func:`option_fields`), read as attributes, given here only
+    options: dict = field(default_factory=dict, metadata={"help": "", "internal": True})
+
+    def __getattr__(self, name: str) -> Any:
+        fields_ = option_fields()
+        if name == "options" or name not in fields_:
+            raise AttributeError(name)
+        return self.options.get(name, fields_[name][1].default)
 
     def identity(self) -> dict[str, Any]:
-        """The arguments that define the run: a folder holding different ones is another run."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IDENTITY}
+        """The arguments that define the run: a folder holding different ones is another run. An
+        option at its declared default is left out, as if not given (:func:`without_defaults`)."""
+        core = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IDENTITY and k != "options"}
+        return without_defaults({**core, **self.options})
+
+
+def option_fields() -> dict[str, tuple[str, Any]]:
+    """``<entry>_<option>`` -> (entry, :class:`ropestretch.options.Option`) for every option the
+    samplers (:data:`ropestretch.positions.SAMPLER_OPTIONS`) and scalings
+    (:data:`ropestretch.rope.scalings.SCALING_OPTIONS`) declare: ``train``'s flags and YAML keys."""
+    from ropestretch.positions import SAMPLER_OPTIONS
+    from ropestretch.rope.scalings import SCALING_OPTIONS
+
+    return {f"{entry}_{o.name}": (entry, o) for registry in (SAMPLER_OPTIONS, SCALING_OPTIONS)
+            for entry, options in registry.items() for o in options}
+
+
+def without_defaults(identity: dict[str, Any]) -> dict[str, Any]:
+    """A run identity without the options at their declared defaults (runs recorded before an option
+    was declared, or with every default written out, compare equal to runs that leave it out)."""
+    fields_ = option_fields()
+    return {k: v for k, v in identity.items() if not (k in fields_ and v == fields_[k][1].default)}
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -125,7 +144,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"{path} must hold a mapping of option: value")
-    known = {f.name for f in fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig) if not f.metadata.get("internal")} | set(option_fields())
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -139,12 +158,18 @@ def make_config(**values: Any) -> TrainConfig:
     """A validated :class:`TrainConfig` (types coerced, values checked)."""
     if "precision" in values:  # its name before --dtype
         values["dtype"] = values.pop("precision")
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - set(types))
+    types = {f.name: f.type for f in fields(TrainConfig) if not f.metadata.get("internal")}
+    declared = option_fields()
+    values = {**(values.pop("options", None) or {}), **values}
+    unknown = sorted(set(values) - set(types) - set(declared))
     if unknown:
         raise UsageError(f"unknown training option {unknown[0]!r}")
-    clean = {}
+    clean: dict[str, Any] = {"options": {}}
     for name, value in values.items():
+        if name in declared:
+            if value is not None:
+                clean["options"][name] = declared[name][1].coerce(value, name)
+            continue
         if value is None:
             clean[name] = None
             continue
@@ -217,11 +242,16 @@ def scaled_rope(cfg: TrainConfig):
     return raw, rope, scale(rope, cfg.scaling, cfg.target, **scaling_options(cfg))
 
 
+def _entry_options(cfg: TrainConfig, entry: str) -> dict[str, Any]:
+    """The options given for ``entry`` (a sampler or scaling), by their own names
+    (``yarn_beta_fast`` -> ``beta_fast``); the others take their declared defaults."""
+    return {key[len(entry) + 1:]: value for key, value in cfg.options.items()
+            if option_fields()[key][0] == entry}
+
+
 def scaling_options(cfg: TrainConfig) -> dict[str, Any]:
-    """The options of ``cfg.scaling`` for :func:`ropestretch.rope.scale`: the fields named
-    ``<scaling>_<option>`` (``yarn_beta_fast`` -> ``beta_fast``, ``dprope_n_hat`` -> ``n_hat``)."""
-    prefix = f"{cfg.scaling}_"
-    return {f.name[len(prefix):]: getattr(cfg, f.name) for f in fields(cfg) if f.name.startswith(prefix)}
+    """The options of ``cfg.scaling`` for :func:`ropestretch.rope.scale`."""
+    return _entry_options(cfg, cfg.scaling)
 
 
 def row_length(cfg: TrainConfig, window: int) -> int:
@@ -237,11 +267,8 @@ def row_length(cfg: TrainConfig, window: int) -> int:
 
 
 def position_options(cfg: TrainConfig) -> dict[str, Any]:
-    if cfg.positions != "cream":
-        return {}
-    options = dict(k=cfg.cream_k, strategy=cfg.cream_strategy, middle=cfg.cream_middle,
-                   mu=cfg.cream_mu, sigma=cfg.cream_sigma)
-    return {k: v for k, v in options.items() if v is not None}
+    """The options of ``cfg.positions`` for its sampler."""
+    return _entry_options(cfg, cfg.positions)
 
 
 def check_out_dir(cfg: TrainConfig) -> bool:
@@ -265,7 +292,8 @@ def check_out_dir(cfg: TrainConfig) -> bool:
             raise ValueError
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         raise UsageError(f"{record} is unreadable; choose a new output folder") from None
-    differs = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
+    previous, current = without_defaults(previous), cfg.identity()
+    differs = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
     if differs:
         raise UsageError(f"output folder {out} holds a different run (differs in: {', '.join(differs)}); "
                          "choose a new one")

@@ -6,10 +6,13 @@ import argparse
 
 from ropestretch.attention import EXPORT_HELP
 
-from ropestretch.cli import finite_float, nonnegative_int, positive_int
+from ropestretch.cli import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ropestretch.options import add_registry_flags
+    from ropestretch.rope.scalings import SCALING_OPTIONS, SCALINGS
+
     p = sub.add_parser(
         "apply",
         help="write a copy of a local checkpoint with a RoPE scaling in its config (no training)",
@@ -23,21 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="model folder, .gguf file, bundled model name (smollm2-135m-instruct) or hub id (online)")
-    p.add_argument("--scaling", required=True, metavar="NAME", help="none, linear, ntk, dynamic, yarn or dprope")
+    p.add_argument("--scaling", required=True, metavar="NAME", help=", ".join(SCALINGS))
     p.add_argument("--target", required=True, type=positive_int, metavar="L", help="target context length")
     p.add_argument("--out", required=True, metavar="DIR", help="new output folder (must not exist, or be empty); "
                    "or, from a .gguf model, a new .gguf file")
     p.add_argument("--type", choices=["f16", "q8_0", "f32"], metavar="TYPE",
                    help="a checkpoint folder to an --out ending in .gguf: its weights as f16 (default), q8_0 or f32 "
                    "(as `ropestretch gguf`)")
-    p.add_argument("--bins", type=int, default=360, metavar="B", help="dprope: histogram bins (default 360)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--threshold", type=finite_float, metavar="T", help="dprope: selection threshold (default 0)")
-    group.add_argument("--n-hat", type=nonnegative_int, metavar="K", help="dprope: interpolate exactly K dimensions")
-    p.add_argument("--beta-fast", type=finite_float, metavar="B", help="yarn: pairs turning more than B times over "
-                   "the window extrapolate (default 32)")
-    p.add_argument("--beta-slow", type=finite_float, metavar="B", help="yarn: pairs turning fewer than B times over "
-                   "the window interpolate (default 1)")
+    add_registry_flags(p.add_argument_group("each scaling's options (SCALING: ...)"), SCALING_OPTIONS)
     p.add_argument("--attention", default="none", metavar="METHOD", help=EXPORT_HELP)
     p.set_defaults(run=run, left_on_write_error="nothing was written (the partial output was removed)")
 
@@ -47,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.checkpoints import resolve_model
     from ropestretch.errors import UsageError
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
+    from ropestretch.options import chosen_options
     from ropestretch.rope.export import apply_to_checkpoint, engine_notes
+    from ropestretch.rope.scalings import SCALING_OPTIONS
 
     refuse_export(args.attention)
 
@@ -59,15 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--type applies to an --out ending in .gguf")
     model = resolve_model(args.model)
     rope = rope_config_from_dict(load_config_dict(model))
-    options = {}
-    if args.scaling == "dprope":
-        options = dict(bins=args.bins, threshold=args.threshold, n_hat=args.n_hat)
-    elif args.threshold is not None or args.n_hat is not None:
-        raise UsageError("--threshold and --n-hat apply to --scaling dprope only")
-    if args.scaling == "yarn":
-        options = {k: v for k, v in (("beta_fast", args.beta_fast), ("beta_slow", args.beta_slow)) if v is not None}
-    elif args.beta_fast is not None or args.beta_slow is not None:
-        raise UsageError("--beta-fast and --beta-slow apply to --scaling yarn only")
+    options = chosen_options(SCALING_OPTIONS, args.scaling, vars(args), "--scaling")
     scaled = scale(rope, args.scaling, args.target, **options)
     if source is not None:
         return _to_gguf(args, source, scaled)

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from ropestretch.cli import finite_float, nonnegative_int, positive_int
+from ropestretch.cli import nonnegative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ropestretch.options import add_registry_flags
+    from ropestretch.positions import SAMPLER_OPTIONS, SAMPLERS
+
     p = sub.add_parser(
         "positions",
         help="draw training-time position ids (CREAM, PoSE, RandPos, ...) and inspect them",
         description="Draw S rows of training position ids for window N and target L, and report the CREAM "
         "strategy mix, where the middle segment lands, and the covered fraction of relative distances.",
     )
-    p.add_argument("--method", required=True, metavar="NAME", help="cream, pose, randpos, full or none")
+    p.add_argument("--method", required=True, metavar="NAME", help=", ".join(SAMPLERS))
     p.add_argument("--window", required=True, type=positive_int, metavar="N", help="training window (tokens)")
     p.add_argument("--target", required=True, type=positive_int, metavar="L", help="target context length")
     p.add_argument("--samples", type=positive_int, default=1000, metavar="S", help="rows to draw (default 1000)")
@@ -25,12 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="draw the middle-centre distribution and the coverage")
     p.add_argument("--coverage-samples", type=positive_int, default=2000, metavar="C",
                    help="rows used for the relative-distance coverage (default 2000)")
-    cream = p.add_argument_group("CREAM options (ablations)")
-    cream.add_argument("--strategy", choices=["both", "relativity", "continuity"], default=None)
-    cream.add_argument("--middle", choices=["gaussian", "uniform"], default=None)
-    cream.add_argument("--k", type=int, default=None, help="continuity head/tail length (default 32)")
-    cream.add_argument("--mu", type=finite_float, default=None, help="Gaussian mean on [2, 2f] (default f + 1)")
-    cream.add_argument("--sigma", type=finite_float, default=None, help="Gaussian std (default 3 (f - 1) / 7)")
+    add_registry_flags(p.add_argument_group("each sampler's options (METHOD: ...)"), SAMPLER_OPTIONS)
     p.set_defaults(run=run)
 
 
@@ -39,12 +37,12 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ropestretch.errors import UsageError
     from ropestretch.positions import position_stats
 
-    options = {k: getattr(args, k) for k in ("strategy", "middle", "k", "mu", "sigma") if getattr(args, k) is not None}
-    if options and args.method != "cream":
-        raise UsageError(f"--{', --'.join(options)} apply to --method cream only")
+    from ropestretch.options import chosen_options
+    from ropestretch.positions import SAMPLER_OPTIONS
+
+    options = chosen_options(SAMPLER_OPTIONS, args.method, vars(args), "--method")
     from ropestretch.positions import sample_length
     from ropestretch.budgets import check_fits
     from ropestretch.paths import new_file

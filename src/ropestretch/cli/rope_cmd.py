@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ropestretch.cli import finite_float, nonnegative_int, positive_int
+from ropestretch.cli import positive_int
 
 TABLE_METHODS = ["none", "linear", "ntk", "dynamic", "yarn", "dprope"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ropestretch.options import add_flag
+    from ropestretch.rope.scalings import SCALING_OPTIONS
+
     p = sub.add_parser(
         "rope",
         help="compare RoPE scalings by their disturbance of the rotary-angle distribution",
@@ -23,13 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", required=True, type=positive_int, metavar="L", help="target context length")
     p.add_argument("--scaling", default="dprope", metavar="NAME",
                    help="the scaling whose factors and rope_parameters are reported (default: dprope)")
-    p.add_argument("--bins", type=int, default=360, metavar="B", help="histogram bins on [0, 2pi) (default 360)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--threshold", type=finite_float, metavar="T",
-                       help="interpolate a pair iff D(extrapolation) > D(interpolation) + T (default 0)")
-    group.add_argument("--n-hat", type=nonnegative_int, metavar="K",
-                       help="interpolate exactly K dimensions (K/2 pairs), as the paper's runs do")
-    p.add_argument("--reverse", action="store_true", help="use KL(scaled || pre-trained) instead of the default")
+    dprope = p.add_argument_group("DPRoPE's options (the table's dprope row and the choice)")
+    for option in SCALING_OPTIONS["dprope"]:
+        add_flag(dprope, option, option.name)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--plot", metavar="FILE.png", help="draw per-pair disturbance of extrapolation, interpolation and the choice")
     p.set_defaults(run=run)
@@ -43,12 +42,15 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.rope import angle_distribution, base_inv_freq, load_rope_config, method_disturbance, rope_frequencies, scale
     from ropestretch.rope.distribution import check_bins
     from ropestretch.rope.export import rope_scaling
+    from ropestretch.rope.scalings import SCALING_OPTIONS
 
+    dp_options = {o.name: getattr(args, o.name) for o in SCALING_OPTIONS["dprope"] if getattr(args, o.name) is not None}
+    args.bins = dp_options.get("bins", 360)
+    args.reverse = bool(dp_options.get("reverse", False))
     check_bins(args.bins)
     if args.plot is not None:
         new_file(args.plot, ".png", "--plot", {"model folder": args.config if Path(args.config).is_dir() else None})
     rope = load_rope_config(args.config)
-    dp_options = dict(bins=args.bins, threshold=args.threshold, n_hat=args.n_hat, reverse=args.reverse)
     dprope = scale(rope, "dprope", args.target, **dp_options)
     chosen = dprope if args.scaling == "dprope" else scale(rope, args.scaling, args.target)
     effective, attention = rope_frequencies(rope)

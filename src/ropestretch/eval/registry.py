@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ropestretch.errors import UsageError
+from ropestretch.options import Option, option_values  # noqa: F401  (re-exported: a task's options)
 
 
 def float_list(low: float, high: float, what: str) -> Callable[[str], list[float]]:
@@ -41,39 +42,6 @@ def positive_int(text: str) -> int:
     from ropestretch.cli import positive_int as parse
 
     return parse(text)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a task: ``--NAME`` on the command line (dashes for underscores), the keyword
-    ``NAME`` of :func:`ropestretch.eval.run`, and the key ``NAME`` of the run record.
-
-    ``default`` is what an omitted option means (a callable is called for it, so a list is fresh
-    each time); ``parse`` reads the command-line text; ``check`` validates a library value."""
-
-    name: str
-    default: Any
-    help: str
-    parse: Callable[[str], Any] | None = None
-    metavar: str | None = None
-    choices: tuple | None = None
-
-    def value(self, given: Any) -> Any:
-        if given is None:
-            return self.default() if callable(self.default) else self.default
-        if self.choices is not None and given not in self.choices:
-            raise UsageError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, got {given!r}")
-        return given
-
-
-def option_values(options: tuple[Option, ...], given: dict[str, Any], owner: str) -> dict[str, Any]:
-    """Every declared option's value (its default where not given); a given option that ``owner`` (a
-    task, an attention method) does not declare is one line naming the ones it does."""
-    names = [o.name for o in options]
-    unknown = sorted(k for k, v in given.items() if v is not None and k not in names)
-    if unknown:
-        raise UsageError(f"{owner} takes no option {unknown[0]!r} (its options: {', '.join(names) or 'none'})")
-    return {o.name: o.value(given.get(o.name)) for o in options}
 
 
 @dataclass(frozen=True)

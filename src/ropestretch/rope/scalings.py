@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ropestretch.errors import UsageError
+from ropestretch.options import Option, option_values
 from ropestretch.rope.config import RopeConfig, is_finite_number
 from ropestretch.rope.distribution import dprope_choice
 from ropestretch.rope.frequencies import base_inv_freq, exponents, rope_frequencies, yarn_mscale, yarn_ramp
@@ -99,13 +100,17 @@ class Scaled:
 
 ScalingFn = Callable[..., Composition]
 SCALINGS: dict[str, ScalingFn] = {}
+SCALING_OPTIONS: dict[str, tuple[Option, ...]] = {}  # each scaling's options, declared beside it
 
 
-def register(name: str) -> Callable[[ScalingFn], ScalingFn]:
-    """Add a scaling function to :data:`SCALINGS` under ``name``."""
+def register(name: str, *options: Option) -> Callable[[ScalingFn], ScalingFn]:
+    """Add a scaling function to :data:`SCALINGS` under ``name``, with the options it takes (its
+    keyword arguments): ``apply``'s and ``rope``'s flags, ``train``'s ``--NAME-OPTION`` fields and
+    YAML keys, and :func:`scale`'s check are generated from them."""
 
     def add(fn: ScalingFn) -> ScalingFn:
         SCALINGS[name] = fn
+        SCALING_OPTIONS[name] = tuple(options)
         return fn
 
     return add
@@ -145,12 +150,8 @@ def scale(rope: RopeConfig, scaling: str, target: int, **options: Any) -> Scaled
             f"{fam.name} computes its attention scale from its {rope.rope_type} factor and mscale_all_dim, so a "
             f"new scaling on top would change attention as well as positions; ropestretch does not compose "
             f"{scaling!r} with it (only --scaling none)")
-    try:
-        plan = SCALINGS[scaling](rope, target, **options)
-    except TypeError as err:
-        if "unexpected keyword" in str(err):
-            raise UsageError(f"scaling {scaling!r} takes no option {str(err).split()[-1]}") from None
-        raise
+    plan = SCALINGS[scaling](rope, target, **option_values(SCALING_OPTIONS.get(scaling, ()), options,
+                                                             f"scaling {scaling!r}"))
     exported = plan.stock
     if exported is None or (fam.export_types and exported.rope_type not in fam.export_types):
         if fam.export_types and "longrope" not in fam.export_types:
@@ -325,7 +326,11 @@ def scale_dynamic(rope: RopeConfig, target: int) -> Composition:
     return Composition(divisors, 1.0, stock, length_dependent=True)
 
 
-@register("yarn")
+@register("yarn",
+          Option("beta_fast", 32.0, "pairs turning more than this many times over the window keep their frequency",
+                 kind="float"),
+          Option("beta_slow", 1.0, "pairs turning fewer than this many times over the window are interpolated",
+                 kind="float"))
 def scale_yarn(rope: RopeConfig, target: int, beta_fast: float = 32.0, beta_slow: float = 1.0) -> Composition:
     """YaRN (Peng et al. 2023, arXiv 2309.00071): NTK-by-parts and a temperature ``0.1 ln s + 1``.
 
@@ -349,7 +354,14 @@ def scale_yarn(rope: RopeConfig, target: int, beta_fast: float = 32.0, beta_slow
     return Composition(divisors, attention * yarn_mscale(s))
 
 
-@register("dprope")
+@register("dprope",
+          Option("bins", 360, "rotary-angle histogram bins on [0, 2pi)", kind="int"),
+          Option("threshold", None, "interpolate a pair iff D(extrapolation) > D(interpolation) + T (default 0)",
+                 metavar="T", kind="float"),
+          Option("n_hat", None, "interpolate exactly K dimensions (K/2 pairs), as the paper's runs do", metavar="K",
+                 kind="int"),
+          Option("reverse", False, "measure KL(scaled || pre-trained) instead of KL(pre-trained || scaled)",
+                 kind="bool"))
 def scale_dprope(
     rope: RopeConfig,
     target: int,
@@ -371,5 +383,5 @@ def scale_dprope(
     return Composition(divisors, attention, details={"choice": choice})
 
 
-__all__ = ["Composition", "SCALINGS", "Scaled", "as_longrope", "base_inv_freq", "check_rotary_dim", "check_target",
-           "exponents", "ntk_base", "pretrained_divisors", "register", "scale", "turns_ramp", "yarn_ramp"]
+__all__ = ["Composition", "SCALINGS", "SCALING_OPTIONS", "Scaled", "as_longrope", "base_inv_freq", "check_rotary_dim",
+           "check_target", "exponents", "ntk_base", "pretrained_divisors", "register", "scale", "turns_ramp", "yarn_ramp"]
