@@ -188,7 +188,7 @@ def test_gguf_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypa
     volume = small_volume(tmp_path, "1m")  # the tiny model's f16 GGUF is about 2.3 MB
     try:
         if volume is None:
-            import ropestretch.gguf_export as export
+            import ropestretch.gguf.convert as export
 
             def full(model, out, *a, **kw):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out))

@@ -64,7 +64,7 @@ def test_apply_writes_a_gguf_with_the_scaled_rope(tmp_path, source, scaling):
     ("none", {"rope.scaling.type": "none", "rope.scaling.factor": 1.0, "rope.freq_base": 1e5}),
 ])
 def test_the_other_scalings_in_llama_cpp_terms(scaling, keys):
-    from ropestretch.rope.llamacpp import gguf_rope
+    from ropestretch.gguf.keys import gguf_rope
 
     scaled = scale(load_rope_config(resolve_model(NAME)), scaling, 32768)
     rope = gguf_rope(scaled)
@@ -79,7 +79,7 @@ def test_a_scaling_on_top_of_llama3_goes_into_rope_freqs():
     top of it needs an attention factor with per-pair frequencies, which llama.cpp lacks."""
     from conftest import REPO
     from ropestretch.errors import UsageError
-    from ropestretch.rope.llamacpp import gguf_rope
+    from ropestretch.gguf.keys import gguf_rope
 
     rope = load_rope_config(f"{REPO}/examples/configs/families/llama-3.1-8b.json")
     scaled = scale(rope, "dprope", 4 * rope.window)
@@ -262,7 +262,8 @@ def test_gguf_refuses_what_llama_cpp_would_run_otherwise(tmp_path, tiny_lm_dir):
     from transformers import LlamaConfig
 
     from ropestretch.errors import UsageError
-    from ropestretch.rope.llamacpp import _publish, checkpoint_rope
+    from ropestretch.gguf.keys import checkpoint_rope
+    from ropestretch.gguf.write import _publish
 
     assert_one_line_error(run_cli("apply", "--model", tiny_lm_dir, "--scaling", "yarn", "--target", 256,
                                   "--beta-fast", 8, "--out", tmp_path / "y.gguf"), "runs 32 and 1")

@@ -118,22 +118,3 @@ def check_folder(folder: str | Path) -> None:
         n = wrong[0]
         raise UsageError(f"{folder}: config.json does not describe these weights ({len(wrong)} tensors differ, e.g. "
                          f"{n} is {list(shapes[n])} in the file and {list(expected[n])} by the config)")
-
-
-def check_gguf(path: str | Path):
-    """A reader open on a GGUF file whose tensor table and data the file holds, or one line."""
-    import gguf
-
-    path = Path(path)
-    size = path.stat().st_size
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as err:  # noqa: BLE001  (numpy's errors on a short file: cryptic, so named here)
-        raise UsageError(f"{path} is truncated or not a GGUF file ({size:,} bytes; reading its tensor table "
-                         f"failed: {first_line(err)})") from None
-    for tensor in reader.tensors:
-        end = int(tensor.data_offset) + int(tensor.n_bytes)
-        if end > size:
-            raise UsageError(f"{path} is truncated: tensor {tensor.name} ends at byte {end:,} of a "
-                             f"{size:,}-byte file")
-    return reader

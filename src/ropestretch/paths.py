@@ -90,3 +90,11 @@ def new_file(path: str | os.PathLike, suffix: str, what: str, reading: dict | No
     except OSError as err:
         raise UsageError(f"cannot create the folder of {path}: {err.strerror}") from None
     return path
+
+
+def cache_dir() -> Path:
+    """``$ROPESTRETCH_CACHE``, else ``$XDG_CACHE_HOME/ropestretch``, else ``~/.cache/ropestretch``."""
+    if os.environ.get("ROPESTRETCH_CACHE"):
+        return Path(os.environ["ROPESTRETCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ropestretch"

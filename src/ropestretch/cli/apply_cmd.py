@@ -45,12 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
     from ropestretch.options import chosen_options
     from ropestretch.rope.export import apply_to_checkpoint, engine_notes
+    from ropestretch.gguf.write import writable_source
     from ropestretch.rope.scalings import SCALING_OPTIONS
 
     refuse_export(args.attention)
 
     to_gguf = str(args.out).lower().endswith(".gguf")
-    source = _gguf_source(args.model) if to_gguf else None  # before dequantizing
+    source = writable_source(args.model) if to_gguf else None  # before dequantizing
     if args.type and source is not None:
         raise UsageError("--type converts a checkpoint folder; a .gguf model keeps its tensors as they are")
     if args.type and not to_gguf:
@@ -71,30 +72,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gguf_source(model: str):
-    """The .gguf file a GGUF output is copied from and a reader open on it (None when ``model`` is no
-    GGUF file), or one line on why ropestretch cannot write it back."""
-    from pathlib import Path
-
-    from ropestretch.checkpoints import BUNDLED, bundled_file, is_gguf
-    from ropestretch.rope.llamacpp import writable_architecture
-
-    if model in BUNDLED:
-        source = bundled_file(model)
-    elif is_gguf(model) and Path(model).is_file():
-        source = Path(model)
-    else:
-        return None  # a checkpoint folder or hub id: applied, then converted
-    from ropestretch.integrity import check_gguf
-
-    reader = check_gguf(source)  # a file cut short is one line, before anything is written
-    writable_architecture(reader, source.name)
-    return source, reader
-
-
 def _to_gguf(args: argparse.Namespace, source, scaled) -> int:
     from ropestretch.paths import new_file
-    from ropestretch.rope.llamacpp import gguf_rope, write_scaled_gguf
+    from ropestretch.gguf.keys import gguf_rope
+    from ropestretch.gguf.write import write_scaled_gguf
 
     gguf_rope(scaled)  # what llama.cpp cannot express is refused before anything is written
     out = new_file(args.out, ".gguf", "--out", create=False)
@@ -112,7 +93,7 @@ def _folder_to_gguf(args: argparse.Namespace, model, scaled) -> int:
     from pathlib import Path
 
     from ropestretch.cli.gguf_cmd import describe
-    from ropestretch.gguf_export import write_gguf
+    from ropestretch.gguf.convert import write_gguf
     from ropestretch.paths import new_file
     from ropestretch.rope import load_config_dict
     from ropestretch.rope.export import exported_config

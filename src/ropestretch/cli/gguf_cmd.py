@@ -8,7 +8,7 @@ from ropestretch.attention import EXPORT_HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ropestretch.gguf_export import TYPES
+    from ropestretch.gguf.convert import TYPES
 
     p = sub.add_parser(
         "gguf",
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ropestretch.attention import refuse_export
     from ropestretch.checkpoints import resolve_model
-    from ropestretch.gguf_export import write_gguf
+    from ropestretch.gguf.convert import write_gguf
     from ropestretch.paths import new_file
 
     refuse_export(args.attention)

@@ -187,7 +187,8 @@ def write_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, kind: str =
     from transformers import AutoConfig
 
     from ropestretch.rope.export import quiet_engine_keys
-    from ropestretch.rope.llamacpp import add_rope_keys, checkpoint_rope, gguf_writer, write_tensors
+    from ropestretch.gguf.keys import checkpoint_rope
+    from ropestretch.gguf.write import add_rope_keys, gguf_writer, write_tensors
 
     folder, out = Path(model_dir), Path(out)
     if kind not in TYPES:
