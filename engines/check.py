@@ -44,6 +44,8 @@ SMOLLM2_SCALINGS = ("yarn",)  # the real model's Q4_1 file applied GGUF to GGUF;
 WINDOW = 512  # the tiny family models' window: the prompt runs past it, at 4x
 KNOWN = {  # export -> what docs/engines.md says about it
     "tiny-llama dynamic": "vLLM keeps the unscaled base for dynamic (docs/engines.md): export ntk or yarn for vLLM",
+    "tiny-llama yarn switching": "llama.cpp's llama architecture has no length switch: `ropestretch gguf` refuses "
+                                 "a length-switching export in one line (docs/engines.md)",
 }
 
 
@@ -93,6 +95,7 @@ def vllm_exports(root: Path) -> list[tuple[str, Path, Path, int, int]]:
     """(name, folder, the unscaled model's folder, prompt length, target) of every export served."""
     from ropestretch.rope import load_rope_config, scale
     from ropestretch.rope.export import apply_to_checkpoint
+    from ropestretch.rope.scalings import length_switching
 
     out = []
     base = REPO / "models" / "tiny-llama-256"
@@ -100,6 +103,11 @@ def vllm_exports(root: Path) -> list[tuple[str, Path, Path, int, int]]:
     for scaling in ("none", "linear", "ntk", "yarn", "dprope", "dynamic"):
         folder = apply_to_checkpoint(base, root / f"tiny-llama-{scaling}", scale(rope, scaling, 4 * rope.window))
         out.append((f"tiny-llama {scaling}", folder, base, 3 * rope.window, 4 * rope.window))
+    # a length-switching export (train --mixed-window): a prompt within the window, one past it
+    folder = apply_to_checkpoint(base, root / "tiny-llama-yarn-switching",
+                                 length_switching(scale(rope, "yarn", 4 * rope.window)))
+    for where, length in (("within", rope.window - 8), ("past", 3 * rope.window)):
+        out.append((f"tiny-llama yarn switching, prompt {where} the window", folder, base, length, 4 * rope.window))
     for family, scalings in (("llama-3.1-8b", ("yarn", "dprope")), ("phi-3-mini-128k", ("yarn",)),
                              ("gemma-3-1b", ("yarn",)), ("qwen2.5-7b", ("yarn",)), ("phi-2", ("yarn",))):
         base = family_model(family, root / f"{family}-base", WINDOW)
@@ -160,7 +168,35 @@ def check_vllm(root: Path) -> list[tuple[str, str, bool]]:
         gc.collect()
         rows.append((name, measured, ok))
         say(f"| vLLM | {name} | {measured} | {'ok' if ok else KNOWN.get(name, 'MISMATCH')} |")
+    rows.append(switch_generation(root))
     return rows
+
+
+def switch_generation(root: Path) -> tuple[str, str, bool]:
+    """A length-switching export asked to generate from a prompt 8 tokens short of the window, 48
+    tokens on, so that generation crosses the switch: vLLM's greedy tokens against transformers'
+    (both keep the prompt's keys as the short regime rotated them and switch for the new tokens)."""
+    from transformers import AutoTokenizer
+
+    from ropestretch.eval.backends import VllmBackend
+
+    folder = root / "tiny-llama-yarn-switching"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    window = json.loads((folder / "config.json").read_text())["rope_parameters"]["original_max_position_embeddings"]
+    ids = prompt(tokenizer, window - 8)
+    expected = reference(folder).generate([ids], [48])[0]
+    name = "tiny-llama yarn switching, generation across the window"
+    try:
+        engine = VllmBackend(folder, tokenizer, "fp32", 4 * window, enforce_eager=True, max_num_seqs=1)
+        served = engine.generate([ids], [48])[0]
+        engine.close()
+        same = served == expected
+        measured = "the same 48 greedy tokens" if same else f"differs: {served[:60]!r} vs {expected[:60]!r}"
+    except Exception as err:  # vLLM refuses the export: its reason, in one line
+        measured, same = f"refused: {str(err).strip().splitlines()[-1][:160]}", False
+    gc.collect()
+    say(f"| vLLM | {name} | {measured} | {'ok' if same else KNOWN.get(name, 'MISMATCH')} |")
+    return name, measured, same
 
 
 def llamacpp(gguf_file: Path, tokenizer, length: int):
@@ -188,6 +224,13 @@ def llamacpp_exports(root: Path) -> list[tuple[str, Path, Path, int]]:
             folder = apply_to_checkpoint(base, root / f"gguf-{family}-{scaling}", scale(rope, scaling, 4 * rope.window))
             out.append((f"{family} {scaling}" + (" (llama3 + rope_freqs)" if family != "tiny-llama" else ""),
                         folder, base, 4 * rope.window))
+    from ropestretch.rope.scalings import length_switching
+
+    base = REPO / "models" / "tiny-llama-256"
+    rope = load_rope_config(base)
+    folder = apply_to_checkpoint(base, root / "gguf-tiny-llama-yarn-switching",
+                                 length_switching(scale(rope, "yarn", 4 * rope.window)))
+    out.append(("tiny-llama yarn switching", folder, base, 4 * rope.window))
     return out
 
 

@@ -323,16 +323,35 @@ class PositionCollator:
     ``position_ids`` for the batch. With ``sample_id`` in every feature the draw is seeded by the
     batch's ids, so a resumed run sees exactly the positions of an uninterrupted one. A row
     shorter than the batch keeps the first positions of its draw.
+
+    ``short_share`` (mixed-window training, LongRoPE2): that share of the batches, chosen by a hash
+    of their ids (deterministic, and the same after a resume), gets plain positions ``0..width-1``,
+    the short regime a length-switching RoPE runs at the model's own frequencies; the others get
+    the sampler's draw, exactly as without mixing. ``counts`` tells how many batches went each way.
     """
 
     def __init__(self, method: str, window: int, target: int, seed: int = 0, pad_token_id: int = 0,
-                 **options: Any):
+                 short_share: float = 0.0, **options: Any):
         _check_method(method)
         self.window, self.target = check_lengths(window, target)
         self.method, self.seed, self.pad_token_id, self.options = method, int(seed), int(pad_token_id), options
         self.length = sample_length(method, self.window, self.target)
+        if isinstance(short_share, bool) or not isinstance(short_share, (int, float)) or not 0 <= short_share < 1:
+            raise UsageError(f"the short share of a mixed window is a fraction in [0, 1), got {short_share!r}")
+        if short_share and self.length > self.window:
+            raise UsageError(f"positions {method} trains on rows of the target length: no row is short")
+        self.short_share = float(short_share)
+        self.counts = {"short": 0, "long": 0}
         self._generator = torch.Generator().manual_seed(self.seed)
+        self._regimes = np.random.default_rng(self.seed)  # batches without ids: their own stream
         sample_positions(method, 1, self.window, self.target, generator=torch.Generator(), **options)  # validate
+
+    def is_short(self, ids: Sequence[int] | None) -> bool:
+        """Whether a batch (by its sample ids) is trained in the short regime of a mixed window."""
+        if ids is None:
+            return bool(self._regimes.random() < self.short_share)
+        digest = hashlib.blake2b(f"{self.seed}:regime:{','.join(map(str, ids))}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2**64 < self.short_share
 
     def _generator_for(self, ids: Sequence[int] | None) -> torch.Generator:
         if ids is None:
@@ -356,7 +375,11 @@ class PositionCollator:
             attention[row, :n] = 1 if "attention_mask" not in feature else torch.as_tensor(feature["attention_mask"])
         labels[attention == 0] = -100
         ids = [f["sample_id"] for f in features] if all("sample_id" in f for f in features) else None
-        gen = self._generator_for(ids)
-        positions = SAMPLERS[self.method](batch, self.window, self.target, gen, **self.options)[:, :width]
+        if self.short_share and self.is_short(ids):
+            positions = torch.arange(width, dtype=torch.int64).expand(batch, width).clone()
+        else:
+            gen = self._generator_for(ids)
+            positions = SAMPLERS[self.method](batch, self.window, self.target, gen, **self.options)[:, :width]
+        self.counts["short" if positions.max() < self.window else "long"] += 1
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
                 "position_ids": positions.contiguous()}

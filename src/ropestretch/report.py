@@ -199,7 +199,7 @@ def rows_at(rows: list[dict], length: int, depths: tuple[float, float] | None = 
 
 
 def write_report(folders: list[str | Path], out: str | Path | None = None,
-                 threshold: float = RULER_THRESHOLD) -> Path:
+                 threshold: float = RULER_THRESHOLD, base: str | Path | None = None) -> Path:
     if not folders:
         raise UsageError("give at least one run folder")
     runs = [load_run(f) for f in folders]
@@ -215,10 +215,17 @@ def write_report(folders: list[str | Path], out: str | Path | None = None,
     previous = out / "report.md"
     if previous.is_file() and not previous.read_text(encoding="utf-8", errors="replace").startswith("# ropestretch"):
         raise UsageError(f"{previous} exists and is not a ropestretch report; choose another --out")
+    base_run = None
+    if base is not None:
+        base_run = next((r for r in runs if Path(r["folder"]).resolve() == Path(base).resolve()
+                         or r["label"] == str(base)), None)
+        if base_run is None:
+            raise UsageError(f"--base {base} is not one of the run folders given")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.md"
     path.write_text("\n".join(["# ropestretch report", "", "Runs: " + ", ".join(f"`{r['label']}`" for r in runs), ""]
-                              + render(runs, out, threshold)))
+                              + render(runs, out, threshold)
+                              + (retention_section(runs, base_run) if base_run is not None else [])))
     return path
 
 
@@ -500,4 +507,77 @@ def ruler_section(runs: list[dict[str, Any]], threshold: float = RULER_THRESHOLD
                   f"- at NoLiMa's, 85% of the run's own score at {lengths[0]} tokens ({NOLIMA_SHARE * short:.1f}): "
                   + (f"{relative} tokens" if relative and short > 0 else "none" if short > 0
                      else f"none (it scores 0 at {lengths[0]})"), ""]
+    return parts
+
+
+RETENTION_ANCHOR = 0.985  # LongRoPE2 kept more than 98.5% of Llama-3-8B's short-context performance
+
+
+def _units(pairing, keys_ok) -> tuple[list[float], list[float]]:
+    """Per independent unit (a needle draw, else a sample) of the paired samples ``keys_ok`` selects:
+    the share right in each run."""
+    from ropestretch.eval.tasks import TASKS
+
+    by_draw = TASKS[pairing.test].unit == "draw" if pairing.test in TASKS else False
+    units: dict[tuple, list[int]] = {}
+    for j, (seed, length, where, i) in enumerate(pairing.keys):
+        if keys_ok(length):
+            units.setdefault((seed, length, i) if by_draw else (seed, length, where, i), []).append(j)
+    a = [sum(bool(pairing.left[j]["correct"]) for j in js) / len(js) for js in units.values()]
+    b = [sum(bool(pairing.right[j]["correct"]) for j in js) / len(js) for js in units.values()]
+    return a, b
+
+
+def retention_section(runs: list[dict[str, Any]], base: dict[str, Any]) -> list[str]:
+    """What each run keeps of ``base`` inside the base's window, beside what it gains past it: the
+    in-window accuracy as a paired ratio to the base's (units resampled together; LongRoPE2's
+    anchor is 98.5%), the in-window perplexity ratio, and the accuracy difference past the window."""
+    from ropestretch.compare import pair_perplexity, pair_runs
+    from ropestretch.stats import mcnemar_exact, paired_ratio_of_means
+
+    parts: list[str] = []
+    for run in runs:
+        if run is base:
+            continue
+        window = run["meta"].get("window")
+        if not isinstance(window, int):
+            parts += [f"- `{run['label']}` has no ropestretch model record with its window: no retention measured.", ""]
+            continue
+        rows = []
+        for task in _tasks("retrieval"):
+            if not (run["results"].get(task.name) and base["results"].get(task.name)):
+                continue
+            pairing = pair_runs(run, base, task.name)
+            if isinstance(pairing, str):
+                rows.append([task.name, pairing, "", ""])
+                continue
+            a, b = _units(pairing, lambda n, w=window: n <= w)
+            ratio, low, high = paired_ratio_of_means(a, b)
+            kept = "-" if not a else ("base 0%: no ratio" if not np.isfinite(ratio) else
+                                      f"{100 * ratio:.1f}% [{100 * low:.1f}-{100 * high:.1f}], n = {len(a)}")
+            past = [j for j, k in enumerate(pairing.keys) if k[1] > window]
+            gain = "-"
+            if past:
+                ra = [bool(pairing.left[j]["correct"]) for j in past]
+                rb = [bool(pairing.right[j]["correct"]) for j in past]
+                only_a, only_b, pvalue = mcnemar_exact(ra, rb)
+                gain = (f"{100 * (sum(ra) - sum(rb)) / len(past):+.0f} points ({only_a} / {only_b} right only in "
+                        f"each, McNemar p = {pvalue:.2g}), n = {len(past)}")
+            rows.append([task.name, f"<= {window}", kept, gain])
+        for task in _tasks("perplexity"):
+            if run["results"].get(task.name) and base["results"].get(task.name):
+                paired, _ = pair_perplexity(run, base, task.name)
+                for d in paired:
+                    rows.append([task.name, str(d["length"]) + (" (in window)" if d["length"] <= window else ""),
+                                 ratio_text(d, with_n=True) + " (perplexity ratio: below 1 is better)", ""])
+        if rows:
+            parts += [f"### `{run['label']}` against `{base['label']}`", "", markdown_table(
+                ["test", "lengths", "in-window retention: accuracy ratio to the base [95% paired bootstrap]",
+                 "past the window: accuracy difference"], rows), ""]
+    if parts:
+        parts = ["## Retention: what a model keeps inside its base's window", "",
+                 f"Each run against `{base['label']}` on the same prompts: inside the base's window, the accuracy as a "
+                 "ratio to the base's (paired, a needle draw one unit; LongRoPE2 kept more than "
+                 f"{100 * RETENTION_ANCHOR:.1f}% of Llama-3-8B's short-context performance), and the perplexity ratio "
+                 "over the same windows; past the window, the accuracy difference.", ""] + parts
     return parts

@@ -134,3 +134,25 @@ def stratified_mean_interval(groups: Sequence[Sequence[float]], resamples: int =
     draws = np.mean([a[rng.integers(0, a.size, (resamples, a.size))].mean(axis=1) for a in arrays], axis=0)
     alpha = (1 - CONFIDENCE) / 2
     return point, float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+
+
+def paired_ratio_of_means(a: Sequence[float], b: Sequence[float], seed: int = 0) -> tuple[float, float, float]:
+    """``mean(a) / mean(b)`` over paired units (a fine-tune's in-window accuracy over its base's:
+    the share it retains) and its 95% paired percentile bootstrap interval (units resampled
+    together); NaN where the base's mean is 0 or there are fewer than two units."""
+    from scipy.stats import bootstrap
+
+    a, b = _pairs(a, b)
+    if a.size == 0 or b.mean() == 0:
+        return math.nan, math.nan, math.nan
+    ratio = float(a.mean() / b.mean())
+    if a.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return ratio, (ratio if a.size >= 2 else math.nan), (ratio if a.size >= 2 else math.nan)
+
+    def statistic(x, y, axis=-1):
+        denominator = np.mean(y, axis=axis)
+        return np.where(denominator > 0, np.mean(x, axis=axis) / np.where(denominator > 0, denominator, 1), np.nan)
+
+    res = bootstrap((a, b), statistic, paired=True, vectorized=True, n_resamples=RESAMPLES,
+                    confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
+    return ratio, float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -77,6 +77,11 @@ class TrainConfig:
     short_docs: str = _f("pack", "documents shorter than a sample: pack (joined with EOS) or drop (counted)")
     text_field: str = _f("text", "field holding the text in .jsonl/.parquet data")
     max_samples: int = _f(0, "use at most this many training samples (0: all)")
+    mixed_window: float = _f(0.0, "share of batches trained in the short regime (LongRoPE2's mixed context windows): "
+                             "plain positions at the model's own frequencies, the rest under --positions and "
+                             "--scaling; the checkpoint then switches RoPE by sequence length (longrope). 0: off")
+    short_data: str = _f(None, "short-context text mixed into the rows (ProLong's recipe), read as --data is")
+    short_share: float = _f(0.0, "with --short-data: the share of training rows drawn from it (ProLong: 0.4)")
     lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights")
     lora_rank: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha")
@@ -120,10 +125,11 @@ def option_fields() -> dict[str, tuple[str, Any]]:
 
 
 def without_defaults(identity: dict[str, Any]) -> dict[str, Any]:
-    """A run identity without the options at their declared defaults (runs recorded before an option
-    was declared, or with every default written out, compare equal to runs that leave it out)."""
-    fields_ = option_fields()
-    return {k: v for k, v in identity.items() if not (k in fields_ and v == fields_[k][1].default)}
+    """A run identity without the settings at their defaults (a run recorded before a setting or an
+    option existed, or with every default written out, compares equal to one that leaves it out)."""
+    defaults = {name: option.default for name, (_, option) in option_fields().items()}
+    defaults.update({f.name: f.default for f in fields(TrainConfig) if f.default is not dataclasses.MISSING})
+    return {k: v for k, v in identity.items() if not (k in defaults and v == defaults[k])}
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -205,6 +211,15 @@ def make_config(**values: Any) -> TrainConfig:
         raise UsageError(f"lr must be > 0, got {cfg.lr}")
     if cfg.distill < 0:
         raise UsageError(f"distill must be >= 0, got {cfg.distill:g}")
+    if not 0 <= cfg.mixed_window < 1:
+        raise UsageError(f"mixed-window is the short regime's share of batches, in [0, 1), got {cfg.mixed_window:g}")
+    if cfg.mixed_window and cfg.positions == "full":
+        raise UsageError("--mixed-window trains some batches inside the window; positions full trains every row at "
+                         "the target length (use cream, pose, randpos or none)")
+    if (cfg.short_data is None) != (cfg.short_share == 0):
+        raise UsageError("--short-data and --short-share go together (a text and its share of the rows, in (0, 1))")
+    if not 0 <= cfg.short_share < 1:
+        raise UsageError(f"short-share is a share of the rows, in (0, 1), got {cfg.short_share:g}")
     placement_of(cfg)  # device, dtype, device map and attention: checked against this machine
     return cfg
 
@@ -237,9 +252,12 @@ def scaled_rope(cfg: TrainConfig):
     """(raw config dict, RopeConfig, Scaled) for the model, or a UsageError saying why not."""
     from ropestretch.rope import load_config_dict, rope_config_from_dict, scale
 
+    from ropestretch.rope.scalings import length_switching
+
     raw = load_config_dict(model_dir(cfg))
     rope = rope_config_from_dict(raw)
-    return raw, rope, scale(rope, cfg.scaling, cfg.target, **scaling_options(cfg))
+    scaled = scale(rope, cfg.scaling, cfg.target, **scaling_options(cfg))
+    return raw, rope, length_switching(scaled) if cfg.mixed_window else scaled
 
 
 def _entry_options(cfg: TrainConfig, entry: str) -> dict[str, Any]:
@@ -325,7 +343,32 @@ def build_samples(cfg: TrainConfig, tokenizer, length: int) -> tuple[list[dict],
         rows = text_samples(records, tokenizer, length, cfg.short_docs, cfg.text_field, report)
     if cfg.max_samples:
         rows = rows[: cfg.max_samples]
-    return rows, report.line(length)
+    line = report.line(length)
+    if cfg.short_data:
+        rows, short_line = with_short_data(cfg, tokenizer, length, rows)
+        line += f"; {short_line}"
+    return rows, line
+
+
+def with_short_data(cfg: TrainConfig, tokenizer, length: int, rows: list[dict]) -> tuple[list[dict], str]:
+    """ProLong's short-data share: rows of ``--short-data`` (packed as ``--data`` is) added so that
+    they make ``--short-share`` of the training rows, drawn without replacement while they last
+    (then again), in an order fixed by ``--seed``; every row keeps a sample id of its own."""
+    import numpy as np
+
+    from ropestretch.data import PackReport, load_records, text_samples
+
+    report = PackReport()
+    short = text_samples(load_records(cfg.short_data), tokenizer, length, cfg.short_docs, cfg.text_field, report)
+    if not short:
+        raise UsageError(f"--short-data {cfg.short_data} holds no text for a {length}-token row")
+    wanted = round(cfg.short_share * len(rows) / (1 - cfg.short_share))
+    rng = np.random.default_rng(cfg.seed)
+    picks = np.concatenate([rng.permutation(len(short)) for _ in range(-(-wanted // len(short)))])[:wanted]
+    start = 1 + max((r.get("sample_id", -1) for r in rows), default=-1)
+    extra = [{**short[int(i)], "sample_id": start + k} for k, i in enumerate(picks)]
+    return rows + extra, (f"short data: {len(extra)} rows ({100 * len(extra) / max(1, len(rows) + len(extra)):.0f}% "
+                          f"of {len(rows) + len(extra)}) from {len(short)} packed from {cfg.short_data}")
 
 
 def load_model(cfg: TrainConfig, raw_config: dict, scaled):
@@ -574,7 +617,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     tokenizer = load_tokenizer(cfg)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     collator = PositionCollator(cfg.positions, rows, cfg.target, seed=cfg.seed, pad_token_id=pad,
-                                **position_options(cfg))  # validates the sampler options too
+                                short_share=cfg.mixed_window, **position_options(cfg))  # validates the options too
     rows, data_line = build_samples(cfg, tokenizer, length)
     set_seed(cfg.seed)
     from ropestretch.hardware import warn_if_emulated
@@ -673,6 +716,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
         train_seconds=round(earlier + seconds, 2), train_loss=result.training_loss, data=data_line,
         world_size=trainer.args.world_size,
         precision=precision,  # what --dtype auto resolved to on this machine
+        # batches the loader collated in this process (it may collate one ahead of the last step)
+        **({"mixed_window": {"short_share": cfg.mixed_window, "batches_collated": dict(collator.counts),
+                             "switch_at": rope.window}} if cfg.mixed_window else {}),
     )
     for item in staging.iterdir():
         target = out / item.name

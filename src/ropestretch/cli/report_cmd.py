@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=85.6, metavar="SCORE",
                    help="RULER: the score (0-100) an effective length must reach (default 85.6, RULER's: "
                    "Llama-2-7B-chat at 4K); the report also gives NoLiMa's, 85%% of the run's shortest-length score")
+    p.add_argument("--base", metavar="RUN_DIR", help="one of the runs, the model before extension: the report adds "
+                   "what each other run retains inside the base's window (accuracy ratio, perplexity ratio) beside its "
+                   "gain past it")
     p.set_defaults(run=run)
 
 
@@ -29,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.threshold <= 100:
         raise UsageError(f"--threshold is a score from 0 to 100, got {args.threshold:g}")
-    path = write_report(args.runs, args.out, args.threshold)
+    path = write_report(args.runs, args.out, args.threshold, args.base)
     print("\n".join(line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("![")))
     print(f"wrote {path}")
     return 0

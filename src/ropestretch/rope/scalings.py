@@ -187,7 +187,8 @@ def pretrained_divisors(rope: RopeConfig) -> np.ndarray:
     return (base_inv_freq(rope).double() / inv_freq.double()).numpy()
 
 
-def as_longrope(rope: RopeConfig, divisors: Sequence[float], attention: float, target: int) -> RopeConfig:
+def as_longrope(rope: RopeConfig, divisors: Sequence[float], attention: float, target: int,
+                short: Sequence[float] | None = None) -> RopeConfig:
     """A ``longrope`` RoPE over ``[0, target)`` running ``theta_i / divisors_i`` with ``attention``.
 
     For a model that is already ``longrope`` (Phi-3), its own short factors and original window
@@ -200,13 +201,39 @@ def as_longrope(rope: RopeConfig, divisors: Sequence[float], attention: float, t
     if rope.rope_type == "longrope":
         original, short = rope.scaling["original_max_position_embeddings"], tuple(rope.scaling["short_factor"])
     else:
-        original, short = rope.window, long
+        original, short = rope.window, (long if short is None else tuple(float(x) for x in short))
     scaling = {"factor": target / original, "original_max_position_embeddings": original, "short_factor": short,
                "long_factor": long, "attention_factor": float(attention), "short_mscale": float(attention),
                "long_mscale": float(attention)}
     if not rope.family.explicit_attention:  # LongRoPE's own factor of the new window, the only one it can carry
         scaling = {k: scaling[k] for k in ("original_max_position_embeddings", "short_factor", "long_factor")}
     return rope.replace(window=target, rope_type="longrope", scaling=scaling)
+
+
+def length_switching(scaled: Scaled) -> Scaled:
+    """``scaled`` as a RoPE that switches with the sequence length, for mixed-window training
+    (LongRoPE2, Shang et al. 2025, arXiv 2502.20082: short sequences on the original RoPE, long ones
+    on the rescaled one): a sequence within the model's window ``N`` runs the frequencies the model
+    ran before (its own divisors: none for a plain RoPE, Llama 3.1's ``llama3``, Phi-3's short
+    factors), a longer one the scaled frequencies. Written as ``longrope``, which transformers
+    switches by the sequence length (the largest position id + 1) and vLLM by the length it is
+    serving. One attention factor serves both regimes: transformers applies a single
+    ``attention_factor`` (vLLM's ``short_mscale`` and ``long_mscale`` are written equal to it), so
+    the short regime trains and runs with the scaled one's (YaRN's ``1 + 0.1 ln s``; 1 for linear,
+    NTK and DPRoPE). A family whose config cannot hold ``longrope`` is refused in one line."""
+    rope = scaled.rope
+    fam = rope.family
+    if scaled.scaling in ("none", "dynamic"):
+        raise UsageError(f"a length-switching RoPE needs a fixed scaling for long sequences; {scaled.scaling!r} has "
+                         "none (use linear, ntk, yarn or dprope)")
+    if fam.export_types and "longrope" not in fam.export_types:
+        raise UsageError(f"a {fam.name} config accepts only the rope types {', '.join(fam.export_types)}: it cannot "
+                         "hold a length-switching (longrope) RoPE")
+    long = (base_inv_freq(rope).double() / scaled.inv_freq.double()).numpy()
+    exported = as_longrope(rope, long, scaled.attention_factor, scaled.target, short=pretrained_divisors(rope))
+    inv_freq, attention = rope_frequencies(exported, scaled.target)
+    return Scaled(scaled.scaling, rope, scaled.target, exported, inv_freq, attention,
+                  {**scaled.details, "switching": True})
 
 
 def _divisors_of(rope: RopeConfig, inv_freq: torch.Tensor) -> np.ndarray:
@@ -384,4 +411,5 @@ def scale_dprope(
 
 
 __all__ = ["Composition", "SCALINGS", "SCALING_OPTIONS", "Scaled", "as_longrope", "base_inv_freq", "check_rotary_dim",
-           "check_target", "exponents", "ntk_base", "pretrained_divisors", "register", "scale", "turns_ramp", "yarn_ramp"]
+           "check_target", "exponents", "length_switching", "ntk_base", "pretrained_divisors", "register", "scale",
+           "turns_ramp", "yarn_ramp"]
