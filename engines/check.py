@@ -46,6 +46,10 @@ KNOWN = {  # export -> what docs/engines.md says about it
     "tiny-llama dynamic": "vLLM keeps the unscaled base for dynamic (docs/engines.md): export ntk or yarn for vLLM",
     "tiny-llama yarn switching": "llama.cpp's llama architecture has no length switch: `ropestretch gguf` refuses "
                                  "a length-switching export in one line (docs/engines.md)",
+    "tiny-llama yarn switching, prompt within the window": "vLLM picks longrope's factors once from --max-model-len: "
+                                                           "past N it runs the long ones at every length (docs/engines.md)",
+    "tiny-llama yarn switching, generation across the window": "vLLM runs the long factors from the first token; "
+                                                               "transformers switches when the sequence passes N",
 }
 
 

@@ -119,8 +119,11 @@ def engine_notes(scaled: Scaled) -> list[str]:
         notes.append(f"max_position_embeddings holds {new.window} (L / factor): vLLM's default maximum length is "
                      f"that times the factor, {scaled.target}; give other tools max_length {scaled.target}")
     if new.rope_type == "longrope" and tuple(new.scaling["short_factor"]) != tuple(new.scaling["long_factor"]):
-        notes.append(f"short and long factors differ: transformers picks them per sequence (long past "
-                     f"{new.scaling['original_max_position_embeddings']} tokens), vLLM once from --max-model-len")
+        original = new.scaling["original_max_position_embeddings"]
+        notes.append(f"short and long factors differ: transformers picks them per sequence (long past {original} "
+                     f"tokens), vLLM once from --max-model-len: served past {original} it runs the long factors at "
+                     f"every length (measured on vLLM 0.32), so for prompts within {original} serve it with "
+                     f"--max-model-len {original}; llama.cpp cannot run it")
     return notes
 
 
