@@ -100,19 +100,15 @@ def test_heldout_recipe_has_no_passkey_rows_and_the_same_budget(study):
                                                                          held.row_length, held.rows)
 
 
-SCRIPT_8K = SCRIPT.parent / "study_8k.py"
+PLAN_8K = SCRIPT.parents[1] / "examples" / "studies" / "smollm2-8k.yaml"
+DOCS_8K = SCRIPT.parents[1] / "docs" / "smollm2-8k"
 
 
 @pytest.fixture(scope="module")
-def study8k():
-    spec = importlib.util.spec_from_file_location("study_8k", SCRIPT_8K)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study_8k"] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("study_8k", None)
+def plan():
+    from ropestretch.study import load_plan
+
+    return load_plan(PLAN_8K)
 
 
 def _needle_row(depth, right, logprobs, seed=0):
@@ -122,7 +118,7 @@ def _needle_row(depth, right, logprobs, seed=0):
             "correct": sum(right), "n": len(right), "seed": seed, "samples": samples}
 
 
-def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(study8k, tmp_path):
+def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(plan, tmp_path):
     """The summary's rates and paired middle-depth differences, checked against counts made here, and
     the README block replaced in place (the rest of the README untouched), or refused without markers."""
     cream = [_needle_row(d, [True, True, d != 50.0], [-1.0, -1.0, -3.0]) for d in (0.0, 25.0, 50.0, 75.0, 100.0)]
@@ -135,7 +131,9 @@ def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(stud
               "results": {"needle": rows, **({"ppl": [ppl]} if label == "cream-yarn" else {})}}
              for label, rows in (("cream-yarn", cream), ("pose-yarn", pose))]
     other_windows = {**ppl, "prints": ["w0", "w1", "w2", "x3"]}  # one window not the base's: paired over 3
-    lines = study8k.summary(runs + [{"label": "other", "args": {}, "meta": {}, "results": {"ppl": [other_windows]}}])
+    from ropestretch.study import README_MARKERS, summary, write_readme
+
+    lines = summary(plan, runs + [{"label": "other", "args": {}, "meta": {}, "results": {"ppl": [other_windows]}}])
     table = "\n".join(lines)
     # perplexity against the base's on the same windows: exp of the paired t interval of the NLL differences
     diffs = np.array(ppl["windows"]) - np.array(base_ppl["windows"])
@@ -158,31 +156,32 @@ def test_study_8k_summary_pairs_the_same_prompts_and_fills_the_readme_block(stud
     [whole] = [x for x in paired.splitlines() if x.startswith("| cream-yarn - pose-yarn | needle | 16384 | all")]
     assert "| 15 (3) | +87 points | 13 / 0 |" in whole  # every depth: 14 right against 1, the one at 100% shared
     readme = tmp_path / "README.md"
-    begin, end = study8k.README_BLOCK
+    begin, end = (m.format(name=plan.name) for m in README_MARKERS)
     readme.write_text(f"# title\n\nbefore\n{begin}\nold table\n{end}\nafter\n")
-    study8k.write_readme(readme, ["new table"])
+    write_readme(readme, plan.name, ["new table"])
     assert readme.read_text() == f"# title\n\nbefore\n{begin}\nnew table\n{end}\nafter\n"
     readme.write_text("# no block\n")
-    with pytest.raises(SystemExit, match="has no study block"):
-        study8k.write_readme(readme, ["new table"])
+    with pytest.raises(Exception, match="has no study block"):
+        write_readme(readme, plan.name, ["new table"])
     assert readme.read_text() == "# no block\n"
 
 
-def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(study8k, tmp_path):
+def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(plan, tmp_path):
     """The report's commands parse with the CLI's own parser into each cell's settings, and the
     evaluation text they read (`--prepare`'s eval.jsonl) is the study's documents, in order."""
     import shlex
 
     from ropestretch.cli import build_parser
-    from ropestretch.data.corpus import load_records
+    from ropestretch.data.corpus import language_reference, load_records
+    from ropestretch.study import eval_command, model_command, text_path, train_command
 
-    path = study8k.evaluation_file(tmp_path)
+    path = text_path(plan, tmp_path, "eval")
     read = [t for t in load_records(path)["text"] if isinstance(t, str) and t.strip()]  # as `ropestretch eval` reads
-    assert read == study8k.evaluation_text() and len(read) > 50
-    assert study8k.evaluation_file(tmp_path) == path  # the same text again: kept as it is
+    assert read == language_reference() and len(read) > 50
+    assert text_path(plan, tmp_path, "eval") == path  # the same text again: kept as it is
     path.write_text('{"text": "a file of the user\'s"}\n')
-    with pytest.raises(SystemExit, match="move it aside"):
-        study8k.evaluation_file(tmp_path)
+    with pytest.raises(Exception, match="move it aside"):
+        text_path(plan, tmp_path, "eval")
     assert path.read_text() == '{"text": "a file of the user\'s"}\n'  # not overwritten
     parser = build_parser()
 
@@ -190,38 +189,59 @@ def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(study8k, tm
         assert command.startswith("ropestretch ")
         return parser.parse_args(shlex.split(command.replace("<out>", str(tmp_path)).replace("<variant>", "v"))[1:])
 
-    for cell in study8k.EVALS:
-        args = parse(study8k.eval_command(cell))
-        assert (args.test, args.lengths, args.samples, args.seed, args.dtype) == (cell.test, [cell.length], cell.samples,
+    for cell in plan.cells:
+        args = parse(eval_command(plan, cell))
+        assert (args.test, args.lengths, args.samples, args.seed, args.dtype) == (cell.task, [cell.length], cell.samples,
                                                                                  cell.seed, "fp32")
         assert args.text == str(path) and args.out.endswith(f"/evals/v/{cell.name}")
-        if cell.test != "ppl":
+        if cell.task != "ppl":
             assert (args.depths, args.scoring, args.prompt) == (list(cell.depths), "generate", "chat")
-    for variant in study8k.FINE_TUNES:
-        args = parse(study8k.train_command(variant))
-        assert (args.positions, args.scaling) == study8k.FINE_TUNES[variant] and str(args.target) == str(study8k.TARGET)
-    args = parse(study8k.model_command("yarn"))
-    assert (args.scaling, str(args.target)) == ("yarn", str(study8k.TARGET)) and study8k.model_command("base") is None
+    for variant in [v for v in plan.order() if plan.fine_tuned(v)]:
+        args = parse(train_command(plan, variant))
+        spec = plan.variants[variant]
+        assert (args.positions, args.scaling, str(args.target)) == (spec["positions"], spec["scaling"], str(plan.target))
+    args = parse(model_command(plan, "yarn"))
+    assert (args.scaling, str(args.target)) == ("yarn", str(plan.target)) and model_command(plan, "base") is None
 
 
-def test_study_8k_report_carries_the_written_conclusion_into_the_report_and_the_readme(study8k, tmp_path):
+def test_the_archived_rows_stay_valid_through_the_runner(plan):
+    """Every row of the 8K study's archive belongs to a cell of its plan (the script's cells, now data,
+    in the same order), and the runner has none of them left to run."""
+    from ropestretch.study import archived, pending
+
+    done = archived(DOCS_8K / "results.jsonl")
+    planned = {(v, c.name) for c in plan.cells for v in c.variants}
+    assert {(v, name) for v, name, _ in done} <= planned
+    assert len(done) > 100
+    from ropestretch.eval.store import cell_key
+
+    left = {(v, c.name) for v, c in pending(plan, done)}
+    complete = {(v, c.name) for c in plan.cells for v in c.variants
+                if all((v, c.name, cell_key(x)) in done for x in c.cells())}
+    assert complete and not complete & left and len(left) + len(complete) == len(planned)
+    assert [c.name for c in plan.cells[:3]] == ["ppl@4096x4s0", "passkey@4096x2s0", "needle@16384x2s0"]
+
+
+def test_study_8k_report_carries_the_written_conclusion_into_the_report_and_the_readme(plan, tmp_path):
     """The report, written from the real archive into a scratch folder: the hand-written paragraph on
     what the data support follows the summary, in the report and in the README block, and is left out
     (no empty heading) until it is written; the archive's rows all survive the rewrite."""
     import shutil
 
+    from ropestretch.study import README_MARKERS, write_study_report
+
     docs = tmp_path / "docs"
     docs.mkdir()
-    shutil.copy(study8k.DOCS / "results.jsonl", docs / "results.jsonl")
+    shutil.copy(DOCS_8K / "results.jsonl", docs / "results.jsonl")
     rows = (docs / "results.jsonl").read_text()
-    begin, end = study8k.README_BLOCK
+    begin, end = (m.format(name=plan.name) for m in README_MARKERS)
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n{begin}\nold\n{end}\nafter\n")
-    study8k.report(tmp_path / "out", docs, readme)
+    write_study_report(plan, tmp_path / "out", docs, readme)
     text = (docs / "report.md").read_text()
     assert "## Summary" in text and "## What the data support" not in text
     (docs / "conclusion.md").write_text("The data support X and not Y.\n")
-    study8k.report(tmp_path / "out", docs, readme)
+    write_study_report(plan, tmp_path / "out", docs, readme)
     text = (docs / "report.md").read_text()
     assert text.index("## Summary") < text.index("## What the data support\n\nThe data support X and not Y.\n") \
         < text.index("## Setup")
@@ -230,7 +250,7 @@ def test_study_8k_report_carries_the_written_conclusion_into_the_report_and_the_
     assert readme.read_text().endswith(f"{end}\nafter\n")
     assert (docs / "results.jsonl").read_text() == rows
     (docs / "summary.md").write_text("In short: X.\n")  # the README's few lines; the report keeps the paragraph
-    study8k.report(tmp_path / "out", docs, readme)
+    write_study_report(plan, tmp_path / "out", docs, readme)
     block = readme.read_text().split(begin)[1].split(end)[0]
     assert "In short: X." in block and "The data support X and not Y." not in block
     assert "The data support X and not Y." in (docs / "report.md").read_text()
@@ -254,24 +274,26 @@ def test_records_in_docs_name_no_folder_of_the_machine_they_were_made_on():
     assert not found, found[:5]
 
 
-def test_study_8k_training_records_are_relative_and_a_rebuilt_checkpoint_is_kept_beside_the_first(study8k, tmp_path):
+def test_study_8k_training_records_are_relative_and_a_rebuilt_checkpoint_is_kept_beside_the_first(plan, tmp_path):
+    from ropestretch.study import rebuilt_section, training_records
+
     out, docs = tmp_path / "out", tmp_path / "docs"
     meta = out / "models" / "cream-yarn" / "ropestretch.json"
     meta.parent.mkdir(parents=True)
     docs.mkdir()
     first = {"final_loss": 2.5, "training": {"data": str(out / "data" / "train"), "out": str(meta.parent), "lr": 1e-4}}
     meta.write_text(json.dumps(first))
-    records = study8k.training_records(out, docs)
+    records = training_records(plan, out, docs)
     assert records["cream-yarn"]["training"] == {"data": "<out>/data/train", "out": "<out>/models/cream-yarn", "lr": 1e-4}
-    assert "rebuilt" not in records and study8k.training_records(out, docs) == records  # the same checkpoint again
+    assert "rebuilt" not in records and training_records(plan, out, docs) == records  # the same checkpoint again
     meta.write_text(json.dumps({**first, "final_loss": 2.5001}))  # rebuilt on another machine
-    records = study8k.training_records(out, docs)
+    records = training_records(plan, out, docs)
     assert records["cream-yarn"]["final_loss"] == 2.5 and records["rebuilt"]["cream-yarn"]["final_loss"] == 2.5001
     # the rebuilt one's rerun of an archived cell, prompt by prompt: one answer differs, log-liks by up to 0.3
     archived = {"variant": "cream-yarn", "cell": "passkey@4096x2s0", "row": {"samples": [
         {"prompt": "a", "correct": True, "logprob": -1.0}, {"prompt": "b", "correct": True, "logprob": -2.0}]}}
     rerun = {"variant": "cream-yarn", "cell": "passkey@4096x2s0-repro", "row": {"samples": [
         {"prompt": "a", "correct": True, "logprob": -1.1}, {"prompt": "b", "correct": False, "logprob": -2.3}]}}
-    section = "\n".join(study8k.rebuilt_section([archived, rerun], records))
+    section = "\n".join(rebuilt_section([archived, rerun], records))
     assert "| cream-yarn | 2.500000 | 2.500100 | 0 | passkey@4096x2s0-repro | 1 of 2 | 0.3 |" in section
-    assert not study8k.rebuilt_section([archived], {"cream-yarn": first})
+    assert not rebuilt_section([archived], {"cream-yarn": first})

@@ -10,7 +10,7 @@ from ropestretch import __version__
 from ropestretch.errors import UsageError
 
 # Subcommand modules, each with add_parser(subparsers) and run(args) -> int.
-_COMMANDS = ["rope", "apply", "gguf", "positions", "train", "pretrain", "eval", "report", "demo"]
+_COMMANDS = ["rope", "apply", "gguf", "positions", "train", "pretrain", "eval", "report", "study", "demo"]
 
 
 class _Parser(argparse.ArgumentParser):

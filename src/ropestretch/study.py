@@ -1,0 +1,545 @@
+"""A study as data: one runner for a plan (``ropestretch study PLAN.yaml``, or :func:`run_study`).
+
+A plan (``examples/studies/*.yaml``) names the base model, the target length, the texts, the
+variants (a scaling applied, or a sampler x scaling fine-tuned with the plan's training settings),
+the evaluation cells (task, variants, length, samples, seeds, depths) in the order they run, and
+what the report leads with (summary columns, pairs). The runner reads top to bottom:
+
+1. the texts (:data:`TEXTS`: a built-in corpus by name, or a path);
+2. each variant's checkpoint, made when the first cell needs it (``ropestretch apply`` or
+   ``ropestretch train``, as the report's commands say);
+3. the cells in the plan's order, each variant of a cell in its own run folder through
+   :func:`ropestretch.eval.run`; a cell whose rows the archive holds is not run again, so a
+   study stopped anywhere continues where it stopped, on any machine that has the archive;
+4. with ``report``: every row measured so far archived (``<docs>/results.jsonl``: the union of the
+   archive and the run folders, so no row is ever lost), and ``<docs>/report.md`` written through
+   :mod:`ropestretch.report`'s public functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ropestretch.errors import UsageError
+from ropestretch.jsonl import read_jsonl, write_whole
+
+README_MARKERS = ("<!-- {name}: written by ropestretch study --readme -->", "<!-- {name}: end -->")
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation on some variants: a task at one length, ``samples`` per depth from ``seed``."""
+
+    task: str
+    variants: tuple
+    length: int
+    samples: int
+    seed: int = 0
+    depths: tuple = ()
+    tag: str = ""  # "repro": a rebuilt checkpoint's rerun of an archived cell, kept out of the tables
+    default_depths: tuple = field(default=(), compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The run folder's name: ``needle@16384x2s0``, with the depths where not the plan's, and the tag."""
+        shown = "" if self.depths == self.default_depths or not self.depths else "@" + ",".join(
+            f"{d:g}" for d in self.depths)
+        return f"{self.task}@{self.length}x{self.samples}s{self.seed}{shown}" + (f"-{self.tag}" if self.tag else "")
+
+    def cells(self) -> list[dict]:
+        """The result rows' cells it makes for each variant."""
+        return [{"length": self.length, "depth": d} for d in self.depths] if self.depths else [{"length": self.length}]
+
+
+@dataclass
+class Plan:
+    name: str
+    title: str
+    model: str
+    target: int
+    variants: dict[str, dict[str, Any]]
+    cells: list[Cell]
+    texts: dict[str, str] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "fp32"
+    summary: list[tuple] = field(default_factory=list)
+    pairs: list[tuple] = field(default_factory=list)
+    intervals: str = ""
+    setup: str = ""
+    budget: str = ""
+    source: str = ""  # the plan file, as the report's commands name it
+    archive: str = ""  # the rows measured so far (docs/.../results.jsonl): their cells are not run again
+
+    def fine_tuned(self, variant: str) -> bool:
+        return "positions" in self.variants.get(variant, {})
+
+    def order(self) -> list[str]:
+        """The variants in the plan's order."""
+        return list(self.variants)
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    """A study plan from YAML, every field checked (one line for what is wrong)."""
+    import yaml
+
+    from ropestretch.eval.tasks import get_task
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"no such study plan: {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UsageError(f"{path} is not a readable YAML plan: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a mapping")
+    for key in ("name", "model", "target", "variants", "cells"):
+        if key not in data:
+            raise UsageError(f"{path}: the plan has no {key!r}")
+    variants = data["variants"]
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise UsageError(f"{path}: variants must map a name to its settings (scaling, positions)")
+    evaluation = dict(data.get("evaluation") or {})
+    depths = tuple(float(d) for d in evaluation.pop("depths", ()) or ())
+    cells = []
+    for number, raw in enumerate(data["cells"], 1):
+        if not isinstance(raw, dict) or not {"task", "variants", "length", "samples"} <= set(raw):
+            raise UsageError(f"{path}: cell {number} needs task, variants, length and samples")
+        task = get_task(raw["task"])
+        unknown = [v for v in raw["variants"] if v not in variants]
+        if unknown:
+            raise UsageError(f"{path}: cell {number} names an unknown variant {unknown[0]!r}")
+        cell_depths = tuple(float(d) for d in raw.get("depths", depths)) if task.place is not None and \
+            task.place.key == "depth" else ()
+        for seed in raw.get("seeds", [raw.get("seed", 0)]):
+            cells.append(Cell(task.name, tuple(raw["variants"]), int(raw["length"]), int(raw["samples"]), int(seed),
+                              cell_depths, str(raw.get("tag", "")), depths))
+    folders = [(v, c.name) for c in cells for v in c.variants]
+    twice = sorted({f for f in folders if folders.count(f) > 1})
+    if twice:
+        raise UsageError(f"{path}: two cells share the run folder {twice[0][0]}/{twice[0][1]}")
+    return Plan(str(data["name"]), str(data.get("title", data["name"])), str(data["model"]), int(data["target"]),
+                variants, cells, dict(data.get("texts") or {}), evaluation, dict(data.get("training") or {}),
+                str(data.get("dtype", "fp32")), [tuple(c) for c in data.get("summary") or []],
+                [tuple(p) for p in data.get("pairs") or []], str(data.get("intervals", "")),
+                str(data.get("setup", "")), str(data.get("budget", "")), str(path), str(data.get("archive", "")))
+
+
+# --- 1. the texts --------------------------------------------------------------------------------
+
+
+def stdlib_docstrings(out: Path) -> Path:
+    """One .txt per standard-library module: its docstrings (tests, IDLE, tkinter left out)."""
+    from ropestretch.data.corpus import module_docstrings
+
+    folder = out / "data" / "train"
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    stdlib = Path(os.__file__).parent
+    staging = out / "data" / ".train.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    for path in sorted(stdlib.rglob("*.py")):
+        rel = path.relative_to(stdlib)
+        if rel.parts[0] in ("site-packages", "test", "idlelib", "lib2to3", "tkinter", "turtledemo") or "tests" in rel.parts:
+            continue
+        text = module_docstrings(path)
+        if text:
+            (staging / ("_".join(rel.with_suffix("").parts) + ".txt")).write_text(text, encoding="utf-8")
+    staging.rename(folder)
+    return folder
+
+
+def language_reference(out: Path) -> Path:
+    """Python's language reference (``pydoc_data`` topics) as ``<out>/data/eval.jsonl``, one
+    ``{"text": ...}`` per topic; one already there that differs is refused, never overwritten."""
+    from ropestretch.data.corpus import language_reference as topics
+
+    path = out / "data" / "eval.jsonl"
+    text = "".join(json.dumps({"text": t}) + "\n" for t in topics())
+    if path.exists():
+        if not path.is_file() or path.read_text(encoding="utf-8", errors="replace") != text:
+            raise UsageError(f"{path} is not this Python's language reference as the study reads it; move it aside")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, text)
+    return path
+
+
+TEXTS: dict[str, Callable[[Path], Path]] = {"stdlib-docstrings": stdlib_docstrings,
+                                            "language-reference": language_reference}
+
+
+def text_path(plan: Plan, out: Path, role: str) -> Path | None:
+    """The plan's ``train`` or ``eval`` text: a built-in source (:data:`TEXTS`) written under ``out``, or a path."""
+    source = plan.texts.get(role)
+    if source is None:
+        return None
+    return TEXTS[source](out) if source in TEXTS else Path(source).expanduser()
+
+
+# --- 2. the models -------------------------------------------------------------------------------
+
+
+def model_path(plan: Plan, out: Path, variant: str, train: bool = True) -> Path | None:
+    """The variant's checkpoint, made on first use (None for a fine-tune when ``train`` is off)."""
+    from ropestretch.checkpoints import resolve_model
+
+    spec = plan.variants[variant]
+    base = resolve_model(plan.model)
+    folder = out / "models" / variant
+    if not spec.get("scaling"):
+        return base
+    if (folder / "ropestretch.json").is_file():
+        return folder
+    if not plan.fine_tuned(variant):
+        from ropestretch.rope import load_rope_config, scale
+        from ropestretch.rope.export import apply_to_checkpoint
+
+        say(f"apply {variant}: -> {plan.target}")
+        return apply_to_checkpoint(base, folder, scale(load_rope_config(base), spec["scaling"], plan.target,
+                                                       **spec.get("options", {})), command="apply", model=plan.model)
+    if not train:
+        return None
+    from ropestretch.train import make_config, train as run_train
+
+    settings = {**plan.training, **spec.get("training", {})}
+    say(f"fine-tune {variant}: {spec['positions']} positions x {spec['scaling']}")
+    run_train(make_config(model=plan.model, data=str(text_path(plan, out, "train")), out=str(folder),
+                          target=plan.target, positions=spec["positions"], scaling=spec["scaling"], dtype=plan.dtype,
+                          progress=False, resume=(folder / "run.json").is_file(), **settings))
+    return folder
+
+
+def train_command(plan: Plan, variant: str) -> str:
+    """The `ropestretch train` command a fine-tune equals."""
+    spec = plan.variants[variant]
+    settings = {**plan.training, **spec.get("training", {})}
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in settings.items()
+             if k not in ("save_steps", "save_total_limit")]
+    return (f"ropestretch train --model {plan.model} --data <out>/data/train --out <out>/models/{variant} --positions "
+            f"{spec['positions']} --scaling {spec['scaling']} --target {plan.target} --dtype {plan.dtype} "
+            + " ".join(flags))
+
+
+def model_command(plan: Plan, variant: str) -> str | None:
+    """The command that makes a training-free variant's checkpoint (None for the base and the fine-tunes)."""
+    spec = plan.variants[variant]
+    if not spec.get("scaling") or plan.fine_tuned(variant):
+        return None
+    return f"ropestretch apply --model {plan.model} --scaling {spec['scaling']} --target {plan.target} " \
+           f"--out <out>/models/{variant}"
+
+
+# --- 3. the evaluations --------------------------------------------------------------------------
+
+
+def eval_command(plan: Plan, cell: Cell) -> str:
+    """The `ropestretch eval` command a cell equals for any variant (what the runner calls, with
+    ``<out>/models/<variant>`` for the model: the base's is the plan's model itself)."""
+    from ropestretch.eval.tasks import get_task
+
+    task = get_task(cell.task)
+    flags = []
+    if cell.depths:
+        flags += ["--depths", ",".join(f"{d:g}" for d in cell.depths)]
+    if task.retrieval:
+        flags += ["--scoring", plan.evaluation.get("scoring", task.scoring),
+                  "--prompt", plan.evaluation.get("prompt", "auto")]
+    text = ["--text <out>/data/eval.jsonl"] if plan.texts.get("eval") else []
+    return " ".join(["ropestretch eval", cell.task, "--model <out>/models/<variant>", *text,
+                     "--lengths", str(cell.length), *flags, "--samples", str(cell.samples), "--seed", str(cell.seed),
+                     f"--batch-size {plan.evaluation.get('batch_size', 1)} --dtype {plan.dtype}",
+                     f"--out <out>/evals/<variant>/{cell.name}"])
+
+
+def archived(archive: Path) -> set:
+    """(variant, cell name, result cell) of every archived row."""
+    from ropestretch.eval.store import cell_key
+
+    return {(r["variant"], r["cell"], cell_key(r["row"]["cell"])) for r in read_jsonl(archive)}
+
+
+def pending(plan: Plan, done: set) -> list[tuple[str, Cell]]:
+    """(variant, cell) of every planned variant cell the archive (``done``: :func:`archived`) lacks
+    a row of, in the plan's order."""
+    from ropestretch.eval.store import cell_key
+
+    return [(v, c) for c in plan.cells for v in c.variants
+            if any((v, c.name, cell_key(x)) not in done for x in c.cells())]
+
+
+def evaluate(plan: Plan, out: Path, cell: Cell, done: set, train: bool = True) -> None:
+    """The cell on each of its variants, into ``<out>/runs/<variant>/<cell>`` (the depths the
+    archive lacks only, in a folder of their own)."""
+    from ropestretch.eval import run
+    from ropestretch.eval.store import cell_key
+
+    for variant in cell.variants:
+        todo = [c for c in cell.cells() if (variant, cell.name, cell_key(c)) not in done]
+        if not todo:
+            continue
+        folder = model_path(plan, out, variant, train)
+        if folder is None:
+            continue
+        depths = [c["depth"] for c in todo] if cell.depths else None
+        name = cell.name if len(todo) == len(cell.cells()) else f"{cell.name}~" + ",".join(f"{d:g}" for d in depths)
+        say(f"eval {variant} {name}")
+        options = {"depths": depths} if depths else {}
+        run(cell.task, str(folder), out / "runs" / variant / name, lengths=[cell.length], samples=cell.samples,
+            seed=cell.seed, text=str(text_path(plan, out, "eval")) if plan.texts.get("eval") else None,
+            scoring=plan.evaluation.get("scoring"), prompt=plan.evaluation.get("prompt", "auto"),
+            batch_size=plan.evaluation.get("batch_size", 1), dtype=plan.dtype, **options)
+
+
+def run_study(plan: Plan, out: str | os.PathLike, archive: Path | None = None, train: bool = True) -> None:
+    """Every cell in the plan's order; a cell whose rows ``archive`` holds is skipped."""
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    done = archived(archive) if archive is not None else set()
+    for cell in plan.cells:
+        evaluate(plan, out, cell, done, train)
+    say(f"all done in {time.time() - started:.0f} s")
+
+
+# --- 4. the report -------------------------------------------------------------------------------
+
+
+def collect(plan: Plan, out: Path, archive: Path) -> list[dict]:
+    """Every finished row as {variant, cell, row}: the archive's, and the run folders' new ones
+    (``<out>/runs`` and the script-era ``<out>/evals``); the archive is rewritten with the union."""
+    from ropestretch.eval import read_results
+    from ropestretch.eval.store import cell_key
+
+    rows = read_jsonl(archive)
+    seen = {(r["variant"], r["cell"], cell_key(r["row"]["cell"])) for r in rows}
+    for root in ("evals", "runs"):
+        for variant in plan.order():
+            for folder in sorted((out / root / variant).glob("*")):
+                name = folder.name.split("~")[0]  # a cell's remaining depths, run on their own
+                for row in read_results(folder):
+                    key = (variant, name, cell_key(row["cell"]))
+                    if key not in seen:
+                        seen.add(key)
+                        rows.append({"variant": variant, "cell": name, "row": row})
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(archive, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def relative_to_out(value, out: Path):
+    """``value`` with every path under ``out`` written as ``<out>/...``: a record in docs/ names no
+    folder of the machine it was made on."""
+    if isinstance(value, dict):
+        return {k: relative_to_out(v, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative_to_out(v, out) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        for root in {str(out), str(out.resolve())}:
+            if value == root or value.startswith(root + os.sep):
+                return "<out>" + value[len(root):]
+    return value
+
+
+def training_records(plan: Plan, out: Path, docs: Path) -> dict:
+    """Each fine-tune's ropestretch.json (kept in docs/, as the checkpoints are not), paths as
+    ``<out>/...``. The first record of a variant stays its record; a checkpoint rebuilt later (its
+    folder lost with a machine) is kept beside it under ``rebuilt``, for the report to compare."""
+    path = docs / "training.json"
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    for variant in plan.order():
+        meta = out / "models" / variant / "ropestretch.json"
+        if not plan.fine_tuned(variant) or not meta.is_file():
+            continue
+        record = relative_to_out(json.loads(meta.read_text()), out)
+        if variant not in records:
+            records[variant] = record
+        elif record != records[variant]:
+            records.setdefault("rebuilt", {})[variant] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, json.dumps(records, indent=2) + "\n")
+    return records
+
+
+def rebuilt_section(rows: list[dict], records: dict) -> list[str]:
+    """Each rebuilt fine-tune against the one first measured: its final training loss, and its rerun of
+    an archived cell (``-repro``) prompt by prompt (the same prompts by fingerprint, the same answers, the
+    largest difference in answer log-likelihood)."""
+    from ropestretch.report import markdown_table
+
+    lines = []
+    for variant, record in records.get("rebuilt", {}).items():
+        first = records.get(variant, {})
+        reruns = [r for r in rows if r["variant"] == variant and r["cell"].endswith("-repro")]
+        archived_samples = {s["prompt"]: s for r in rows if r["variant"] == variant
+                            and r["cell"] == reruns[0]["cell"].rsplit("-", 1)[0] for s in r["row"]["samples"]} if reruns else {}
+        pairs = [(archived_samples[s["prompt"]], s) for r in reruns for s in r["row"]["samples"]
+                 if s["prompt"] in archived_samples]
+        same = sum(a["correct"] == b["correct"] for a, b in pairs)
+        worst = max((abs(a["logprob"] - b["logprob"]) for a, b in pairs), default=float("nan"))
+        lines.append([variant, f"{first.get('final_loss', float('nan')):.6f}", f"{record.get('final_loss', float('nan')):.6f}",
+                      f"{record.get('train_seconds', 0):.0f}", reruns[0]["cell"] if reruns else "-",
+                      f"{same} of {len(pairs)}" if pairs else "-", f"{worst:.2g}" if pairs else "-"])
+    if not lines:
+        return []
+    return ["## Rebuilt checkpoints", "",
+            "A fine-tune whose checkpoint was lost with its machine is rebuilt by the same command (same rows, "
+            "settings, seed and dtype) and first reruns an archived cell; its rows count only if they reproduce "
+            "the archived ones:", "",
+            markdown_table(["variant", "final loss, first", "final loss, rebuilt", "rebuild seconds", "rerun cell",
+                            "same answer", "largest answer log-lik difference (nats)"], lines), ""]
+
+
+def summary(plan: Plan, runs: list[dict]) -> list[str]:
+    """One row per variant over the plan's summary columns ``(task, length, depths, heading)``: rates
+    with their 95% interval and n, ``loglik`` the needle answer's log-likelihood, ``ppl-ratio`` the
+    perplexity as a ratio to the base's over the same windows; then the paired differences of the
+    plan's pairs (all depths and 25-75%)."""
+    from ropestretch.compare import BAND_TEXT, differences, pair_perplexity, pair_runs
+    from ropestretch.report import (loglik_difference, loglik_text, markdown_table, perplexity_text, rate_text,
+                                    ratio_text, rows_at)
+
+    by_label = {r["label"]: r for r in runs}
+    base = plan.order()[0]
+
+    def value(run: dict, test: str, length: int, depths) -> str | None:
+        if test == "ppl-ratio":  # over the same windows (their fingerprints agree) under the variant and the base
+            paired = pair_perplexity(run, by_label[base])[0] if run["label"] != base and base in by_label else []
+            ratio = next((d for d in paired if d["length"] == length), None)
+            return ratio and ratio_text(ratio, with_n=True)
+        rows = run["results"].get("needle" if test == "loglik" else test, [])
+        rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else rows_at(
+            rows, length, tuple(depths) if depths else None)
+        if not rows:
+            return None
+        return {"ppl": perplexity_text, "loglik": loglik_text}.get(test, rate_text)(rows)
+
+    table = {r["label"]: {c[3]: value(r, *c[:3]) for c in plan.summary} for r in runs}
+    columns = [c[3] for c in plan.summary if any(table[r][c[3]] for r in table)]
+    if not columns:
+        return []
+    parts = [markdown_table(["variant"] + columns, [[label] + [row[c] or "-" for c in columns]
+                                                    for label, row in table.items()]), ""]
+    if plan.intervals:
+        parts += [plan.intervals.strip()[0].upper() + plan.intervals.strip()[1:], ""]
+    paired = []
+    for test in ("needle", "passkey"):
+        for a, b in plan.pairs:
+            if a not in by_label or b not in by_label:
+                continue
+            pairing = pair_runs(by_label[a], by_label[b], test)
+            if isinstance(pairing, str):
+                continue
+            paired += [[f"{a} - {b}", test, str(d["length"]), BAND_TEXT[d["band"]], f"{d['n']} ({d['units']})",
+                        f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points", f"{d['only_a']} / {d['only_b']}",
+                        f"{d['p']:.2g}", loglik_difference(d, 2)]
+                       for d in differences(pairing) if d["band"] in ("all", "middle")]
+    if paired:
+        parts += ["Paired on the same prompts (all depths, and depths 25-75%):", "", markdown_table(
+            ["difference", "test", "length", "depths", "n pairs (units)", "accuracy", "right only in each",
+             "McNemar p", "answer log-lik/token [95% paired interval]"], paired), ""]
+    return parts
+
+
+def write_readme(readme: Path, name: str, lines: list[str]) -> None:
+    """Replace the README's block for study ``name`` (between its markers) with ``lines``."""
+    text = readme.read_text(encoding="utf-8")
+    begin, end = (m.format(name=name) for m in README_MARKERS)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise UsageError(f"{readme} has no study block: one line {begin} and, after it, one line {end}")
+    head, rest = text.split(begin)
+    tail = rest.split(end)[1]
+    write_whole(readme, head + "\n".join([begin] + lines + [end]) + tail)
+
+
+def conclusion(docs: Path, name: str = "conclusion.md") -> list[str]:
+    """The hand-written paragraph on what the data support (``<docs>/conclusion.md``) for the report,
+    and its few lines for the README (``summary.md``); none until one is written."""
+    path = docs / name
+    return path.read_text(encoding="utf-8").strip().splitlines() + [""] if path.is_file() else []
+
+
+def study_runs(plan: Plan, rows: list[dict], records: dict) -> list[dict]:
+    """The rows as one report run per variant (a rerun cell, ``-repro``, left out)."""
+    runs = []
+    for variant in plan.order():
+        mine = [r["row"] for r in rows if r["variant"] == variant and not r["cell"].endswith("-repro")]
+        if not mine:
+            continue
+        results: dict = {}
+        for row in mine:
+            results.setdefault(row["test"], []).append(row)
+        runs.append({"label": variant, "args": {t: {"scoring": plan.evaluation.get("scoring", "generate")}
+                                                for t in results}, "results": results,
+                     "meta": records.get(variant, {})})
+    return runs
+
+
+def write_study_report(plan: Plan, out: str | os.PathLike, docs: str | os.PathLike,
+                       readme: str | os.PathLike | None = None) -> Path:
+    """``<docs>/report.md`` from every row measured so far (and, with ``readme``, its study block)."""
+    from ropestretch.report import markdown_table, render
+
+    out, docs = Path(out).expanduser(), Path(docs)
+    rows = collect(plan, out, docs / "results.jsonl")
+    records = training_records(plan, out, docs)
+    runs = study_runs(plan, rows, records)
+    seconds: dict = {}
+    for r in rows:
+        seconds[(r["variant"], r["cell"])] = seconds.get((r["variant"], r["cell"]), 0.0) + r["row"].get("seconds", 0.0)
+    done = set(seconds)
+    planned = [(v, c.name) for c in plan.cells for v in c.variants]
+    command = f"ropestretch study {plan.source} --out <out>"
+    parts = [f"# ropestretch report: {plan.title}", "",
+             f"Written by `{command} --report {docs}` from every row measured so far (`results.jsonl` here keeps "
+             "them all). Variants: " + ", ".join(f"`{r['label']}`" for r in runs) + ".", ""]
+    head, said = summary(plan, runs), conclusion(docs)
+    parts += (["## Summary", ""] + head if head else []) + (["## What the data support", ""] + said if said else [])
+    parts += ["## Setup", "", plan.setup.strip(), "",
+              f"Each model, reproducible as (`<out>/data/...` is written by `{command} --prepare`; the base is "
+              f"`--model {plan.model}` itself):", "", "```bash"]
+    parts += [c for c in (model_command(plan, v) for v in plan.order()) if c]
+    parts += [train_command(plan, v) for v in plan.order() if plan.fine_tuned(v)]
+    parts += ["```", "", "Each evaluation cell that has run, as the command it equals for any variant (the study "
+              f"runs `ropestretch.eval.run` with these arguments; for the base, `--model {plan.model}`; into a fresh "
+              "`<out>`, as a run folder refuses other arguments than its own):", "", "```bash",
+              *dict.fromkeys(eval_command(plan, c) for c in plan.cells if any((v, c.name) in done for v in c.variants)),
+              "```", ""]
+    if plan.budget:
+        parts += ["## Budget", "", plan.budget.strip(), ""]
+    parts += ["## Time of each part", "", markdown_table(["part", "seconds"],
+              [[f"fine-tune {v}", f"{records[v]['train_seconds']:.0f}"] for v in plan.order() if v in records
+               and plan.fine_tuned(v)] + [[f"eval {v} {c}", f"{s:.0f}"] for (v, c), s in seconds.items()]), ""]
+    order = [v for v in plan.order() if any(v in c.variants for c in plan.cells)]
+    parts += ["## Planned cells, most telling first", "",
+              f"{sum(p in done for p in planned)} of {len(planned)} variant cells have run (a cell missing from the "
+              "tables below has not). A row per cell, in the order they first run (`x`: done, `.`: to run):", "",
+              markdown_table(["cell"] + order, [[name] + [("x" if (v, name) in done else ".") if (v, name) in planned
+                                                          else "" for v in order]
+                                                for name in dict.fromkeys(c for _, c in planned)]), ""]
+    parts += rebuilt_section(rows, records)
+    parts += render(runs, docs)
+    if readme is not None:
+        short = conclusion(docs, "summary.md") or said  # the README's few lines; the report has the whole reading
+        table = head[:next((i for i, line in enumerate(head) if line.startswith("Paired")), len(head))]
+        write_readme(Path(readme), plan.name, table + [
+            f"Written {time.strftime('%Y-%m-%d')} by `{command} --report {docs} --readme {readme}` from {len(rows)} "
+            "result rows.", ""] + short)
+    path = docs / "report.md"
+    write_whole(path, "\n".join(parts) + "\n")
+    return path
