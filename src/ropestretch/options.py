@@ -42,30 +42,34 @@ class Option:
 
     def coerce(self, value: Any, what: str) -> Any:
         """A YAML or keyword value as this option's ``kind`` (None stays None), or one line saying why not."""
-        if value is None or self.kind is None:
-            return self.value(value) if value is not None else None
-        try:
-            if self.kind == "bool":
-                if not isinstance(value, bool):
-                    raise ValueError
-            elif self.kind == "int":
-                if isinstance(value, bool) or float(value) != int(float(value)):
-                    raise ValueError
-                value = int(float(value))
-            elif self.kind == "float":
-                if isinstance(value, bool):
-                    raise ValueError
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError
-            else:
-                value = str(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"option {what} must be {self.kind}, got {value!r}") from None
-        return self.value(value)
+        if value is None:
+            return None
+        return self.value(value if self.kind is None else as_kind(value, self.kind, what))
 
     def shown_default(self) -> str:
         return "" if self.default is None or callable(self.default) else f" (default {self.default})"
+
+
+def as_kind(value: Any, kind: str, what: str) -> Any:
+    """``value`` (from YAML, a flag or a keyword) as ``kind`` (``int``, ``float``, ``bool`` or ``str``):
+    an integer-valued number for int, a finite number for float, a real bool for bool; else one line."""
+    try:
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+        elif kind == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            value = int(float(value))
+        elif kind == "float":
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        else:
+            value = str(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"option {what} must be {kind}, got {value!r}") from None
+    return value
 
 
 def option_values(options: tuple[Option, ...], given: dict[str, Any], owner: str) -> dict[str, Any]:

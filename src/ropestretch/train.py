@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import re
-import math
 import os
 import shutil
 import sys
@@ -162,6 +161,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def make_config(**values: Any) -> TrainConfig:
     """A validated :class:`TrainConfig` (types coerced, values checked)."""
+    from ropestretch.options import as_kind
+
     if "precision" in values:  # its name before --dtype
         values["dtype"] = values.pop("precision")
     types = {f.name: f.type for f in fields(TrainConfig) if not f.metadata.get("internal")}
@@ -179,24 +180,7 @@ def make_config(**values: Any) -> TrainConfig:
         if value is None:
             clean[name] = None
             continue
-        kind = str(types[name])
-        try:
-            if kind.startswith("bool"):
-                if not isinstance(value, bool):
-                    raise ValueError
-            elif kind.startswith("int"):
-                if isinstance(value, bool) or float(value) != int(float(value)):
-                    raise ValueError
-                value = int(float(value))
-            elif kind.startswith("float"):
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError
-            else:
-                value = str(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"option {name} must be {kind.split()[0]}, got {value!r}") from None
-        clean[name] = value
+        clean[name] = as_kind(value, str(types[name]).split()[0], name)
     cfg = TrainConfig(**clean)
     for name in ("model", "data", "out"):
         if not getattr(cfg, name):
