@@ -79,6 +79,7 @@ class Plan:
     dtype: str = "fp32"
     summary: list[tuple] = field(default_factory=list)
     pairs: list[tuple] = field(default_factory=list)
+    paired: list[str] = field(default_factory=list)  # the tasks the summary pairs, in order (default: every retrieval task)
     intervals: str = ""
     setup: str = ""
     budget: str = ""
@@ -136,7 +137,8 @@ def load_plan(path: str | os.PathLike) -> Plan:
     return Plan(str(data["name"]), str(data.get("title", data["name"])), str(data["model"]), int(data["target"]),
                 variants, cells, dict(data.get("texts") or {}), evaluation, dict(data.get("training") or {}),
                 str(data.get("dtype", "fp32")), [tuple(c) for c in data.get("summary") or []],
-                [tuple(p) for p in data.get("pairs") or []], str(data.get("intervals", "")),
+                [tuple(p) for p in data.get("pairs") or []], [str(t) for t in data.get("paired") or []],
+                str(data.get("intervals", "")),
                 str(data.get("setup", "")), str(data.get("budget", "")), str(path), str(data.get("archive", "")))
 
 
@@ -406,28 +408,32 @@ def rebuilt_section(rows: list[dict], records: dict) -> list[str]:
 
 
 def summary(plan: Plan, runs: list[dict]) -> list[str]:
-    """One row per variant over the plan's summary columns ``(task, length, depths, heading)``: rates
-    with their 95% interval and n, ``loglik`` the needle answer's log-likelihood, ``ppl-ratio`` the
-    perplexity as a ratio to the base's over the same windows; then the paired differences of the
-    plan's pairs (all depths and 25-75%)."""
+    """One row per variant over the plan's summary columns ``(what, length, depths, heading)``: a
+    task's rate (or perplexity) with its 95% interval and n; ``TASK:loglik`` its answer's
+    log-likelihood per token; ``TASK:ratio`` a perplexity task's ratio to the base's over the same
+    windows; then the paired differences of the plan's pairs on every retrieval task (all depths
+    and 25-75%)."""
     from ropestretch.compare import BAND_TEXT, differences, pair_perplexity, pair_runs
+    from ropestretch.eval.tasks import TASKS, get_task
     from ropestretch.report import (loglik_difference, loglik_text, markdown_table, perplexity_text, rate_text,
                                     ratio_text, rows_at)
 
     by_label = {r["label"]: r for r in runs}
     base = plan.order()[0]
 
-    def value(run: dict, test: str, length: int, depths) -> str | None:
-        if test == "ppl-ratio":  # over the same windows (their fingerprints agree) under the variant and the base
-            paired = pair_perplexity(run, by_label[base])[0] if run["label"] != base and base in by_label else []
+    def value(run: dict, what: str, length: int, depths) -> str | None:
+        name, _, view = what.partition(":")
+        task = get_task(name)
+        if view == "ratio":  # over the same windows (their fingerprints agree) under the variant and the base
+            paired = pair_perplexity(run, by_label[base], name)[0] if run["label"] != base and base in by_label else []
             ratio = next((d for d in paired if d["length"] == length), None)
             return ratio and ratio_text(ratio, with_n=True)
-        rows = run["results"].get("needle" if test == "loglik" else test, [])
-        rows = [r for r in rows if r["cell"]["length"] == length] if test == "ppl" else rows_at(
-            rows, length, tuple(depths) if depths else None)
+        rows = run["results"].get(name, [])
+        rows = [r for r in rows if r["cell"]["length"] == length] if not task.retrieval else rows_at(
+            rows, length, tuple(depths) if depths else None, task.place)
         if not rows:
             return None
-        return {"ppl": perplexity_text, "loglik": loglik_text}.get(test, rate_text)(rows)
+        return loglik_text(rows) if view == "loglik" else rate_text(rows) if task.retrieval else perplexity_text(rows)
 
     table = {r["label"]: {c[3]: value(r, *c[:3]) for c in plan.summary} for r in runs}
     columns = [c[3] for c in plan.summary if any(table[r][c[3]] for r in table)]
@@ -438,14 +444,14 @@ def summary(plan: Plan, runs: list[dict]) -> list[str]:
     if plan.intervals:
         parts += [plan.intervals.strip()[0].upper() + plan.intervals.strip()[1:], ""]
     paired = []
-    for test in ("needle", "passkey"):
+    for task in [get_task(t) for t in plan.paired] if plan.paired else [t for t in TASKS.values() if t.retrieval]:
         for a, b in plan.pairs:
-            if a not in by_label or b not in by_label:
+            if a not in by_label or b not in by_label or not by_label[a]["results"].get(task.name):
                 continue
-            pairing = pair_runs(by_label[a], by_label[b], test)
+            pairing = pair_runs(by_label[a], by_label[b], task.name)
             if isinstance(pairing, str):
                 continue
-            paired += [[f"{a} - {b}", test, str(d["length"]), BAND_TEXT[d["band"]], f"{d['n']} ({d['units']})",
+            paired += [[f"{a} - {b}", task.name, str(d["length"]), BAND_TEXT[d["band"]], f"{d['n']} ({d['units']})",
                         f"{100 * (d['acc_a'] - d['acc_b']):+.0f} points", f"{d['only_a']} / {d['only_b']}",
                         f"{d['p']:.2g}", loglik_difference(d, 2)]
                        for d in differences(pairing) if d["band"] in ("all", "middle")]
