@@ -297,3 +297,24 @@ def test_study_8k_training_records_are_relative_and_a_rebuilt_checkpoint_is_kept
     section = "\n".join(rebuilt_section([archived, rerun], records))
     assert "| cream-yarn | 2.500000 | 2.500100 | 0 | passkey@4096x2s0-repro | 1 of 2 | 0.3 |" in section
     assert not rebuilt_section([archived], {"cream-yarn": first})
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("name: x\n", "the plan has no 'model'"),
+    ("name: x\nmodel: m\ntarget: 8\nvariants: {a: {}}\ncells: [{task: nope, variants: [a], length: 4, samples: 1}]\n",
+     "unknown evaluation task 'nope'"),
+    ("name: x\nmodel: m\ntarget: 8\nvariants: {a: {}}\ncells: [{task: passkey, variants: [b], length: 4, samples: 1}]\n",
+     "unknown variant 'b'"),
+    ("name: x\nmodel: m\ntarget: 8\nvariants: {a: {}}\ncells: [{task: passkey, variants: [a]}]\n",
+     "needs task, variants, length and samples"),
+    ("name: x\nmodel: m\ntarget: 8\nvariants: {a: {}}\ncells: [{task: ppl, variants: [a], length: 4, samples: 1},"
+     " {task: ppl, variants: [a], length: 4, samples: 1}]\n", "two cells share the run folder a/ppl@4x1s0"),
+    ("[1, 2]\n", "must hold a mapping"),
+])
+def test_a_bad_plan_is_one_line(tmp_path, text, fragment):
+    from clihelp import assert_one_line_error, run_cli
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(text)
+    assert_one_line_error(run_cli("study", plan, "--out", tmp_path / "out"), fragment)
+    assert not (tmp_path / "out").exists()
