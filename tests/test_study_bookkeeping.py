@@ -318,3 +318,49 @@ def test_a_bad_plan_is_one_line(tmp_path, text, fragment):
     plan.write_text(text)
     assert_one_line_error(run_cli("study", plan, "--out", tmp_path / "out"), fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_plan_runs_end_to_end_resumes_and_reports(tiny_lm_dir, text_dir, tmp_path):
+    """A small plan on the tiny model: a variant applied, one fine-tuned, cells in order into their own
+    run folders, a rerun that runs nothing, and the report from every row (archived, then the union)."""
+    from clihelp import run_cli
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"""name: tiny
+title: a tiny study
+model: {tiny_lm_dir}
+target: 256
+texts: {{train: {text_dir}}}
+evaluation: {{prompt: legacy, batch_size: 2, depths: [0, 100]}}
+training: {{steps: 2, batch_size: 2, lr: 1.0e-3, cream_k: 4, save_steps: 2}}
+variants:
+  base: {{}}
+  yarn: {{scaling: yarn}}
+  cream-yarn: {{positions: cream, scaling: yarn}}
+summary: [[passkey, 128, null, passkey 128], ["ppl:ratio", 128, null, ppl ratio]]
+pairs: [[cream-yarn, yarn]]
+cells:
+  - {{task: passkey, variants: [base, yarn, cream-yarn], length: 128, samples: 2}}
+  - {{task: ppl, variants: [base, yarn], length: 128, samples: 1}}
+""")
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    code, _, err = run_cli("study", plan, "--out", out)
+    assert code == 0, err
+    assert (out / "models" / "yarn" / "ropestretch.json").is_file()
+    assert json.loads((out / "models" / "cream-yarn" / "ropestretch.json").read_text())["steps"] == 2
+    folders = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").glob("*/*"))
+    assert folders == ["base/passkey@128x2s0", "base/ppl@128x1s0", "cream-yarn/passkey@128x2s0",
+                       "yarn/passkey@128x2s0", "yarn/ppl@128x1s0"]
+    code, _, err = run_cli("study", plan, "--out", out, "--report", docs)
+    assert code == 0, err
+    text = (docs / "report.md").read_text()
+    assert "# ropestretch report: a tiny study" in text and "| variant | passkey 128 | ppl ratio |" in text
+    assert "| cream-yarn - yarn | passkey | 128 | all |" in text
+    assert len((docs / "results.jsonl").read_text().splitlines()) == 2 * 3 + 2
+    # with the archive, nothing runs again even where the run folders are gone
+    import shutil
+
+    shutil.rmtree(out / "runs")
+    code, _, err = run_cli("study", plan, "--out", out, "--archive", docs / "results.jsonl")
+    assert code == 0, err
+    assert not (out / "runs").exists()
