@@ -495,7 +495,8 @@ def ruler_section(runs: list[dict[str, Any]], threshold: float = RULER_THRESHOLD
                   "Each task's score is RULER's: the share of the references found in the generated text (percent), "
                   "with its 95% interval (Wilson's where every sample is all or nothing, else Student's t) and n; the "
                   f"average is over the {len(have)} synthetic task(s) run, with a bootstrap interval stratified by "
-                  "task (RULER's published average also holds its two QA tasks).", "",
+                  "task, which has no width where no task's samples differ (RULER's published average also holds "
+                  "its two QA tasks).", "",
                   markdown_table(["length"] + [t.name for t in have] + ["average"], table), ""]
         absolute = effective_length(averages, threshold)
         short = averages[lengths[0]]
