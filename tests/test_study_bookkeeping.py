@@ -189,10 +189,14 @@ def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(plan, tmp_p
         assert command.startswith("ropestretch ")
         return parser.parse_args(shlex.split(command.replace("<out>", str(tmp_path)).replace("<variant>", "v"))[1:])
 
+    from ropestretch.eval.tasks import get_task
+
     for cell in plan.cells:
         args = parse(eval_command(plan, cell))
-        assert (args.test, args.lengths, args.samples, args.seed, args.dtype) == (cell.task, [cell.length], cell.samples,
-                                                                                 cell.seed, "fp32")
+        suite = get_task(cell.task).suite
+        assert (args.test, args.lengths, args.samples, args.seed, args.dtype) == (
+            suite or cell.task, [cell.length], cell.samples, cell.seed, "fp32")
+        assert suite is None or args.tasks == cell.task
         assert args.text == str(path) and args.out.endswith(f"/evals/v/{cell.name}")
         if cell.task != "ppl":
             assert (args.depths, args.scoring, args.prompt) == (list(cell.depths), "generate", "chat")

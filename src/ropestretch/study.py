@@ -263,7 +263,8 @@ def eval_command(plan: Plan, cell: Cell) -> str:
         flags += ["--scoring", plan.evaluation.get("scoring", task.scoring),
                   "--prompt", plan.evaluation.get("prompt", "auto")]
     text = ["--text <out>/data/eval.jsonl"] if plan.texts.get("eval") else []
-    return " ".join(["ropestretch eval", cell.task, "--model <out>/models/<variant>", *text,
+    which = [task.suite, "--tasks", cell.task] if task.suite else [cell.task]  # a suite's task runs through it
+    return " ".join(["ropestretch eval", *which, "--model <out>/models/<variant>", *text,
                      "--lengths", str(cell.length), *flags, "--samples", str(cell.samples), "--seed", str(cell.seed),
                      f"--batch-size {plan.evaluation.get('batch_size', 1)} --dtype {plan.dtype}",
                      f"--out <out>/evals/<variant>/{cell.name}"])
