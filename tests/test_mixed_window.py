@@ -23,12 +23,9 @@ def stock_config(config_dict):
 
 def rotary_at(config, length):
     """inv_freq and attention scaling transformers' module uses for a sequence of ``length`` positions."""
-    import importlib
+    from ropestretch.gguf.keys import rotary_module
 
-    name = config.model_type
-    module = importlib.import_module(f"transformers.models.{name}.modeling_{name}")
-    prefix = config.architectures[0].split("For")[0] if getattr(config, "architectures", None) else name.capitalize()
-    rotary = getattr(module, f"{prefix}RotaryEmbedding")(config=config)
+    rotary = rotary_module(config)
     x = torch.zeros(1, length, 8)
     rotary(x, torch.arange(length)[None])  # the module switches by the largest position id
     return rotary.inv_freq.double(), float(rotary.attention_scaling)

@@ -111,10 +111,9 @@ def gguf_rope(scaled: Scaled) -> GgufRope:
     return GgufRope(keys, np.asarray(scaled.factors, dtype=np.float32))
 
 
-def transformers_rotary(config) -> tuple[np.ndarray, float]:
-    """The inverse frequencies (float64) and attention scaling of the rotary module transformers
-    builds for ``config`` (a ``PretrainedConfig``): what the checkpoint runs, read from transformers
-    itself rather than recomputed here."""
+def rotary_module(config):
+    """The rotary module transformers builds for ``config`` (a ``PretrainedConfig``), or one line
+    where this transformers has none that takes a config."""
     import importlib
 
     name = config.model_type
@@ -123,10 +122,17 @@ def transformers_rotary(config) -> tuple[np.ndarray, float]:
     prefix = architectures[0].split("For")[0] if architectures else name.capitalize()
     cls = getattr(module, f"{prefix}RotaryEmbedding", None)
     try:
-        rotary = cls(config=config)
+        return cls(config=config)
     except TypeError:  # no such class, or one of an older transformers that takes no config
         raise UsageError(f"this transformers has no rotary module ropestretch can build from a config for "
                          f"{name}; upgrade transformers (4.48 or later)") from None
+
+
+def transformers_rotary(config) -> tuple[np.ndarray, float]:
+    """The inverse frequencies (float64) and attention scaling of the rotary module transformers
+    builds for ``config``: what the checkpoint runs, read from transformers itself rather than
+    recomputed here."""
+    rotary = rotary_module(config)
     return rotary.inv_freq.double().numpy(), float(rotary.attention_scaling)
 
 
