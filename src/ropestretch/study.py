@@ -86,8 +86,12 @@ class Plan:
     source: str = ""  # the plan file, as the report's commands name it
     archive: str = ""  # the rows measured so far (docs/.../results.jsonl): their cells are not run again
 
+    def checkpoint(self, variant: str) -> str:
+        """The variant whose checkpoint ``variant`` evaluates: its own, or the one its ``on:`` names."""
+        return self.variants.get(variant, {}).get("on", variant)
+
     def fine_tuned(self, variant: str) -> bool:
-        return "positions" in self.variants.get(variant, {})
+        return "positions" in self.variants.get(self.checkpoint(variant), {})
 
     def order(self) -> list[str]:
         """The variants in the plan's order."""
@@ -115,6 +119,17 @@ def load_plan(path: str | os.PathLike) -> Plan:
     variants = data["variants"]
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise UsageError(f"{path}: variants must map a name to its settings (scaling, positions)")
+    for name, spec in variants.items():
+        if "on" in spec and (spec["on"] not in variants or "on" in variants[spec["on"]] or
+                             {"scaling", "positions"} & set(spec)):
+            raise UsageError(f"{path}: variant {name!r}: `on` names another variant, one with a checkpoint of its "
+                             "own, instead of a scaling or positions")
+        if spec.get("attention") not in (None, "none"):
+            from ropestretch.attention import ATTENTION_METHODS
+
+            if spec["attention"] not in ATTENTION_METHODS:
+                raise UsageError(f"{path}: variant {name!r}: unknown attention {spec['attention']!r} "
+                                 f"(one of {', '.join(ATTENTION_METHODS)})")
     evaluation = dict(data.get("evaluation") or {})
     depths = tuple(float(d) for d in evaluation.pop("depths", ()) or ())
     cells = []
@@ -201,6 +216,7 @@ def model_path(plan: Plan, out: Path, variant: str, train: bool = True) -> Path 
     """The variant's checkpoint, made on first use (None for a fine-tune when ``train`` is off)."""
     from ropestretch.checkpoints import resolve_model
 
+    variant = plan.checkpoint(variant)
     spec = plan.variants[variant]
     base = resolve_model(plan.model)
     folder = out / "models" / variant
@@ -241,7 +257,7 @@ def train_command(plan: Plan, variant: str) -> str:
 def model_command(plan: Plan, variant: str) -> str | None:
     """The command that makes a training-free variant's checkpoint (None for the base and the fine-tunes)."""
     spec = plan.variants[variant]
-    if not spec.get("scaling") or plan.fine_tuned(variant):
+    if not spec.get("scaling") or plan.fine_tuned(variant) or "on" in spec:
         return None
     return f"ropestretch apply --model {plan.model} --scaling {spec['scaling']} --target {plan.target} " \
            f"--out <out>/models/{variant}"
@@ -268,6 +284,15 @@ def eval_command(plan: Plan, cell: Cell) -> str:
                      "--lengths", str(cell.length), *flags, "--samples", str(cell.samples), "--seed", str(cell.seed),
                      f"--batch-size {plan.evaluation.get('batch_size', 1)} --dtype {plan.dtype}",
                      f"--out <out>/evals/<variant>/{cell.name}"])
+
+
+def attention_flags(plan: Plan, variant: str) -> str:
+    """The flags a variant with a training-free attention method adds to its cells' commands ("" for none)."""
+    spec = plan.variants[variant]
+    if spec.get("attention") in (None, "none"):
+        return ""
+    return " ".join([f"--attention {spec['attention']}"] + [f"--{k.replace('_', '-')} {v}" for k, v in
+                                                           (spec.get("attention_options") or {}).items()])
 
 
 def archived(archive: Path) -> set:
@@ -299,6 +324,7 @@ def evaluate(plan: Plan, out: Path, cell: Cell, done: set, train: bool = True) -
         folder = model_path(plan, out, variant, train)
         if folder is None:
             continue
+        spec = plan.variants[variant]
         depths = [c["depth"] for c in todo] if cell.depths else None
         name = cell.name if len(todo) == len(cell.cells()) else f"{cell.name}~" + ",".join(f"{d:g}" for d in depths)
         say(f"eval {variant} {name}")
@@ -306,7 +332,8 @@ def evaluate(plan: Plan, out: Path, cell: Cell, done: set, train: bool = True) -
         run(cell.task, str(folder), out / "runs" / variant / name, lengths=[cell.length], samples=cell.samples,
             seed=cell.seed, text=str(text_path(plan, out, "eval")) if plan.texts.get("eval") else None,
             scoring=plan.evaluation.get("scoring"), prompt=plan.evaluation.get("prompt", "auto"),
-            batch_size=plan.evaluation.get("batch_size", 1), dtype=plan.dtype, **options)
+            batch_size=plan.evaluation.get("batch_size", 1), dtype=plan.dtype, attention=spec.get("attention"),
+            attention_options=spec.get("attention_options"), **options)
 
 
 def run_study(plan: Plan, out: str | os.PathLike, archive: Path | None = None, train: bool = True) -> None:
@@ -521,12 +548,17 @@ def write_study_report(plan: Plan, out: str | os.PathLike, docs: str | os.PathLi
               f"Each model, reproducible as (`<out>/data/...` is written by `{command} --prepare`; the base is "
               f"`--model {plan.model}` itself):", "", "```bash"]
     parts += [c for c in (model_command(plan, v) for v in plan.order()) if c]
-    parts += [train_command(plan, v) for v in plan.order() if plan.fine_tuned(v)]
+    parts += [train_command(plan, v) for v in plan.order() if plan.fine_tuned(v) and "on" not in plan.variants[v]]
     parts += ["```", "", "Each evaluation cell that has run, as the command it equals for any variant (the study "
               f"runs `ropestretch.eval.run` with these arguments; for the base, `--model {plan.model}`; into a fresh "
               "`<out>`, as a run folder refuses other arguments than its own):", "", "```bash",
               *dict.fromkeys(eval_command(plan, c) for c in plan.cells if any((v, c.name) in done for v in c.variants)),
               "```", ""]
+    methods = [f"`{v}`: `--model " + (f"<out>/models/{plan.checkpoint(v)}" if plan.variants[plan.checkpoint(v)].get(
+        "scaling") else plan.model) + f" {attention_flags(plan, v)}`" for v in plan.order() if attention_flags(plan, v)]
+    if methods:
+        parts += ["A variant with a training-free attention method runs those commands on another checkpoint, "
+                  "with its flags: " + "; ".join(methods) + ".", ""]
     if plan.budget:
         parts += ["## Budget", "", plan.budget.strip(), ""]
     parts += ["## Time of each part", "", markdown_table(["part", "seconds"],
