@@ -97,18 +97,18 @@ def test_demo_training_rows_mix_copy_blocks_and_retrieval():
     answer and end-of-text; every row is exactly the window long; an unknown kind is one clear error."""
     from transformers import AutoTokenizer
 
-    from ropestretch.demo import training_rows
+    from ropestretch.data.training_rows import make_rows
     from ropestretch.errors import UsageError
 
     tok = AutoTokenizer.from_pretrained(BASE)
-    rows = training_rows(tok, 256, 40, {"copy": 0.5, "needle": 0.5}, seed=0)
+    rows = [r["input_ids"] for r in make_rows("mix", tok, 256, 40, seed=0, mix={"copy": 0.5, "needle": 0.5})]
     assert all(len(r) == 256 for r in rows)
     periods = [next((p for p in range(16, 49) if r[p:] == r[:-p]), None) for r in rows]
     ends = [r[-1] == tok.eos_token_id for r in rows]
     assert all(p is not None or e for p, e in zip(periods, ends))
     assert 10 <= sum(p is not None for p in periods) <= 30 and 10 <= sum(ends) <= 30
     with pytest.raises(UsageError, match="unknown training task"):
-        training_rows(tok, 256, 4, {"video": 1.0}, seed=0)
+        make_rows("mix", tok, 256, 4, seed=0, mix={"video": 1.0})
 
 
 def test_needles_row_asks_every_needle_with_its_own_number():
@@ -150,18 +150,19 @@ def test_needles_row_asks_every_needle_with_its_own_number():
 def test_demo_training_rows_hold_several_needles_only_when_asked():
     from transformers import AutoTokenizer
 
-    from ropestretch.demo import DemoPlan, training_rows
+    from ropestretch.data.training_rows import make_rows
+    from ropestretch.demo import DemoPlan
     from ropestretch.errors import UsageError
 
     tok = AutoTokenizer.from_pretrained(BASE)
     assert DemoPlan().needles == 3
     for needles, most in ((1, 1), (3, 3)):
-        rows = training_rows(tok, 256, 30, {"needle": 1.0}, seed=0, needles=needles)
-        asked = [tok.decode(r).count("What is the magic number") for r in rows]
+        rows = make_rows("mix", tok, 256, 30, seed=0, mix={"needle": 1.0}, needles=needles)
+        asked = [tok.decode(r["input_ids"]).count("What is the magic number") for r in rows]
         assert max(asked) == most and min(asked) == 1
     for bad in (0, -2, 1.5):
         with pytest.raises(UsageError, match="needles per row must be an integer from 1"):
-            training_rows(tok, 256, 3, {"needle": 1.0}, seed=0, needles=bad)
+            make_rows("mix", tok, 256, 3, seed=0, mix={"needle": 1.0}, needles=bad)
 
 
 def test_demo_train_options_cannot_override_the_plan(tmp_path):

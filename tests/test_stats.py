@@ -191,13 +191,14 @@ def test_runs_that_do_not_share_prompts_are_unpaired_in_one_line(runs, tiny_lm_d
     code, out, err = run_cli("report", runs / "base", runs / "seed1", old, other_tok, depths, "--out", tmp_path / "rep")
     assert code == 0, err
     report = (tmp_path / "rep" / "report.md").read_text()
-    assert "- `base` and `seed1` are unpaired on passkey: different seeds (0 and 1)." in report
-    assert "- `base` and `old` are unpaired on passkey: `old` predates per-sample records" in report
-    assert "- `base` and `other` are unpaired on passkey: their prompts differ at 24 of 24 common samples" in report
-    assert "- `base` and `depths` are unpaired on passkey: no sample in common" in report
-    assert ("- `base` and `seed1` are unpaired on perplexity at 256: no window in common (another text, tokenizer "
-            "or seed)") in report
-    assert "- `base` and `old` are unpaired on perplexity at 256: `old` kept no per-window records at 256" in report
+    assert "- Unpaired on passkey (different seeds (0 and 1)): `base` - `seed1`" in report
+    assert "- Unpaired on passkey: `old` predates per-sample records (rerun into a new folder to pair)." in report
+    assert "- Unpaired on passkey (their prompts differ at 24 of 24 common samples" in report
+    assert "- Unpaired on passkey (no sample in common (other lengths, depths or sample counts)): `base` - `depths`" \
+        in report
+    assert ("- Unpaired on ppl: no window in common (another text, tokenizer or seed) (`base` and `seed1` at 256"
+            in report)
+    assert report.count("- Unpaired on ppl: `old` kept no per-window records at 256 (sliding mode, or an older run).") == 1
     assert "| old | 100% [96-100], n = 100 |" in report  # the old folder still reports, with intervals
     assert "### " not in report.split("## Paired comparisons")[1]  # nothing compared as if paired
 

@@ -1,107 +1,86 @@
-"""The real-model study's bookkeeping (benchmarks/real_model.py): every evaluation cell has its own
-run folder, and the report's archive keeps rows that the run folder no longer holds."""
+"""Studies as plans (ropestretch.study): the SmolLM2 studies' archives read through the runner, the
+report's bookkeeping, the commands it prints, bad plans, and a small plan end to end."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_model.py"
+ROOT = Path(__file__).resolve().parents[1]
+PLAN_SMOLLM2 = ROOT / "examples" / "studies" / "smollm2.yaml"
+DOCS_SMOLLM2 = ROOT / "docs" / "smollm2"
 
 
-@pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("real_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["real_model"] = module  # dataclasses look their module up while the file runs
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("real_model", None)
+def _legacy(variant, test, cell, **row):
+    """A row as the study scripts before the runner archived it: keyed by test, not by cell."""
+    return {"variant": variant, "test": test, "row": {"test": "ppl" if test.startswith("ppl") else test,
+                                                      "cell": cell, **row}}
 
 
-def test_no_two_cells_share_a_run_folder(study):
-    for variant in study.ALL:
-        folders = [study.cell_folder(c) for c in study.EVALS if variant in c.variants]
-        assert len(folders) == len(set(folders)), variant
+def test_the_first_smollm2_study_is_a_plan_whose_archive_reproduces_its_table(tmp_path):
+    """The first SmolLM2 study (once benchmarks/real_model.py) as a plan: every archived row is in one
+    of its cells, none is left to run but the ones never measured, and the report written from the
+    archive alone (no run folder) carries the figures the script's report had."""
+    from ropestretch.study import archived, load_plan, pending, read_archive, write_study_report
+
+    plan = load_plan(PLAN_SMOLLM2)
+    rows = read_archive(plan, DOCS_SMOLLM2 / "results.jsonl")
+    planned = {(v, c.name) for c in plan.cells for v in c.variants}
+    assert len(rows) == 239 and {(r["variant"], r["cell"]) for r in rows} <= planned
+    left = {(v, c.name) for v, c in pending(plan, archived(plan, DOCS_SMOLLM2 / "results.jsonl"))}
+    assert len(left) == 12 and ("cream-yarn", "passkey@16384x1s0@25,50,75") not in left
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("results.jsonl", "training.json"):
+        (docs / name).write_text((DOCS_SMOLLM2 / name).read_text())
+    text = write_study_report(plan, tmp_path / "out", docs).read_text()
+    # the script's summary: yarn 3/7 and cream-yarn 7/7 passkeys at 16K, perplexity on prose and code
+    assert "| yarn | 12.52 | 9.03 | 11.08 | 6.10 | 100% [57-100], n = 5 | 43% [16-75], n = 7 |" in text
+    assert "| cream-yarn | 11.11 | 8.41 | - | 5.71 | 100% [57-100], n = 5 | 100% [65-100], n = 7 |" in text
+    assert "| plain-yarn-heldout | 10.71 | 8.12 | 9.98 | 5.53 |" in text
 
 
-def _write(folder: Path, rows):
-    folder.mkdir(parents=True)
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+def test_rows_archived_before_the_runner_are_placed_in_the_plan_cells(tmp_path):
+    """A row keyed by test (the scripts' archive) goes into the plan's first cell holding its variant,
+    task or label, length and depth; code perplexity stays apart from prose; a row no cell holds is one line."""
+    from ropestretch.errors import UsageError
+    from ropestretch.study import load_plan, read_archive, study_runs
 
-
-def test_archive_keeps_rows_the_runs_lost(study, tmp_path):
-    first = {"test": "passkey", "cell": {"length": 16384, "depth": 50.0}, "correct": 1, "n": 1}
-    second = {"test": "passkey", "cell": {"length": 4096, "depth": 50.0}, "correct": 0, "n": 1}
-    code = {"test": "ppl", "cell": {"length": 4096}, "ppl": 3.5}
-    _write(tmp_path / "run" / "evals" / "yarn" / "passkey@16384x1", [first])
-    _write(tmp_path / "run" / "evals" / "yarn" / "passkey@4096x2", [second])
-    _write(tmp_path / "run" / "evals" / "yarn" / "ppl-code@4096x1", [code])
+    plan = load_plan(PLAN_SMOLLM2)
     archive = tmp_path / "results.jsonl"
-    found = study.results(tmp_path / "run", archive)
-    assert found[("yarn", "passkey")] == [first, second]  # two cells of one test, both read
-    assert found[("yarn", "ppl-code")] == [code]  # code perplexity kept apart from prose
-    # the run folders go (another machine, a cleaned folder): the archive still holds every row
-    empty = tmp_path / "elsewhere"
-    (empty / "evals").mkdir(parents=True)
-    assert study.results(empty, archive) == found
-    # a rerun of a cell replaces its archived row instead of adding a second one
-    newer = dict(first, correct=0)
-    _write(empty / "evals" / "yarn" / "passkey@16384x1", [newer])
-    again = study.results(empty, archive)
-    assert again[("yarn", "passkey")] == [newer, second]
+    legacy = [_legacy("yarn", "passkey", {"length": 16384, "depth": 37.5}, correct=1, n=1),
+              _legacy("yarn", "passkey", {"length": 16384, "depth": 25.0}, correct=0, n=1),
+              _legacy("yarn", "ppl", {"length": 4096}, ppl=12.5),
+              _legacy("yarn", "ppl-code", {"length": 4096}, ppl=6.2)]
+    archive.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    rows = read_archive(plan, archive)
+    assert [r["cell"] for r in rows] == ["passkey@16384x1s0@37.5,62.5", "passkey@16384x1s0@25,50,75", "ppl@4096x1s0",
+                                         "ppl-code@4096x1s0"]
+    runs = study_runs(plan, rows, {})
+    assert [r["ppl"] for r in runs[0]["results"]["ppl"]] == [12.5]
+    assert [r["ppl"] for r in runs[0]["results"]["ppl-code"]] == [6.2]
+    archive.write_text(json.dumps(_legacy("yarn", "needle", {"length": 8192, "depth": 0.0}, correct=1, n=1)) + "\n")
+    with pytest.raises(UsageError, match="row 1 .* is in no cell of the plan"):
+        read_archive(plan, archive)
 
 
-def test_archived_cells_are_not_rerun(study, tmp_path, monkeypatch):
-    """A clean machine with the archive makes no checkpoint for a cell already measured, and does
-    for a cell that is not."""
-    cell = study.Cell("passkey", ("cream-yarn",), (16384,), 1, (25.0, 75.0))
-    archive = tmp_path / "results.jsonl"
-    archive.write_text("".join(json.dumps({"variant": "cream-yarn", "test": "passkey",
-                                           "row": {"cell": {"length": 16384, "depth": d}, "correct": 1, "n": 1}})
-                               + "\n" for d in (25.0, 75.0)))
-    made = []
+def test_the_heldout_recipe_has_no_passkey_rows_and_the_same_budget():
+    from ropestretch.study import load_plan
 
-    def prepare(out, base, variant, train=True):
-        made.append(variant)
-        return None  # as if the fine-tune had not run: nothing is evaluated
-
-    monkeypatch.setattr(study, "prepare", prepare)
-    study.evaluate(tmp_path / "run", tmp_path / "base", cell, study.archived_cells(archive))
-    assert made == []
-    missing = study.Cell("passkey", ("cream-yarn",), (16384,), 1, (25.0, 50.0, 75.0))  # 50% not archived
-    study.evaluate(tmp_path / "run", tmp_path / "base", missing, study.archived_cells(archive))
-    assert made == ["cream-yarn"]
+    plan = load_plan(PLAN_SMOLLM2)
+    full, held = plan.texts["train"], plan.texts["heldout"]
+    assert "passkey" in full["mix"] and "passkey" not in held["mix"]
+    assert {k: full[k] for k in ("rows", "length", "count", "seed")} == {k: held[k] for k in ("rows", "length", "count", "seed")}
+    assert full["count"] == plan.training["steps"] * plan.training["batch_size"]  # one pass over the rows
+    assert {v for v, spec in plan.variants.items() if spec.get("data") == "heldout"} == {
+        "cream-yarn-heldout", "pose-yarn-heldout", "plain-yarn-heldout"}
 
 
-def test_training_records_outlive_the_checkpoints(study, tmp_path):
-    meta = {"train_seconds": 500.0, "train_tokens": 131072, "final_loss": 1.5, "other": 1}
-    folder = tmp_path / "run" / "models" / "pose-yarn-heldout"
-    folder.mkdir(parents=True)
-    (folder / "ropestretch.json").write_text(json.dumps(meta))
-    archive = tmp_path / "training.json"
-    kept = study.training_records(tmp_path / "run", archive)
-    assert kept == {"pose-yarn-heldout": {"train_seconds": 500.0, "train_tokens": 131072, "final_loss": 1.5}}
-    (tmp_path / "elsewhere").mkdir()
-    assert study.training_records(tmp_path / "elsewhere", archive) == kept
-
-
-def test_heldout_recipe_has_no_passkey_rows_and_the_same_budget(study):
-    full, held = study.RECIPES["full"], study.RECIPES["heldout"]
-    assert "passkey" in dict(full.mix) and "passkey" not in dict(held.mix)
-    assert (full.steps, full.batch_size, full.row_length, full.rows) == (held.steps, held.batch_size,
-                                                                         held.row_length, held.rows)
-
-
-PLAN_8K = SCRIPT.parents[1] / "examples" / "studies" / "smollm2-8k.yaml"
-DOCS_8K = SCRIPT.parents[1] / "docs" / "smollm2-8k"
+PLAN_8K = ROOT / "examples" / "studies" / "smollm2-8k.yaml"
+DOCS_8K = ROOT / "docs" / "smollm2-8k"
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +194,7 @@ def test_the_archived_rows_stay_valid_through_the_runner(plan):
     in the same order), and the runner has none of them left to run."""
     from ropestretch.study import archived, pending
 
-    done = archived(DOCS_8K / "results.jsonl")
+    done = archived(plan, DOCS_8K / "results.jsonl")
     planned = {(v, c.name) for c in plan.cells for v in c.variants}
     assert {(v, name) for v, name, _ in done} <= planned
     assert len(done) > 100
@@ -272,7 +251,7 @@ def _absolute_paths(value):
 
 def test_records_in_docs_name_no_folder_of_the_machine_they_were_made_on():
     """Every JSON record under docs/ names the study's folders as <out>/..., never a machine's path."""
-    docs = SCRIPT.parents[1] / "docs"
+    docs = ROOT / "docs"
     found = []
     for path in sorted(docs.rglob("*.json")) + sorted(docs.rglob("*.jsonl")):
         lines = [path.read_text()] if path.suffix == ".json" else path.read_text().splitlines()
@@ -336,33 +315,48 @@ def test_a_plan_runs_end_to_end_resumes_and_reports(tiny_lm_dir, text_dir, tmp_p
 title: a tiny study
 model: {tiny_lm_dir}
 target: 256
-texts: {{train: {text_dir}}}
+texts:
+  train: {{rows: mix, length: 64, count: 4, seed: 0, mix: {{text: 1.0, copy: 1.0}}}}
+  other: {text_dir}
 evaluation: {{prompt: legacy, batch_size: 2, depths: [0, 100]}}
 training: {{steps: 2, batch_size: 2, lr: 1.0e-3, cream_k: 4, save_steps: 2}}
 variants:
   base: {{}}
   yarn: {{scaling: yarn}}
   cream-yarn: {{positions: cream, scaling: yarn}}
-summary: [[passkey, 128, null, passkey 128], ["ppl:ratio", 128, null, ppl ratio]]
+  se-yarn: {{checkpoint: yarn, attention: self-extend, attention_options: {{group: 2, neighbor: 32}}}}
+summary: [[passkey, 128, null, passkey 128], ["ppl:ratio", 128, null, ppl ratio], [ppl-other, 128, null, other ppl]]
 pairs: [[cream-yarn, yarn]]
 cells:
   - {{task: passkey, variants: [base, yarn, cream-yarn], length: 128, samples: 2}}
-  - {{task: ppl, variants: [base, yarn], length: 128, samples: 1}}
+  - {{task: ppl, variants: [base, yarn, se-yarn], length: 128, samples: 1}}
+  - {{task: ppl, as: ppl-other, text: other, variants: [base], length: 128, samples: 1}}
 """)
     out, docs = tmp_path / "out", tmp_path / "docs"
     code, _, err = run_cli("study", plan, "--out", out)
     assert code == 0, err
-    assert (out / "models" / "yarn" / "ropestretch.json").is_file()
-    assert json.loads((out / "models" / "cream-yarn" / "ropestretch.json").read_text())["steps"] == 2
+    assert (out / "models" / "yarn" / "ropestretch.json").is_file() and not (out / "models" / "se-yarn").exists()
+    record = json.loads((out / "models" / "cream-yarn" / "ropestretch.json").read_text())
+    assert record["steps"] == 2 and record["training"]["data"] == str(out / "data" / "train.jsonl")
+    rows = [json.loads(line) for line in (out / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["input_ids"]) == 64 for r in rows) and {r["kind"] for r in rows} <= {
+        "text", "copy"}
     folders = sorted(p.relative_to(out / "runs").as_posix() for p in (out / "runs").glob("*/*"))
-    assert folders == ["base/passkey@128x2s0", "base/ppl@128x1s0", "cream-yarn/passkey@128x2s0",
-                       "yarn/passkey@128x2s0", "yarn/ppl@128x1s0"]
+    assert folders == ["base/passkey@128x2s0", "base/ppl-other@128x1s0", "base/ppl@128x1s0",
+                       "cream-yarn/passkey@128x2s0", "se-yarn/ppl@128x1s0", "yarn/passkey@128x2s0", "yarn/ppl@128x1s0"]
+    args = json.loads((out / "runs" / "se-yarn" / "ppl@128x1s0" / "eval-args.json").read_text())["ppl"]
+    assert args["model"].endswith("models/yarn") and args["attention"]["method"] == "self-extend"
+    other = json.loads((out / "runs" / "base" / "ppl-other@128x1s0" / "eval-args.json").read_text())["ppl"]
+    folder = out / "runs" / "base" / "ppl-other@128x1s0"
+    prose = json.loads((out / "runs" / "base" / "ppl@128x1s0" / "eval-args.json").read_text())["ppl"]
+    assert (folder / other["text"]).resolve() == text_dir.resolve() and prose.get("text") != other["text"]
     code, _, err = run_cli("study", plan, "--out", out, "--report", docs)
     assert code == 0, err
     text = (docs / "report.md").read_text()
-    assert "# ropestretch report: a tiny study" in text and "| variant | passkey 128 | ppl ratio |" in text
+    assert "# ropestretch report: a tiny study" in text and "| variant | passkey 128 | ppl ratio | other ppl |" in text
     assert "| cream-yarn - yarn | passkey | 128 | all |" in text
-    assert len((docs / "results.jsonl").read_text().splitlines()) == 2 * 3 + 2
+    assert "`se-yarn`: `--model <out>/models/yarn --attention self-extend --group 2 --neighbor 32`" in text
+    assert len((docs / "results.jsonl").read_text().splitlines()) == 2 * 3 + 4
     # with the archive, nothing runs again even where the run folders are gone
     import shutil
 

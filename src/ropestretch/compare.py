@@ -55,7 +55,7 @@ def per_sample(run: dict[str, Any], test: str) -> dict[tuple, dict[str, Any]] | 
     if not rows:
         return f"`{run['label']}` has no {test} results"
     if any(not isinstance(r.get("samples"), list) for r in rows):
-        return f"`{run['label']}` predates per-sample records (rerun it into a new folder to pair it)"
+        return f"`{run['label']}` predates per-sample records (rerun it into a new folder to pair it)"  # report.PREDATES
     return {(r.get("seed"), r["cell"]["length"], place(test, r["cell"]), s["i"]): s for r in rows for s in r["samples"]}
 
 

@@ -244,7 +244,7 @@ def render(runs: list[dict[str, Any]], out: Path, threshold: float = RULER_THRES
         parts += ["## Training cost", "", markdown_table(
             ["run", "positions", "scaling", "window -> target", "steps", "train tokens", "train time", "final loss"],
             [[r["label"], r["meta"].get("positions", "-"), r["meta"].get("scaling", "-"),
-              f"{r['meta']['window']} -> {r['meta']['target']}", str(r["meta"].get("steps")),
+              f"{r['meta'].get('window', '-')} -> {r['meta'].get('target', '-')}", str(r["meta"].get("steps", "-")),
               f"{r['meta'].get('train_tokens', 0):,}", f"{r['meta']['train_seconds']:.0f} s",
               f"{r['meta'].get('final_loss') or float('nan'):.3f}"] for r in trained]), ""]
 
@@ -388,17 +388,25 @@ def _paired_perplexity(runs: list[dict], test: str) -> list[str]:
     """For every two runs of a perplexity task: their ratio over the same windows, or why they do not pair."""
     parts: list[str] = []
     have = [r for r in runs if r["results"].get(test)]
+    reasons: dict[str, list[str]] = {}  # why -> the pairs it holds for, each reason once
     for i, a in enumerate(have):
         for b in have[i + 1:]:
             paired, unpaired = pair_perplexity(a, b, test)
-            parts += [line for u in unpaired for line in (f"- {u}.", "")]
+            for line in unpaired:
+                head, _, why = line.partition(": ")
+                reasons.setdefault(why, []).append(head.replace(" are unpaired on perplexity", ""))
             if paired:
                 parts += [f"### Perplexity: `{a['label']}` / `{b['label']}`, the same windows", "", markdown_table(
                     ["length", "n windows", f"perplexity {a['label']}", f"perplexity {b['label']}",
                      "ratio [95% paired t interval]"],
                     [[str(d["length"]), str(d["n"]), _fmt(d["ppl_a"], pct=False), _fmt(d["ppl_b"], pct=False),
                       ratio_text(d)] for d in paired]), ""]
+    for why, pairs in reasons.items():  # a reason that names one run holds for every pair with it: said once
+        parts += [f"- Unpaired on {test}: {why}" + ("." if why.startswith("`") else f" ({'; '.join(pairs)})."), ""]
     return parts
+
+
+PREDATES = "predates per-sample records (rerun it into a new folder to pair it)"
 
 
 def _paired_section(runs: list[dict]) -> list[str]:
@@ -408,11 +416,17 @@ def _paired_section(runs: list[dict]) -> list[str]:
     for task in _tasks("retrieval"):
         test, title = task.name, task.title
         have = [r for r in runs if r["results"].get(test)]
+        unpaired: dict[str, list[str]] = {}  # why -> the pairs it holds for: one line per reason
+        old: dict[str, None] = {}
         for i, a in enumerate(have):
             for b in have[i + 1:]:
                 pairing = pair_runs(a, b, test)
                 if isinstance(pairing, str):
-                    parts += [f"- {pairing}.", ""]
+                    why = pairing.split(": ", 1)[1]
+                    if why.endswith(PREDATES):  # one line for every run without per-sample records
+                        old.setdefault(why.split("`")[1], None)
+                    else:
+                        unpaired.setdefault(why, []).append(f"`{a['label']}` - `{b['label']}`")
                     continue
                 rows = differences(pairing)
                 extra = "" if not (pairing.only_a or pairing.only_b) else (
@@ -429,6 +443,11 @@ def _paired_section(runs: list[dict]) -> list[str]:
                                 f"{d['only_a']} / {d['only_b']}", f"{d['p']:.3g}",
                                 loglik_difference(d)]
                                for d in rows]), ""]
+        if old:
+            parts += [f"- Unpaired on {test}: " + ", ".join(f"`{label}`" for label in old) +
+                      (" predate" if len(old) > 1 else " predates") + " per-sample records (rerun into a new folder "
+                      "to pair).", ""]
+        parts += [f"- Unpaired on {test} ({why}): {', '.join(pairs)}.\n" for why, pairs in unpaired.items()]
     for task in _tasks("perplexity"):
         parts += _paired_perplexity(runs, task.name)
     if parts:

@@ -52,13 +52,19 @@ class Cell:
     depths: tuple = ()
     tag: str = ""  # "repro": a rebuilt checkpoint's rerun of an archived cell, kept out of the tables
     default_depths: tuple = field(default=(), compare=False, repr=False)
+    text: str = "eval"  # the plan's text (a role of its ``texts``) the prompts or windows are drawn from
+    label: str = ""  # what the report calls the task on another text (``ppl-code``); default the task
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.task
 
     @property
     def name(self) -> str:
         """The run folder's name: ``needle@16384x2s0``, with the depths where not the plan's, and the tag."""
         shown = "" if self.depths == self.default_depths or not self.depths else "@" + ",".join(
             f"{d:g}" for d in self.depths)
-        return f"{self.task}@{self.length}x{self.samples}s{self.seed}{shown}" + (f"-{self.tag}" if self.tag else "")
+        return f"{self.shown}@{self.length}x{self.samples}s{self.seed}{shown}" + (f"-{self.tag}" if self.tag else "")
 
     def cells(self) -> list[dict]:
         """The result rows' cells it makes for each variant."""
@@ -87,8 +93,8 @@ class Plan:
     archive: str = ""  # the rows measured so far (docs/.../results.jsonl): their cells are not run again
 
     def checkpoint(self, variant: str) -> str:
-        """The variant whose checkpoint ``variant`` evaluates: its own, or the one its ``on:`` names."""
-        return self.variants.get(variant, {}).get("on", variant)
+        """The variant whose checkpoint ``variant`` evaluates: its own, or the one its ``checkpoint`` names."""
+        return self.variants.get(variant, {}).get("checkpoint", variant)
 
     def fine_tuned(self, variant: str) -> bool:
         return "positions" in self.variants.get(self.checkpoint(variant), {})
@@ -96,6 +102,14 @@ class Plan:
     def order(self) -> list[str]:
         """The variants in the plan's order."""
         return list(self.variants)
+
+    def task_of(self, shown: str) -> str:
+        """The task a report name stands for: a cell's label (``ppl-code``) or the task itself."""
+        return next((c.task for c in self.cells if c.label == shown), shown)
+
+    def shown_of(self, cell_name: str, task: str) -> str:
+        """What the report calls the rows of run folder ``cell_name``: its cell's label, else the task."""
+        return next((c.shown for c in self.cells if c.name == cell_name), task)
 
 
 def load_plan(path: str | os.PathLike) -> Plan:
@@ -119,11 +133,15 @@ def load_plan(path: str | os.PathLike) -> Plan:
     variants = data["variants"]
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise UsageError(f"{path}: variants must map a name to its settings (scaling, positions)")
+    texts = dict(data.get("texts") or {})
     for name, spec in variants.items():
-        if "on" in spec and (spec["on"] not in variants or "on" in variants[spec["on"]] or
-                             {"scaling", "positions"} & set(spec)):
-            raise UsageError(f"{path}: variant {name!r}: `on` names another variant, one with a checkpoint of its "
-                             "own, instead of a scaling or positions")
+        if spec.get("data", "train") not in texts and "positions" in spec:
+            raise UsageError(f"{path}: variant {name!r} trains on text {spec.get('data', 'train')!r}, which the "
+                             "plan's texts do not name")
+        if "checkpoint" in spec and (spec["checkpoint"] not in variants or "checkpoint" in variants[spec["checkpoint"]]
+                                     or {"scaling", "positions"} & set(spec)):
+            raise UsageError(f"{path}: variant {name!r}: `checkpoint` names another variant, one with a checkpoint "
+                             "of its own, instead of a scaling or positions")
         if spec.get("attention") not in (None, "none"):
             from ropestretch.attention import ATTENTION_METHODS
 
@@ -142,15 +160,20 @@ def load_plan(path: str | os.PathLike) -> Plan:
             raise UsageError(f"{path}: cell {number} names an unknown variant {unknown[0]!r}")
         cell_depths = tuple(float(d) for d in raw.get("depths", depths)) if task.place is not None and \
             task.place.key == "depth" else ()
-        for seed in raw.get("seeds", [raw.get("seed", 0)]):
-            cells.append(Cell(task.name, tuple(raw["variants"]), int(raw["length"]), int(raw["samples"]), int(seed),
-                              cell_depths, str(raw.get("tag", "")), depths))
+        role = str(raw.get("text", "eval"))
+        if role != "eval" and role not in texts:
+            raise UsageError(f"{path}: cell {number} reads text {role!r}, which the plan's texts do not name")
+        lengths = raw["length"] if isinstance(raw["length"], list) else [raw["length"]]
+        for length in lengths:
+            for seed in raw.get("seeds", [raw.get("seed", 0)]):
+                cells.append(Cell(task.name, tuple(raw["variants"]), int(length), int(raw["samples"]), int(seed),
+                                  cell_depths, str(raw.get("tag", "")), depths, role, str(raw.get("as", ""))))
     folders = [(v, c.name) for c in cells for v in c.variants]
     twice = sorted({f for f in folders if folders.count(f) > 1})
     if twice:
         raise UsageError(f"{path}: two cells share the run folder {twice[0][0]}/{twice[0][1]}")
     return Plan(str(data["name"]), str(data.get("title", data["name"])), str(data["model"]), int(data["target"]),
-                variants, cells, dict(data.get("texts") or {}), evaluation, dict(data.get("training") or {}),
+                variants, cells, texts, evaluation, dict(data.get("training") or {}),
                 str(data.get("dtype", "fp32")), [tuple(c) for c in data.get("summary") or []],
                 [tuple(p) for p in data.get("pairs") or []], [str(t) for t in data.get("paired") or []],
                 str(data.get("intervals", "")),
@@ -160,15 +183,14 @@ def load_plan(path: str | os.PathLike) -> Plan:
 # --- 1. the texts --------------------------------------------------------------------------------
 
 
-def stdlib_docstrings(out: Path) -> Path:
+def stdlib_docstrings(folder: Path) -> None:
     """One .txt per standard-library module: its docstrings (tests, IDLE, tkinter left out)."""
     from ropestretch.data.corpus import module_docstrings
 
-    folder = out / "data" / "train"
     if folder.is_dir() and any(folder.iterdir()):
-        return folder
+        return
     stdlib = Path(os.__file__).parent
-    staging = out / "data" / ".train.partial"
+    staging = folder.parent / f".{folder.name}.partial"
     staging.mkdir(parents=True, exist_ok=True)
     for path in sorted(stdlib.rglob("*.py")):
         rel = path.relative_to(stdlib)
@@ -178,35 +200,90 @@ def stdlib_docstrings(out: Path) -> Path:
         if text:
             (staging / ("_".join(rel.with_suffix("").parts) + ".txt")).write_text(text, encoding="utf-8")
     staging.rename(folder)
-    return folder
 
 
-def language_reference(out: Path) -> Path:
-    """Python's language reference (``pydoc_data`` topics) as ``<out>/data/eval.jsonl``, one
-    ``{"text": ...}`` per topic; one already there that differs is refused, never overwritten."""
-    from ropestretch.data.corpus import language_reference as topics
-
-    path = out / "data" / "eval.jsonl"
-    text = "".join(json.dumps({"text": t}) + "\n" for t in topics())
+def _documents(path: Path, docs: list[str], what: str) -> None:
+    """``docs`` as ``path``, one ``{"text": ...}`` per document; one already there that differs is
+    refused, never overwritten."""
+    text = "".join(json.dumps({"text": t}) + "\n" for t in docs)
     if path.exists():
         if not path.is_file() or path.read_text(encoding="utf-8", errors="replace") != text:
-            raise UsageError(f"{path} is not this Python's language reference as the study reads it; move it aside")
-        return path
+            raise UsageError(f"{path} is not {what} as the study reads it; move it aside")
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, text)
+
+
+def language_reference(path: Path) -> None:
+    """Python's language reference (``pydoc_data`` topics), one document per topic."""
+    from ropestretch.data.corpus import language_reference as topics
+
+    _documents(path, topics(), "this Python's language reference")
+
+
+def stdlib_code(path: Path) -> None:
+    """Python's own standard-library sources (the first 60 modules over 20,000 characters): real
+    code that ships with every Python."""
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    _documents(path, [f.read_text(encoding="utf-8", errors="replace") for f in files if f.stat().st_size > 20000][:60],
+               "this Python's standard-library code")
+
+
+# a built-in text: the name a plan gives it -> (where under <out>/data it is written, what writes it)
+TEXTS: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "stdlib-docstrings": ("train", stdlib_docstrings),
+    "language-reference": ("eval.jsonl", language_reference),
+    "stdlib-code": ("code.jsonl", stdlib_code)}
+
+
+def generated_rows(plan: Plan, out: Path, role: str, spec: dict) -> Path:
+    """Training rows generated by a source of :data:`ropestretch.data.training_rows.ROW_SOURCES`
+    (``{rows: NAME, length, count, seed, <its options>}``) with the base model's tokenizer, as
+    ``<out>/data/<role>.jsonl`` (made once; the same rows for every fine-tune that reads them)."""
+    from transformers import AutoTokenizer
+
+    from ropestretch.checkpoints import resolve_model
+    from ropestretch.data.training_rows import make_rows
+
+    path = out / "data" / f"{role}.jsonl"
+    if path.is_file():
+        return path
+    options = {k: v for k, v in spec.items() if k not in ("rows", "length", "count", "seed")}
+    if not {"length", "count"} <= set(spec):
+        raise UsageError(f"{plan.source}: text {role!r}: generated rows need a length and a count")
+    say(f"training rows {role}: {spec['count']} x {spec['length']} tokens ({spec['rows']})")
+    rows = make_rows(spec["rows"], AutoTokenizer.from_pretrained(resolve_model(plan.model)), spec["length"],
+                     spec["count"], spec.get("seed", 0), **options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-TEXTS: dict[str, Callable[[Path], Path]] = {"stdlib-docstrings": stdlib_docstrings,
-                                            "language-reference": language_reference}
-
-
-def text_path(plan: Plan, out: Path, role: str) -> Path | None:
-    """The plan's ``train`` or ``eval`` text: a built-in source (:data:`TEXTS`) written under ``out``, or a path."""
+def text_file(plan: Plan, role: str) -> str | None:
+    """Where the plan's text ``role`` lives: ``<out>/data/...`` for a built-in or generated one, else its path."""
     source = plan.texts.get(role)
     if source is None:
         return None
-    return TEXTS[source](out) if source in TEXTS else Path(source).expanduser()
+    if isinstance(source, dict):
+        return f"<out>/data/{role}.jsonl"
+    return f"<out>/data/{TEXTS[source][0]}" if source in TEXTS else str(source)
+
+
+def text_path(plan: Plan, out: Path, role: str) -> Path | None:
+    """The plan's text ``role`` (``train``, ``eval`` or any it names): a built-in source (:data:`TEXTS`)
+    or generated training rows written under ``out`` on first use, or a path; None where the plan names none."""
+    source = plan.texts.get(role)
+    if source is None:
+        return None
+    if isinstance(source, dict):
+        return generated_rows(plan, out, role, source)
+    if source in TEXTS:
+        name, write = TEXTS[source]
+        write(out / "data" / name)
+        return out / "data" / name
+    return Path(source).expanduser()
 
 
 # --- 2. the models -------------------------------------------------------------------------------
@@ -237,7 +314,7 @@ def model_path(plan: Plan, out: Path, variant: str, train: bool = True) -> Path 
 
     settings = {**plan.training, **spec.get("training", {})}
     say(f"fine-tune {variant}: {spec['positions']} positions x {spec['scaling']}")
-    run_train(make_config(model=plan.model, data=str(text_path(plan, out, "train")), out=str(folder),
+    run_train(make_config(model=plan.model, data=str(text_path(plan, out, spec.get("data", "train"))), out=str(folder),
                           target=plan.target, positions=spec["positions"], scaling=spec["scaling"], dtype=plan.dtype,
                           progress=False, resume=(folder / "run.json").is_file(), **settings))
     return folder
@@ -249,7 +326,8 @@ def train_command(plan: Plan, variant: str) -> str:
     settings = {**plan.training, **spec.get("training", {})}
     flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in settings.items()
              if k not in ("save_steps", "save_total_limit")]
-    return (f"ropestretch train --model {plan.model} --data <out>/data/train --out <out>/models/{variant} --positions "
+    return (f"ropestretch train --model {plan.model} --data {text_file(plan, spec.get('data', 'train'))} --out "
+            f"<out>/models/{variant} --positions "
             f"{spec['positions']} --scaling {spec['scaling']} --target {plan.target} --dtype {plan.dtype} "
             + " ".join(flags))
 
@@ -257,7 +335,7 @@ def train_command(plan: Plan, variant: str) -> str:
 def model_command(plan: Plan, variant: str) -> str | None:
     """The command that makes a training-free variant's checkpoint (None for the base and the fine-tunes)."""
     spec = plan.variants[variant]
-    if not spec.get("scaling") or plan.fine_tuned(variant) or "on" in spec:
+    if not spec.get("scaling") or plan.fine_tuned(variant) or "checkpoint" in spec:
         return None
     return f"ropestretch apply --model {plan.model} --scaling {spec['scaling']} --target {plan.target} " \
            f"--out <out>/models/{variant}"
@@ -278,7 +356,7 @@ def eval_command(plan: Plan, cell: Cell) -> str:
     if task.retrieval:
         flags += ["--scoring", plan.evaluation.get("scoring", task.scoring),
                   "--prompt", plan.evaluation.get("prompt", "auto")]
-    text = ["--text <out>/data/eval.jsonl"] if plan.texts.get("eval") else []
+    text = [f"--text {text_file(plan, cell.text)}"] if plan.texts.get(cell.text) else []
     which = [task.suite, "--tasks", cell.task] if task.suite else [cell.task]  # a suite's task runs through it
     return " ".join(["ropestretch eval", *which, "--model <out>/models/<variant>", *text,
                      "--lengths", str(cell.length), *flags, "--samples", str(cell.samples), "--seed", str(cell.seed),
@@ -295,11 +373,28 @@ def attention_flags(plan: Plan, variant: str) -> str:
                                                            (spec.get("attention_options") or {}).items()])
 
 
-def archived(archive: Path) -> set:
+def read_archive(plan: Plan, archive: Path) -> list[dict]:
+    """The archived rows as ``{variant, cell, row}``. A row archived by a study script before the
+    runner (``{variant, test, row}``) is placed in the plan's first cell that holds it (its variant,
+    task or label, length and depth); one no cell holds is one line."""
+    rows = []
+    for number, r in enumerate(read_jsonl(archive), 1):
+        if "cell" not in r:
+            cell = r["row"]["cell"]
+            home = next((c for c in plan.cells if r["variant"] in c.variants and c.shown == r["test"]
+                         and c.length == cell["length"] and (not c.depths or cell.get("depth") in c.depths)), None)
+            if home is None:
+                raise UsageError(f"{archive}: row {number} ({r['variant']} {r['test']} {cell}) is in no cell of the plan")
+            r = {"variant": r["variant"], "cell": home.name, "row": r["row"]}
+        rows.append(r)
+    return rows
+
+
+def archived(plan: Plan, archive: Path) -> set:
     """(variant, cell name, result cell) of every archived row."""
     from ropestretch.eval.store import cell_key
 
-    return {(r["variant"], r["cell"], cell_key(r["row"]["cell"])) for r in read_jsonl(archive)}
+    return {(r["variant"], r["cell"], cell_key(r["row"]["cell"])) for r in read_archive(plan, archive)}
 
 
 def pending(plan: Plan, done: set) -> list[tuple[str, Cell]]:
@@ -330,7 +425,7 @@ def evaluate(plan: Plan, out: Path, cell: Cell, done: set, train: bool = True) -
         say(f"eval {variant} {name}")
         options = {"depths": depths} if depths else {}
         run(cell.task, str(folder), out / "runs" / variant / name, lengths=[cell.length], samples=cell.samples,
-            seed=cell.seed, text=str(text_path(plan, out, "eval")) if plan.texts.get("eval") else None,
+            seed=cell.seed, text=str(text_path(plan, out, cell.text)) if plan.texts.get(cell.text) else None,
             scoring=plan.evaluation.get("scoring"), prompt=plan.evaluation.get("prompt", "auto"),
             batch_size=plan.evaluation.get("batch_size", 1), dtype=plan.dtype, attention=spec.get("attention"),
             attention_options=spec.get("attention_options"), **options)
@@ -341,7 +436,7 @@ def run_study(plan: Plan, out: str | os.PathLike, archive: Path | None = None, t
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    done = archived(archive) if archive is not None else set()
+    done = archived(plan, archive) if archive is not None else set()
     for cell in plan.cells:
         evaluate(plan, out, cell, done, train)
     say(f"all done in {time.time() - started:.0f} s")
@@ -356,7 +451,7 @@ def collect(plan: Plan, out: Path, archive: Path) -> list[dict]:
     from ropestretch.eval import read_results
     from ropestretch.eval.store import cell_key
 
-    rows = read_jsonl(archive)
+    rows = read_archive(plan, archive)
     seen = {(r["variant"], r["cell"], cell_key(r["row"]["cell"])) for r in rows}
     for root in ("evals", "runs"):
         for variant in plan.order():
@@ -451,7 +546,7 @@ def summary(plan: Plan, runs: list[dict]) -> list[str]:
 
     def value(run: dict, what: str, length: int, depths) -> str | None:
         name, _, view = what.partition(":")
-        task = get_task(name)
+        task = get_task(plan.task_of(name))
         if view == "ratio":  # over the same windows (their fingerprints agree) under the variant and the base
             paired = pair_perplexity(run, by_label[base], name)[0] if run["label"] != base and base in by_label else []
             ratio = next((d for d in paired if d["length"] == length), None)
@@ -512,12 +607,12 @@ def study_runs(plan: Plan, rows: list[dict], records: dict) -> list[dict]:
     """The rows as one report run per variant (a rerun cell, ``-repro``, left out)."""
     runs = []
     for variant in plan.order():
-        mine = [r["row"] for r in rows if r["variant"] == variant and not r["cell"].endswith("-repro")]
+        mine = [r for r in rows if r["variant"] == variant and not r["cell"].endswith("-repro")]
         if not mine:
             continue
         results: dict = {}
-        for row in mine:
-            results.setdefault(row["test"], []).append(row)
+        for r in mine:  # a task on another text under its cell's label (ppl-code), apart from the task
+            results.setdefault(plan.shown_of(r["cell"], r["row"]["test"]), []).append(r["row"])
         runs.append({"label": variant, "args": {t: {"scoring": plan.evaluation.get("scoring", "generate")}
                                                 for t in results}, "results": results,
                      "meta": records.get(variant, {})})
@@ -548,7 +643,7 @@ def write_study_report(plan: Plan, out: str | os.PathLike, docs: str | os.PathLi
               f"Each model, reproducible as (`<out>/data/...` is written by `{command} --prepare`; the base is "
               f"`--model {plan.model}` itself):", "", "```bash"]
     parts += [c for c in (model_command(plan, v) for v in plan.order()) if c]
-    parts += [train_command(plan, v) for v in plan.order() if plan.fine_tuned(v) and "on" not in plan.variants[v]]
+    parts += [train_command(plan, v) for v in plan.order() if plan.fine_tuned(v) and "checkpoint" not in plan.variants[v]]
     parts += ["```", "", "Each evaluation cell that has run, as the command it equals for any variant (the study "
               f"runs `ropestretch.eval.run` with these arguments; for the base, `--model {plan.model}`; into a fresh "
               "`<out>`, as a run folder refuses other arguments than its own):", "", "```bash",

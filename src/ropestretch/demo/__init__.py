@@ -17,7 +17,7 @@ From the small base model (window N = 256) to L = 2048 (8x):
 
 from ropestretch.demo.plan import BASE_MODEL, DemoPlan, variant_name, variants
 from ropestretch.demo.report import summary_table, write_demo_report
-from ropestretch.demo.steps import Demo, training_rows
+from ropestretch.demo.steps import Demo
 
-__all__ = ["BASE_MODEL", "Demo", "DemoPlan", "summary_table", "training_rows", "variant_name", "variants",
+__all__ = ["BASE_MODEL", "Demo", "DemoPlan", "summary_table", "variant_name", "variants",
            "write_demo_report"]

@@ -12,46 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ropestretch.demo.plan import BASE_MODEL, DemoPlan, variant_name, variants
 from ropestretch.errors import UsageError
 from ropestretch.jsonl import write_whole
 from ropestretch.locks import folder_lock, is_empty
-
-
-def training_rows(tokenizer, length: int, count: int, mix: dict[str, float], seed: int,
-                  needles: int = 1) -> list[list[int]]:
-    """``count`` rows of exactly ``length`` tokens: prose, and retrieval samples whose question and
-    answer end the row (so under CREAM they sit in the tail segment, the needle anywhere before).
-    ``needles > 1``: needle rows hold 1 to ``needles`` needles, all asked (:func:`tasks.needles_row`)."""
-    from ropestretch.data import tasks
-    from ropestretch.data.corpus import builtin_documents
-
-    needles = tasks.check_needles(needles)
-    kinds = ("text", "copy", *tasks.TRAINING_TASKS)
-    unknown = sorted(set(mix) - set(kinds))
-    if unknown:
-        raise UsageError(f"unknown training task {unknown[0]!r} in the mix (one of {', '.join(kinds)})")
-    rng = np.random.default_rng(seed)
-    docs = builtin_documents()
-    haystack = tasks.Haystack(tokenizer, docs)
-    kinds = rng.choice(list(mix), size=count, p=np.array(list(mix.values())) / sum(mix.values()))
-    rows = []
-    for kind in kinds:
-        if kind == "text":
-            rows.append(haystack.fill(length, rng)[0])
-            continue
-        if kind == "copy":  # repeated random blocks, as in the base's copy curriculum
-            rows.append(tasks.copy_row(tokenizer, length, rng))
-            continue
-        if kind == "needle" and needles > 1:
-            rows.append(tasks.needles_row(tokenizer, haystack, length, rng, needles))
-            continue
-        body = tasks.training_sample(kind, tokenizer, haystack, length, rng)
-        filler = haystack.fill(max(0, length - len(body)), rng)[0] if len(body) < length else []
-        rows.append((filler + body)[-length:])
-    return rows
 
 
 class Demo:
@@ -101,11 +65,13 @@ class Demo:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(self.base)
+        from ropestretch.data.training_rows import make_rows
+
         count = self.plan.budget // length
         self.say(f"building {count} training rows of {length} tokens")
-        rows = training_rows(tok, length, count, self.plan.mix, self.plan.seed, self.plan.needles)
+        rows = make_rows("mix", tok, length, count, self.plan.seed, mix=self.plan.mix, needles=self.plan.needles)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(path, "".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
+        write_whole(path, "".join(json.dumps({"input_ids": r["input_ids"]}) + "\n" for r in rows))
         return path
 
     def apply(self, scaling: str) -> Path:
