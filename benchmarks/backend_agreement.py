@@ -5,6 +5,8 @@ and each backend's time per prompt. Run in the engines venv (`make engines` buil
 
     .venv-engines/bin/python benchmarks/backend_agreement.py --out /tmp/agree --lengths 4096,16384
     .venv-engines/bin/python benchmarks/backend_agreement.py --out /tmp/agree --lengths 4096 --samples 1 --quick
+    .venv-engines/bin/python benchmarks/backend_agreement.py --out /tmp/time --lengths 8192,16384 --depths 50 \
+        --samples 1 --tasks passkey              # the time per prompt at 8K and 16K, one prompt each
 
 Each backend's run folder is an ordinary `ropestretch eval` run (`ropestretch report` pairs them);
 the table printed at the end pairs every backend with transformers prompt by prompt: the share of
@@ -50,8 +52,9 @@ def exports(out: Path) -> dict[str, Path]:
 
 
 def measure(out: Path, backends: list[str], lengths: list[int], depths: list[float], samples: int,
-            dtype: str) -> dict[str, dict]:
-    """Each backend's needle, passkey and perplexity runs; returns {backend: {task: (folder, seconds)}}."""
+            dtype: str, tasks: tuple[str, ...] = ("needle", "passkey", "ppl")) -> dict[str, dict]:
+    """Each backend's needle, passkey and perplexity runs (those of ``tasks``); returns {backend: {task:
+    (folder, seconds)}}."""
     from ropestretch.eval import run
 
     models = exports(out)
@@ -61,6 +64,8 @@ def measure(out: Path, backends: list[str], lengths: list[int], depths: list[flo
         for task, options in (("needle", {"depths": depths, "scoring": "generate", "prompt": "chat"}),
                               ("passkey", {"depths": depths, "scoring": "generate", "prompt": "chat"}),
                               ("ppl", {})):
+            if task not in tasks:
+                continue
             folder = out / "evals" / f"{backend}-{dtype}" / task
             started = time.time()
             run(task, str(models[backend]), folder, lengths=lengths, samples=samples if task != "ppl" else 2,
@@ -79,7 +84,7 @@ def agreement(done: dict[str, dict]) -> list[list[str]]:
     for backend, runs in done.items():
         if backend == "transformers":
             continue
-        for task in ("needle", "passkey"):
+        for task in [t for t in ("needle", "passkey") if t in runs]:
             a, b = load_run(reference[task][0]), load_run(runs[task][0])
             pairing = pair_runs(a, b, task)
             if isinstance(pairing, str):
@@ -90,6 +95,8 @@ def agreement(done: dict[str, dict]) -> list[list[str]]:
             right = (sum(x["correct"] for x in pairing.left), sum(y["correct"] for y in pairing.right))
             rows.append([backend, task, str(len(gaps)), f"{same} of {len(gaps)} ({100 * same / len(gaps):.0f}%)",
                          f"{max(gaps):.3f} / {sum(gaps) / len(gaps):.3f}", f"{right[0]} / {right[1]}"])
+        if "ppl" not in runs:
+            continue
         paired, unpaired = pair_perplexity(load_run(reference["ppl"][0]), load_run(runs["ppl"][0]), "ppl")
         for d in paired:
             rows.append([backend, f"ppl {d['length']}", str(d["n"]), "-", "-",
@@ -103,7 +110,7 @@ def timings(done: dict[str, dict]) -> list[list[str]]:
     out = []
     per = {}
     for backend, runs in done.items():
-        for task in ("needle", "passkey"):
+        for task in [t for t in ("needle", "passkey") if t in runs]:
             for row in read_jsonl(Path(runs[task][0]) / "results.jsonl"):
                 per.setdefault((backend, row["cell"]["length"]), []).append(row["seconds"] / row["n"])
     for (backend, length), values in sorted(per.items()):
@@ -122,6 +129,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--backends", default="transformers,vllm,llamacpp")
     parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--tasks", default="needle,passkey,ppl", help="which of needle, passkey and ppl to run")
     parser.add_argument("--quick", action="store_true", help="the engine check's size, and its verdict")
     args = parser.parse_args()
     from ropestretch.report import markdown_table
@@ -132,7 +140,10 @@ def main() -> int:
     backends = args.backends.split(",")
     if "transformers" not in backends:
         backends.insert(0, "transformers")
-    done = measure(Path(args.out), backends, lengths, depths, samples, args.dtype)
+    tasks = tuple(args.tasks.split(","))
+    if not set(tasks) <= {"needle", "passkey", "ppl"}:
+        parser.error(f"--tasks takes needle, passkey and ppl, got {args.tasks!r}")
+    done = measure(Path(args.out), backends, lengths, depths, samples, args.dtype, tasks)
     rows = agreement(done)
     print(markdown_table(["backend", "task", "n", "same answer as transformers", "log-lik/token gap, largest / mean",
                   "right: transformers / backend, or ppl ratio"], rows))
