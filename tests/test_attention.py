@@ -60,12 +60,18 @@ def models(tmp_path_factory):
     return lambda family: AutoModelForCausalLM.from_pretrained(out[family], dtype=torch.float32).eval()
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "products"])
 @pytest.mark.parametrize("family", ["llama-3.1-8b", "qwen2.5-7b", "stablelm-2-1.6b"])
 @pytest.mark.parametrize("method,options,rel", METHODS, ids=[m[0] for m in METHODS])
-def test_the_fast_path_equals_the_papers_formula(models, family, method, options, rel, monkeypatch):
+def test_the_fast_path_equals_the_papers_formula(models, family, method, options, rel, fused, monkeypatch):
+    """Both ways of computing it (each branch through PyTorch's fused CPU kernel merged by log-sum-exp,
+    or the chunk's scores chosen by i - j) against the explicit relative-position matrix."""
     from transformers import AttentionInterface
 
     import ropestretch.attention as attention
+
+    monkeypatch.setattr(attention, "FUSED", fused)
+    assert fused is False or attention._flash_for_cpu() is not None  # the pinned PyTorch has the kernel
 
     model = models(family)
     ids = torch.randint(3, 500, (1, 120), generator=torch.Generator().manual_seed(0))

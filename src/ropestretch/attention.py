@@ -20,8 +20,12 @@ whatever RoPE the checkpoint carries (any ``--scaling`` composes: the methods re
 checkpoint's frequencies and attention factor rotate them). A pair in the far branch is the same
 pair rotated by an extra angle: the query by ``delta_q(i)`` and the key by ``delta_k(j)``, the
 differences between its far-branch and original positions (RoPE's rotations compose). Attention
-runs over query chunks, so memory is a chunk's scores against the keys (two of them, near and far),
-never a ``T x T`` position or mask tensor. The decoding path is the same function with one query.
+runs over query chunks, each branch only on the keys where some query of the chunk needs it (the far
+branch on the keys up to ``max(i) - boundary``, the near one from ``min(i) - boundary + 1`` on). On
+CPU each branch goes through PyTorch's fused attention kernel (the one behind SDPA), which returns
+each query's log-sum-exp, and the two are merged as one softmax; elsewhere the chunk's scores are
+computed, chosen by ``i - j`` and normalised together. Memory is a chunk's mask or scores against the
+keys, never a ``T x T`` position or mask tensor. The decoding path is the same function with one query.
 
 Where it differs from the authors' code (docs/methods.md): Self-Extend's prefill there shifts the
 grouped queries by ``w - w / G`` (a float), its decoding by ``w - w // G``; here both use the
@@ -40,7 +44,8 @@ from typing import Any
 from ropestretch.errors import UsageError
 from ropestretch.eval.registry import Option, option_values, positive_int
 
-CHUNK_FLOATS = 1 << 25  # score entries per query chunk (128 MB in float32), per branch
+CHUNK_FLOATS = 1 << 25  # score (or mask) entries per query chunk (128 MB in float32)
+FUSED = True  # on CPU, each branch through PyTorch's fused attention kernel (False: the plain product path)
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,32 @@ def _rotate(x, delta, inv_freq):
     return torch.cat([rot * cos + turned * sin, rest], -1)
 
 
+def _flash_for_cpu():
+    """PyTorch's fused CPU attention that also returns each query's log-sum-exp (the kernel behind
+    ``scaled_dot_product_attention`` on CPU), or None where this PyTorch has none."""
+    import torch
+
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _additive(allowed, dtype):
+    """A boolean mask as the additive one the fused kernel takes (0 where allowed, -inf elsewhere)."""
+    import torch
+
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
+def _merge(parts):
+    """One softmax over several key sets from each set's output and log-sum-exp: ``sum_b exp(lse_b - m)
+    out_b / sum_b exp(lse_b - m)``."""
+    import torch
+
+    top = torch.stack([lse for _, lse in parts]).amax(0)
+    weights = [torch.exp(lse - top) for _, lse in parts]
+    total = sum(weights)
+    return sum(out.float() * (w / total)[..., None] for (out, _), w in zip(parts, weights))
+
+
 def remapped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """An ``AttentionInterface`` function: causal attention with the module's method's relative
     positions (the module carries ``ropestretch_far`` and ``ropestretch_inv_freq``: :func:`enable`)."""
@@ -158,17 +189,41 @@ def remapped_attention(module, query, key, value, attention_mask, scaling=None, 
     scaling = dim ** -0.5 if scaling is None else scaling
     key_far = key if far.delta_k is None else _rotate(key, far.delta_k(k_pos), inv_freq)
     query_far = _rotate(query, far.delta_q(q_pos), inv_freq)
+    padding = attention_mask if attention_mask is not None and attention_mask.dtype == torch.bool else None
+    flash = _flash_for_cpu() if query.device.type == "cpu" and FUSED else None
     chunk = max(1, CHUNK_FLOATS // max(1, batch * heads * kv_len))
     out = torch.empty_like(query)
     for start in range(0, q_len, chunk):
         end = min(q_len, start + chunk)
         distance = q_pos[start:end, None] - k_pos[None, :]
-        near = torch.matmul(query[:, :, start:end], key.transpose(-1, -2))
-        scores = torch.where(distance < far.boundary, near,
-                             torch.matmul(query_far[:, :, start:end], key_far.transpose(-1, -2)))
-        scores = (scores.float() * scaling).masked_fill(distance < 0, float("-inf"))
-        if attention_mask is not None and attention_mask.dtype == torch.bool:  # padding, where a mask says so
-            scores = scores.masked_fill(~attention_mask[:, :, start:end, :kv_len], float("-inf"))
+        # keys before `lo` are in the far branch for every query of the chunk, keys from `hi` on in the
+        # near one (or in the future): each branch is scored only where some query needs it
+        lo = min(kv_len, max(0, int(q_pos[start:end].min()) - far.boundary + 1))
+        hi = min(kv_len, max(0, int(q_pos[start:end].max()) - far.boundary + 1))
+        q, q_far = query[:, :, start:end], query_far[:, :, start:end]
+        allowed = distance >= 0
+        if padding is not None:
+            allowed = allowed & padding[:, :, start:end, :kv_len]
+        if flash is not None:  # each branch through the fused kernel, merged by the two log-sum-exps
+            near_ok = (allowed & (distance < far.boundary))[..., lo:]
+            parts = [flash(q, key[:, :, lo:], value[:, :, lo:], attn_mask=_additive(near_ok, query.dtype).expand(
+                batch, 1, end - start, kv_len - lo), scale=scaling)]
+            if hi > 0:
+                far_ok = (allowed & (distance >= far.boundary))[..., :hi]
+                part, lse = flash(q_far, key_far[:, :, :hi], value[:, :, :hi], attn_mask=_additive(
+                    far_ok, query.dtype).expand(batch, 1, end - start, hi), scale=scaling)
+                # a query with no key in the branch gets output 0 and log-sum-exp 0 from the kernel: weight 0
+                parts.append((part, lse.masked_fill(~far_ok.expand(batch, 1, end - start, hi).any(-1), float("-inf"))))
+            out[:, :, start:end] = _merge(parts).to(query.dtype)
+            continue
+        scores = torch.empty(batch, heads, end - start, kv_len, dtype=query.dtype, device=query.device)
+        scores[..., :lo] = torch.matmul(q_far, key_far[:, :, :lo].transpose(-1, -2))
+        scores[..., hi:] = torch.matmul(q, key[:, :, hi:].transpose(-1, -2))
+        if hi > lo:
+            scores[..., lo:hi] = torch.where(distance[:, lo:hi] < far.boundary,
+                                             torch.matmul(q, key[:, :, lo:hi].transpose(-1, -2)),
+                                             torch.matmul(q_far, key_far[:, :, lo:hi].transpose(-1, -2)))
+        scores = (scores.float() * scaling).masked_fill(~allowed, float("-inf"))
         out[:, :, start:end] = torch.matmul(torch.softmax(scores, -1).to(value.dtype), value)
     return out.transpose(1, 2).contiguous(), None
 
