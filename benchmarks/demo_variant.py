@@ -1,6 +1,6 @@
-"""Tune the demo's fine-tuning: train one demo variant under changed plan settings, then measure its
-needle accuracy at the window and at the target over several evaluation seeds, and its passkey at
-the target.
+"""Tune the demo's fine-tuning: train one demo variant under changed plan settings (the demo's plan,
+examples/studies/demo.yaml, with the changes below), then measure its needle accuracy at the window
+and at the target over several evaluation seeds, and its passkey at the target.
 
     python benchmarks/demo_variant.py --out /tmp/try-mix [--variant cream-yarn]
         [--mix '{"text": 0.1, "passkey": 0.15, "needle": 0.6, "lines": 0.15}']
@@ -13,7 +13,7 @@ the target.
 
 One training's needle accuracy at 2048 moves by several points with the training seed, so compare
 settings over more than one ``--train-seed``. ``--model`` skips training and measures a model
-folder (a demo's ``models/<variant>``).
+folder (a demo's ``models/<variant>``). The changed plan is written to ``<out>/plan.yaml``.
 
 The experiments that wrapped the training loop (``--experiment answer-loss``, ``whole-numbers``,
 ``train-only:NAME``, ``repeat-digits:P``; docs/demo/findings.md) patched library classes and are
@@ -23,23 +23,66 @@ not kept here: they are ``git show 4905af6:benchmarks/demo_variant.py``.
 import argparse
 import json
 import tempfile
-from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-from ropestretch.data.corpus import builtin_documents
-from ropestretch.data.tasks import Haystack
-from ropestretch.demo import Demo, DemoPlan
 from ropestretch.errors import UsageError
-from ropestretch.eval import Evaluator, RunStore, load_for_eval, run_needle, run_passkey
+from ropestretch.study import load_plan, merged, model_path, read_plan
+
+PLAN = Path(__file__).resolve().parents[1] / "examples" / "studies" / "demo.yaml"
+
+
+def changed_plan(args) -> dict:
+    """The demo's plan mapping with the command line's changes (the token budget kept as steps x batch x window)."""
+    data = read_plan(PLAN)
+    data["model"] = str(PLAN.parents[2] / data["model"])
+    window = data["texts"]["train"]["length"]
+    training = dict(data["training"])
+    for flag, key in (("steps", "steps"), ("batch", "batch_size"), ("lr", "lr"), ("warmup", "warmup_steps"),
+                      ("schedule", "schedule"), ("distill", "distill")):
+        if getattr(args, flag) is not None:
+            training[key] = getattr(args, flag)
+    training.update(args.train_options or {})
+    training["seed"] = args.train_seed
+    budget = training["steps"] * training["batch_size"] * window
+    for text in data["texts"].values():
+        text.update(seed=args.train_seed, count=budget // text["length"])
+        if args.mix is not None:
+            text["mix"] = args.mix
+        if args.needles is not None:
+            text["needles"] = args.needles
+    full = data["variants"]["full-linear"]
+    full["training"] = {"batch_size": max(1, training["batch_size"] // 8), "distill": 0.0}
+    if args.scaling_options is not None:  # options per scaling, for the applied and the fine-tuned variants alike
+        for spec in data["variants"].values():
+            options = args.scaling_options.get(spec.get("scaling"))
+            if options is None:
+                continue
+            if "positions" in spec:
+                kept = {k: v for k, v in spec.get("training", {}).items() if not k.startswith(spec["scaling"] + "_")}
+                spec["training"] = {**kept, **{f"{spec['scaling']}_{k}": v for k, v in options.items()}}
+            else:
+                spec["options"] = dict(options)
+    return merged(data, {"name": "demo-variant", "training": training})
+
+
+def rate(out: Path, task: str, model: Path, length: int, seed: int, samples: int, depths) -> dict[float, float]:
+    """Accuracy by depth, as the demo evaluates (forced scoring, legacy prompts, the built-in prose)."""
+    from ropestretch.eval import run
+
+    rows = run(task, str(model), out, lengths=[length], samples=samples, seed=seed, depths=list(depths),
+               scoring="forced", prompt="legacy", batch_size=10, dtype="fp32")
+    return {r["cell"]["depth"]: r["accuracy"] for r in rows if r["cell"]["length"] == length}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", help="a new folder for the trained variant (a demo folder of this plan)")
+    parser.add_argument("--out", help="a new folder for the trained variant")
     parser.add_argument("--model", help="measure this model folder instead of training one")
-    parser.add_argument("--variant", default="cream-yarn", help="positions-scaling, as the demo names them")
+    parser.add_argument("--variant", default="cream-yarn", help="a fine-tuned variant of the demo's plan")
     parser.add_argument("--mix", type=json.loads, help="fine-tuning mix, JSON (default: the demo's)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--lr", type=float)
@@ -64,36 +107,34 @@ def main():
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    plan_fields = ("mix", "steps", "batch", "lr", "warmup", "schedule", "train_options", "scaling_options", "distill",
-                   "needles")
-    changes = {k: getattr(args, k) for k in plan_fields if getattr(args, k) is not None}
-    plan = replace(DemoPlan(), seed=args.train_seed, **changes)
+    data = changed_plan(args)
     path = args.model
     try:
         if path is None:
-            positions, scaling = args.variant.split("-")
-            path = Demo(args.out, plan, progress=False).train(positions, scaling)
-        model, tok = load_for_eval(str(path))
-    except UsageError as err:  # a bad plan value, --out or --model: one line, exit 2
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "plan.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+            plan = load_plan(out / "plan.yaml")
+            if not plan.fine_tuned(args.variant):
+                parser.error(f"--variant {args.variant} is not a fine-tuned variant of the demo's plan")
+            path = model_path(plan, out, args.variant)
+    except UsageError as err:  # a bad plan value or --out: one line, exit 2
         parser.error(str(err))
-    ev = Evaluator(model, tok, "forced", batch_size=10, haystack=Haystack(tok, builtin_documents()))
-    depths, seeds = plan.depths, [int(s) for s in args.eval_seeds.split(",")]
-    print(f"{path}: {json.dumps(changes) if args.model is None else ''} "
-          f"train seed {args.train_seed}")
-    for length in (plan.window, plan.target):
-        every, middle, per_seed = [], [], []
-        for seed in seeds:
-            with tempfile.TemporaryDirectory() as tmp:
-                cells = run_needle(ev, RunStore(tmp, "needle", {}), [length], depths, args.samples, seed)
-            accs = [c["accuracy"] for c in cells]
-            every += accs
-            middle += [c["accuracy"] for c in cells if 25 <= c["cell"]["depth"] <= 75]
-            per_seed.append(f"{100 * np.mean(accs):.0f}%")
-        print(f"  needle @{length}: {100 * np.mean(every):.1f}% over {len(seeds)} eval seeds ({', '.join(per_seed)}); "
-              f"depths 25-75%: {100 * np.mean(middle):.1f}%")
+    depths, seeds = data["evaluation"]["depths"], [int(s) for s in args.eval_seeds.split(",")]
+    window, target = data["texts"]["train"]["length"], data["target"]
+    print(f"{path}: train seed {args.train_seed}")
     with tempfile.TemporaryDirectory() as tmp:
-        cells = run_passkey(ev, RunStore(tmp, "passkey", {}), [plan.target], depths, args.samples, seeds[0])
-    print(f"  passkey @{plan.target}: {100 * np.mean([c['accuracy'] for c in cells]):.1f}% (eval seed {seeds[0]})")
+        for length in (window, target):
+            every, middle, per_seed = [], [], []
+            for seed in seeds:
+                accs = rate(Path(tmp) / f"needle-{length}-{seed}", "needle", path, length, seed, args.samples, depths)
+                every += list(accs.values())
+                middle += [a for d, a in accs.items() if 25 <= d <= 75]
+                per_seed.append(f"{100 * np.mean(list(accs.values())):.0f}%")
+            print(f"  needle @{length}: {100 * np.mean(every):.1f}% over {len(seeds)} eval seeds "
+                  f"({', '.join(per_seed)}); depths 25-75%: {100 * np.mean(middle):.1f}%")
+        accs = rate(Path(tmp) / "passkey", "passkey", path, target, seeds[0], args.samples, depths)
+    print(f"  passkey @{target}: {100 * np.mean(list(accs.values())):.1f}% (eval seed {seeds[0]})")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from clihelp import sigint_default
 from conftest import REPO
 
 BASE = os.path.join(REPO, "models", "tiny-llama-256")
+DEMO_PLAN = Path(REPO) / "examples" / "studies" / "demo.yaml"
 pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(BASE, "model.safetensors")),
                                 reason="the shipped base model is missing")
 
@@ -52,33 +54,51 @@ def test_quick_demo_writes_report_only_under_out_survives_interruptions_and_reus
     assert "## Training cost" in report and (out / "ppl-vs-length.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "home"]  # nothing beside the output folder
     assert not any(home.rglob("*"))                                        # nor in the home folder
-    record = json.loads((out / "demo.json").read_text())
-    assert not os.path.isabs(record["base"])  # a committed demo reruns from any checkout
-    results = {p: p.read_text() for p in (out / "evals").rglob("results.jsonl")}
-    rows = [json.loads(line) for line in results[out / "evals" / "cream-yarn" / "results.jsonl"].splitlines()]
+    record = json.loads((out / "study.json").read_text())
+    assert record["plan"] == "demo-quick" and not os.path.isabs(record["model"])  # a demo reruns from any checkout
+    results = {p: p.read_text() for p in (out / "runs").rglob("results.jsonl")}
+    rows = [json.loads(line) for p, text in results.items() if p.parts[-3] == "cream-yarn" for line in text.splitlines()]
     beyond = {(r["test"], r.get("n")) for r in rows if r["cell"]["length"] > 2048}
     assert beyond == {("passkey", 1), ("ppl", None)}  # beyond L: the tail's tests, at the tail's sample count
     assert {r["n"] for r in rows if r["test"] == "passkey" and r["cell"]["length"] <= 2048} == {2}
-    assert "Beyond L (4096): 1 passkey samples per cell instead of 2." in report
+    assert {r["cell"]["gold"] for r in rows if r["test"] == "kv"} == {0.0, 1.0}
     # the plan's YaRN options reach the training-free and the fine-tuned checkpoints alike
     for variant in ("yarn", "cream-yarn", "pose-yarn"):
         rope = json.loads((out / "models" / variant / "config.json").read_text())["rope_parameters"]
         assert (rope["rope_type"], rope["beta_fast"], rope["beta_slow"]) == ("yarn", 16.0, 1.0), variant
-    assert "Scaling options, for every variant of that scaling: yarn with beta_fast 16." in report
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "fine-tuning" not in again.stderr and "scaling" not in again.stderr  # every step reused
-    assert {p: p.read_text() for p in (out / "evals").rglob("results.jsonl")} == results
+    assert "fine-tune" not in again.stderr and "apply" not in again.stderr and " eval " not in again.stderr
+    assert {p: p.read_text() for p in (out / "runs").rglob("results.jsonl")} == results  # every step reused
+    # the full plan in the same folder: refused, the quick checkpoints never taken for the full ones
+    full = subprocess.run(cmd[:-4] + ["--out", str(out), "--no-progress"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert full.returncode == 2 and "holds a study made with other settings" in full.stderr, full.stderr
 
 
-def test_all_adds_linear_to_the_default_variants():
-    from ropestretch.demo import variant_name, variants
+def test_the_demo_plans_name_the_documented_settings():
+    """The demo's plan holds the settings the README and findings document, and its quick form
+    is that plan with small budgets (`extends`), the linear variants optional (`--all`)."""
+    from ropestretch.study import load_plan
 
-    story = [variant_name(*v) for v in variants()]
-    assert story == ["yarn", "dprope", "pose-yarn", "cream-yarn", "cream-dprope", "full-linear"]
-    assert [variant_name(*v) for v in variants(everything=True)] == [
-        "linear", "yarn", "dprope", "pose-linear", "pose-yarn", "cream-linear", "cream-yarn", "cream-dprope",
-        "full-linear"]
+    plan = load_plan(DEMO_PLAN)
+    assert (plan.target, plan.dtype, plan.model) == (2048, "fp32", "models/tiny-llama-256")
+    assert [v for v, spec in plan.variants.items() if not spec.get("optional")] == [
+        "base", "yarn", "dprope", "pose-yarn", "cream-yarn", "cream-dprope", "full-linear"]
+    assert [v for v, spec in plan.variants.items() if spec.get("optional")] == ["linear", "pose-linear", "cream-linear"]
+    train = plan.texts["train"]
+    budget = plan.training["steps"] * plan.training["batch_size"] * train["length"]
+    assert budget == train["count"] * train["length"] == 1_024_000 == plan.texts["train-full"]["count"] * 2048
+    assert plan.training["steps"] * plan.variants["full-linear"]["training"]["batch_size"] * 2048 == budget
+    assert train["needles"] == 3 and train["mix"] == {"text": 0.1, "passkey": 0.15, "needle": 0.6, "lines": 0.15}
+    assert plan.variants["yarn"]["options"] == {"beta_fast": 16.0}
+    assert all(spec.get("training", {}).get("yarn_beta_fast") == 16.0 for v, spec in plan.variants.items()
+               if spec.get("scaling") == "yarn" and "positions" in spec)
+    quick = load_plan(DEMO_PLAN.with_name("demo-quick.yaml"))
+    assert quick.variants["full-linear"] == {**plan.variants["full-linear"], "training": {"batch_size": 1}}
+    assert quick.texts["train"] == {**train, "count": 32} and quick.training["steps"] == 4
+    assert quick.evaluation == plan.evaluation and quick.summary == plan.summary
+    assert {c.depths for c in quick.cells if c.task == "needle"} == {(0.0, 50.0)}
 
 
 def test_base_model_card_states_its_recipe():
@@ -151,11 +171,9 @@ def test_demo_training_rows_hold_several_needles_only_when_asked():
     from transformers import AutoTokenizer
 
     from ropestretch.data.training_rows import make_rows
-    from ropestretch.demo import DemoPlan
     from ropestretch.errors import UsageError
 
     tok = AutoTokenizer.from_pretrained(BASE)
-    assert DemoPlan().needles == 3
     for needles, most in ((1, 1), (3, 3)):
         rows = make_rows("mix", tok, 256, 30, seed=0, mix={"needle": 1.0}, needles=needles)
         asked = [tok.decode(r["input_ids"]).count("What is the magic number") for r in rows]
@@ -163,30 +181,3 @@ def test_demo_training_rows_hold_several_needles_only_when_asked():
     for bad in (0, -2, 1.5):
         with pytest.raises(UsageError, match="needles per row must be an integer from 1"):
             make_rows("mix", tok, 256, 3, seed=0, mix={"needle": 1.0}, needles=bad)
-
-
-def test_demo_train_options_cannot_override_the_plan(tmp_path):
-    from dataclasses import replace
-
-    from ropestretch.demo import Demo, DemoPlan
-    from ropestretch.errors import UsageError
-
-    demo = Demo(tmp_path / "demo", replace(DemoPlan.quick(), train_options={"lr": 1.0}), progress=False)
-    with pytest.raises(UsageError, match="train_options cannot set 'lr'"):
-        demo.train("cream", "yarn")
-    demo = Demo(tmp_path / "demo2", replace(DemoPlan.quick(), train_options={"yarn_beta_fast": 8.0}), progress=False)
-    with pytest.raises(UsageError, match="train_options cannot set 'yarn_beta_fast'"):  # scaling_options sets it
-        demo.train("cream", "yarn")
-    assert not (tmp_path / "demo" / "models").exists() and not (tmp_path / "demo2" / "models").exists()
-
-
-def test_demo_distils_only_the_variants_inside_the_window(tmp_path):
-    """The base cannot read the full-length baseline's rows, so a plan's distillation skips it."""
-    from dataclasses import replace
-
-    from ropestretch.demo import Demo, DemoPlan
-
-    demo = Demo(tmp_path / "demo", replace(DemoPlan.quick(), distill=1.0, steps=2), progress=False)
-    weights = {v: json.loads((demo.train(*v.split("-")) / "ropestretch.json").read_text())["training"]["distill"]
-               for v in ("cream-yarn", "full-linear")}
-    assert weights == {"cream-yarn": 1.0, "full-linear": 0.0}

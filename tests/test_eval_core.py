@@ -82,7 +82,7 @@ def test_a_registered_task_is_in_the_cli_the_store_the_report_and_the_pairing(to
 def test_task_names_live_only_in_the_registry():
     """No module of the package outside the registry's entries dispatches on a built-in task's name
     (compares with it, or lists two of them, or keys a dict by one); the training rows' kinds
-    (data/, pretrain.py's curriculum) and the demo's plan (demo/) are data that name their tasks.
+    (data/, pretrain.py's curriculum) are data that name their tasks (as the study plans do, outside the package).
     The same check finds the dispatches the registry replaced (``if test in ("passkey", "needle")``)."""
     import re
     from pathlib import Path
@@ -92,7 +92,7 @@ def test_task_names_live_only_in_the_registry():
     dispatch = re.compile(rf"""[!=]=\s*{literal}|{literal}\s*[!=]=|{literal}\s*:|{literal}\s*,\s*{literal}""")
     src = Path(__file__).resolve().parents[1] / "src" / "ropestretch"
     found = [f"{p.relative_to(src)}:{n}: {line.strip()}" for p in sorted(src.rglob("*.py"))
-             if p.relative_to(src).parts[0] not in ("data", "demo", "pretrain.py")
+             if p.relative_to(src).parts[0] not in ("data", "pretrain.py")
              and p.relative_to(src) != Path("eval/tasks.py")
              for n, line in enumerate(p.read_text().splitlines(), 1) if dispatch.search(line)]
     assert not found, found

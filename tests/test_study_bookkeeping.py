@@ -174,7 +174,7 @@ def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(plan, tmp_p
         args = parse(eval_command(plan, cell))
         suite = get_task(cell.task).suite
         assert (args.test, args.lengths, args.samples, args.seed, args.dtype) == (
-            suite or cell.task, [cell.length], cell.samples, cell.seed, "fp32")
+            suite or cell.task, list(cell.lengths), cell.samples, cell.seed, "fp32")
         assert suite is None or args.tasks == cell.task
         assert args.text == str(path) and args.out.endswith(f"/evals/v/{cell.name}")
         if get_task(cell.task).retrieval:

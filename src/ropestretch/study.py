@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,11 @@ def say(message: str) -> None:
 
 @dataclass(frozen=True)
 class Cell:
-    """One evaluation on some variants: a task at one length, ``samples`` per depth from ``seed``."""
+    """One evaluation on some variants: a task at some lengths, ``samples`` per depth from ``seed``."""
 
     task: str
     variants: tuple
-    length: int
+    lengths: tuple
     samples: int
     seed: int = 0
     depths: tuple = ()
@@ -54,6 +54,7 @@ class Cell:
     default_depths: tuple = field(default=(), compare=False, repr=False)
     text: str = "eval"  # the plan's text (a role of its ``texts``) the prompts or windows are drawn from
     label: str = ""  # what the report calls the task on another text (``ppl-code``); default the task
+    options: tuple = ()  # the task's other options, as (name, value) pairs (kv's positions)
 
     @property
     def shown(self) -> str:
@@ -61,14 +62,26 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """The run folder's name: ``needle@16384x2s0``, with the depths where not the plan's, and the tag."""
+        """The run folder's name: ``needle@16384x2s0``, with the depths where not the plan's, the task's
+        other options where given, and the tag."""
         shown = "" if self.depths == self.default_depths or not self.depths else "@" + ",".join(
             f"{d:g}" for d in self.depths)
-        return f"{self.shown}@{self.length}x{self.samples}s{self.seed}{shown}" + (f"-{self.tag}" if self.tag else "")
+        shown += "".join(f"@{k}=" + (",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else str(v))
+                         for k, v in self.options)
+        return f"{self.shown}@{','.join(map(str, self.lengths))}x{self.samples}s{self.seed}{shown}" + (
+            f"-{self.tag}" if self.tag else "")
+
+    def task_options(self) -> dict:
+        """The options :func:`ropestretch.eval.run` takes for the task (depths, and the others)."""
+        return {**({"depths": list(self.depths)} if self.depths else {}),
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in self.options}}
 
     def cells(self) -> list[dict]:
         """The result rows' cells it makes for each variant."""
-        return [{"length": self.length, "depth": d} for d in self.depths] if self.depths else [{"length": self.length}]
+        from ropestretch.eval.tasks import get_task
+
+        task = get_task(self.task)
+        return task.cells(list(self.lengths), task.resolve(self.task_options()))
 
 
 @dataclass
@@ -112,13 +125,18 @@ class Plan:
         return next((c.shown for c in self.cells if c.name == cell_name), task)
 
 
-def load_plan(path: str | os.PathLike) -> Plan:
-    """A study plan from YAML, every field checked (one line for what is wrong)."""
+def merged(base: Any, over: Any) -> Any:
+    """``over`` on top of ``base``: mappings merged key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: merged(base.get(k), v) for k, v in over.items()}}
+    return over
+
+
+def read_plan(path: Path, seen: tuple = ()) -> dict:
+    """A plan file's mapping; one that ``extends: OTHER.yaml`` (a path beside it) is that plan with
+    this one merged on top (:func:`merged`: a mapping key by key, a list or value replaced)."""
     import yaml
 
-    from ropestretch.eval.tasks import get_task
-
-    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -127,6 +145,21 @@ def load_plan(path: str | os.PathLike) -> Plan:
         raise UsageError(f"{path} is not a readable YAML plan: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path} must hold a mapping")
+    if "extends" in data:
+        parent = path.parent / str(data.pop("extends"))
+        if parent.resolve() in seen:
+            raise UsageError(f"{path}: the plans it extends extend it again")
+        data = merged(read_plan(parent, seen + (path.resolve(),)), data)
+    return data
+
+
+def load_plan(path: str | os.PathLike, model: str | None = None) -> Plan:
+    """A study plan from YAML, every field checked (one line for what is wrong); ``model`` in place of
+    the plan's base model."""
+    from ropestretch.eval.tasks import get_task
+
+    path = Path(path)
+    data = read_plan(path)
     for key in ("name", "model", "target", "variants", "cells"):
         if key not in data:
             raise UsageError(f"{path}: the plan has no {key!r}")
@@ -152,7 +185,8 @@ def load_plan(path: str | os.PathLike) -> Plan:
     depths = tuple(float(d) for d in evaluation.pop("depths", ()) or ())
     cells = []
     for number, raw in enumerate(data["cells"], 1):
-        if not isinstance(raw, dict) or not {"task", "variants", "length", "samples"} <= set(raw):
+        if not isinstance(raw, dict) or not {"task", "variants", "samples"} <= set(raw) or \
+                not {"length", "lengths"} & set(raw):
             raise UsageError(f"{path}: cell {number} needs task, variants, length and samples")
         task = get_task(raw["task"])
         unknown = [v for v in raw["variants"] if v not in variants]
@@ -163,16 +197,25 @@ def load_plan(path: str | os.PathLike) -> Plan:
         role = str(raw.get("text", "eval"))
         if role != "eval" and role not in texts:
             raise UsageError(f"{path}: cell {number} reads text {role!r}, which the plan's texts do not name")
-        lengths = raw["length"] if isinstance(raw["length"], list) else [raw["length"]]
-        for length in lengths:
+        known = {"task", "variants", "length", "lengths", "samples", "seed", "seeds", "depths", "tag", "text", "as"}
+        given = {k: v for k, v in raw.items() if k not in known}
+        task.resolve(given)  # an option the task does not declare: one line
+        # a list of numbers as floats, as the command line reads it (a row's cell then says 0.0, not 0)
+        options = tuple(sorted((k, tuple(float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v)
+                                if isinstance(v, list) else v) for k, v in given.items()))
+        # `length: [a, b]` is one cell per length; `lengths: [a, b]` one cell (one run folder) over them all
+        groups = [[n] for n in (raw["length"] if isinstance(raw["length"], list) else [raw["length"]])] \
+            if "lengths" not in raw else [raw["lengths"]]
+        for lengths in groups:
             for seed in raw.get("seeds", [raw.get("seed", 0)]):
-                cells.append(Cell(task.name, tuple(raw["variants"]), int(length), int(raw["samples"]), int(seed),
-                                  cell_depths, str(raw.get("tag", "")), depths, role, str(raw.get("as", ""))))
+                cells.append(Cell(task.name, tuple(raw["variants"]), tuple(int(n) for n in lengths),
+                                  int(raw["samples"]), int(seed), cell_depths, str(raw.get("tag", "")), depths, role,
+                                  str(raw.get("as", "")), options))
     folders = [(v, c.name) for c in cells for v in c.variants]
     twice = sorted({f for f in folders if folders.count(f) > 1})
     if twice:
         raise UsageError(f"{path}: two cells share the run folder {twice[0][0]}/{twice[0][1]}")
-    return Plan(str(data["name"]), str(data.get("title", data["name"])), str(data["model"]), int(data["target"]),
+    return Plan(str(data["name"]), str(data.get("title", data["name"])), str(model or data["model"]), int(data["target"]),
                 variants, cells, texts, evaluation, dict(data.get("training") or {}),
                 str(data.get("dtype", "fp32")), [tuple(c) for c in data.get("summary") or []],
                 [tuple(p) for p in data.get("pairs") or []], [str(t) for t in data.get("paired") or []],
@@ -289,7 +332,7 @@ def text_path(plan: Plan, out: Path, role: str) -> Path | None:
 # --- 2. the models -------------------------------------------------------------------------------
 
 
-def model_path(plan: Plan, out: Path, variant: str, train: bool = True) -> Path | None:
+def model_path(plan: Plan, out: Path, variant: str, train: bool = True, progress: bool = False) -> Path | None:
     """The variant's checkpoint, made on first use (None for a fine-tune when ``train`` is off)."""
     from ropestretch.checkpoints import resolve_model
 
@@ -316,7 +359,7 @@ def model_path(plan: Plan, out: Path, variant: str, train: bool = True) -> Path 
     say(f"fine-tune {variant}: {spec['positions']} positions x {spec['scaling']}")
     run_train(make_config(model=plan.model, data=str(text_path(plan, out, spec.get("data", "train"))), out=str(folder),
                           target=plan.target, positions=spec["positions"], scaling=spec["scaling"], dtype=plan.dtype,
-                          progress=False, resume=(folder / "run.json").is_file(), **settings))
+                          progress=progress, resume=(folder / "run.json").is_file(), **settings))
     return folder
 
 
@@ -351,15 +394,17 @@ def eval_command(plan: Plan, cell: Cell) -> str:
 
     task = get_task(cell.task)
     flags = []
-    if cell.depths:
-        flags += ["--depths", ",".join(f"{d:g}" for d in cell.depths)]
+    for name, value in cell.task_options().items():
+        flags += [f"--{name.replace('_', '-')}", ",".join(f"{x:g}" for x in value) if isinstance(value, list)
+                  else str(value)]
     if task.retrieval:
         flags += ["--scoring", plan.evaluation.get("scoring", task.scoring),
                   "--prompt", plan.evaluation.get("prompt", "auto")]
     text = [f"--text {text_file(plan, cell.text)}"] if plan.texts.get(cell.text) else []
     which = [task.suite, "--tasks", cell.task] if task.suite else [cell.task]  # a suite's task runs through it
     return " ".join(["ropestretch eval", *which, "--model <out>/models/<variant>", *text,
-                     "--lengths", str(cell.length), *flags, "--samples", str(cell.samples), "--seed", str(cell.seed),
+                     "--lengths", ",".join(map(str, cell.lengths)), *flags, "--samples", str(cell.samples),
+                     "--seed", str(cell.seed),
                      f"--batch-size {plan.evaluation.get('batch_size', 1)} --dtype {plan.dtype}",
                      f"--out <out>/evals/<variant>/{cell.name}"])
 
@@ -377,12 +422,14 @@ def read_archive(plan: Plan, archive: Path) -> list[dict]:
     """The archived rows as ``{variant, cell, row}``. A row archived by a study script before the
     runner (``{variant, test, row}``) is placed in the plan's first cell that holds it (its variant,
     task or label, length and depth); one no cell holds is one line."""
+    from ropestretch.eval.store import cell_key
+
     rows = []
     for number, r in enumerate(read_jsonl(archive), 1):
         if "cell" not in r:
             cell = r["row"]["cell"]
             home = next((c for c in plan.cells if r["variant"] in c.variants and c.shown == r["test"]
-                         and c.length == cell["length"] and (not c.depths or cell.get("depth") in c.depths)), None)
+                         and cell_key(cell) in {cell_key(x) for x in c.cells()}), None)
             if home is None:
                 raise UsageError(f"{archive}: row {number} ({r['variant']} {r['test']} {cell}) is in no cell of the plan")
             r = {"variant": r["variant"], "cell": home.name, "row": r["row"]}
@@ -406,39 +453,83 @@ def pending(plan: Plan, done: set) -> list[tuple[str, Cell]]:
             if any((v, c.name, cell_key(x)) not in done for x in c.cells())]
 
 
-def evaluate(plan: Plan, out: Path, cell: Cell, done: set, train: bool = True) -> None:
+def evaluate(plan: Plan, out: Path, cell: Cell, done: set, train: bool = True, progress: bool = False) -> None:
     """The cell on each of its variants, into ``<out>/runs/<variant>/<cell>`` (the depths the
     archive lacks only, in a folder of their own)."""
     from ropestretch.eval import run
     from ropestretch.eval.store import cell_key
 
+    from ropestretch.eval import read_results
+
     for variant in cell.variants:
         todo = [c for c in cell.cells() if (variant, cell.name, cell_key(c)) not in done]
+        started = out / "runs" / variant / cell.name
+        if todo and started.is_dir():  # a run folder of the whole cell: resumed as it was begun, or, done, skipped
+            held = {cell_key(r["cell"]) for r in read_results(started)}
+            todo = cell.cells() if any(cell_key(c) not in held for c in todo) else []
         if not todo:
             continue
-        folder = model_path(plan, out, variant, train)
+        folder = model_path(plan, out, variant, train, progress)
         if folder is None:
             continue
         spec = plan.variants[variant]
-        depths = [c["depth"] for c in todo] if cell.depths else None
-        name = cell.name if len(todo) == len(cell.cells()) else f"{cell.name}~" + ",".join(f"{d:g}" for d in depths)
+        options, lengths, name = cell.task_options(), list(cell.lengths), cell.name
+        if len(todo) < len(cell.cells()):  # the rest of a cell the archive holds in part: in a folder of its own
+            lengths = sorted({c["length"] for c in todo})
+            if cell.depths:
+                options["depths"] = sorted({c["depth"] for c in todo})
+            name = f"{cell.name}~" + ",".join(f"{d:g}" for d in options.get("depths", lengths))
         say(f"eval {variant} {name}")
-        options = {"depths": depths} if depths else {}
-        run(cell.task, str(folder), out / "runs" / variant / name, lengths=[cell.length], samples=cell.samples,
+        run(cell.task, str(folder), out / "runs" / variant / name, lengths=lengths, samples=cell.samples,
             seed=cell.seed, text=str(text_path(plan, out, cell.text)) if plan.texts.get(cell.text) else None,
             scoring=plan.evaluation.get("scoring"), prompt=plan.evaluation.get("prompt", "auto"),
             batch_size=plan.evaluation.get("batch_size", 1), dtype=plan.dtype, attention=spec.get("attention"),
-            attention_options=spec.get("attention_options"), **options)
+            attention_options=spec.get("attention_options"), progress=progress, **options)
 
 
-def run_study(plan: Plan, out: str | os.PathLike, archive: Path | None = None, train: bool = True) -> None:
-    """Every cell in the plan's order; a cell whose rows ``archive`` holds is skipped."""
+CHECKPOINT_FIELDS = ("model", "target", "dtype", "texts", "training")  # what a folder's checkpoints were made with
+
+
+def claim_out(plan: Plan, out: Path) -> None:
+    """Record in ``<out>/study.json`` what the folder's checkpoints and texts are made with (the plan's
+    model, target, dtype, texts, training and each variant's settings); a folder made under other
+    settings (another plan, or its quick form) is refused in one line, never reused or overwritten.
+    Cells and variants may be added to a plan between runs."""
+    path = out / "study.json"
+    from ropestretch.eval.registry import recorded_path
+
+    mine = {"plan": plan.name, **{k: getattr(plan, k) for k in CHECKPOINT_FIELDS}, "variants": plan.variants}
+    mine["model"] = recorded_path(plan.model, out)  # a local folder relative to --out: the record moves with it
+    if path.is_file():
+        try:
+            held = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(held, dict):
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError(f"{path} is not a study record; choose a new --out") from None
+        changed = [k for k in CHECKPOINT_FIELDS if k in held and held[k] != json.loads(json.dumps(mine[k]))]
+        changed += [f"variant {v}" for v, spec in (held.get("variants") or {}).items()
+                    if v in plan.variants and json.loads(json.dumps(plan.variants[v])) != spec]
+        if changed:
+            raise UsageError(f"{out} holds a study made with other settings ({', '.join(changed)}: plan "
+                             f"{held.get('plan')!r}); choose a new --out")
+        mine["variants"] = {**(held.get("variants") or {}), **plan.variants}
+    write_whole(path, json.dumps(mine, indent=2) + "\n")
+
+
+def run_study(plan: Plan, out: str | os.PathLike, archive: Path | None = None, train: bool = True,
+              everything: bool = False, progress: bool = False) -> None:
+    """Every cell in the plan's order; a cell whose rows ``archive`` holds is skipped, and a variant
+    marked ``optional`` runs only with ``everything``."""
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    claim_out(plan, out)
     started = time.time()
     done = archived(plan, archive) if archive is not None else set()
     for cell in plan.cells:
-        evaluate(plan, out, cell, done, train)
+        chosen = tuple(v for v in cell.variants if everything or not plan.variants[v].get("optional"))
+        if chosen:
+            evaluate(plan, out, replace(cell, variants=chosen), done, train, progress)
     say(f"all done in {time.time() - started:.0f} s")
 
 

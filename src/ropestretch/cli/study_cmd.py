@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "study block (between its markers)")
     p.add_argument("--no-train", dest="train", action="store_false", help="evaluate what exists, train nothing")
     p.add_argument("--prepare", action="store_true", help="write the plan's texts under --out, then stop")
+    p.add_argument("--all", dest="everything", action="store_true", help="also the variants the plan marks optional")
     p.set_defaults(run=run, left_on_write_error="every finished cell stays in its run folder: rerun to resume")
 
 
@@ -41,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
         print("wrote " + " and ".join(str(text_path(plan, out, role)) for role in plan.texts))
         return 0
     archive = args.archive or plan.archive
-    run_study(plan, out, Path(archive) if archive else None, args.train)
+    run_study(plan, out, Path(archive) if archive else None, args.train, args.everything)
     return 0

@@ -8,6 +8,7 @@ remainder of a stream is dropped and counted. Text is read with the ``datasets``
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import json
 import os
@@ -28,7 +29,12 @@ TEXT_SUFFIXES = {".txt": "text", ".md": "text", ".jsonl": "json", ".json": "json
 def builtin_documents(max_docs: int | None = None) -> list[str]:
     """Real English prose that needs no download: the ``pydoc_data`` topics (the language reference)
     and the docstrings of the standard library's pure-Python modules, read from source without
-    importing them. Deterministic for a given Python version."""
+    importing them. Deterministic for a given Python version (read once per process)."""
+    return list(_builtin_documents(max_docs))
+
+
+@functools.lru_cache(maxsize=4)
+def _builtin_documents(max_docs: int | None) -> tuple[str, ...]:
     docs = language_reference()
     for path in sorted(Path(os.__file__).parent.glob("*.py")):
         if max_docs is not None and len(docs) >= max_docs:
@@ -36,7 +42,7 @@ def builtin_documents(max_docs: int | None = None) -> list[str]:
         text = module_docstrings(path)
         if text:
             docs.append(text)
-    return docs[:max_docs] if max_docs is not None else docs
+    return tuple(docs[:max_docs] if max_docs is not None else docs)
 
 
 def language_reference() -> list[str]:
