@@ -43,6 +43,7 @@ from typing import Any
 
 from ropestretch.errors import UsageError
 from ropestretch.eval.registry import Option, option_values, positive_int
+from ropestretch.options import add_entry
 
 CHUNK_FLOATS = 1 << 25  # score (or mask) entries per query chunk (128 MB in float32)
 FUSED = True  # on CPU, each branch through PyTorch's fused attention kernel (False: the plain product path)
@@ -75,10 +76,7 @@ ATTENTION_METHODS: dict[str, AttentionMethod] = {}
 
 
 def register_attention(method: AttentionMethod) -> AttentionMethod:
-    if method.name in ATTENTION_METHODS:
-        raise ValueError(f"attention method {method.name!r} is already registered")
-    ATTENTION_METHODS[method.name] = method
-    return method
+    return add_entry(ATTENTION_METHODS, method, "attention method")
 
 
 # --- Self-Extend ---------------------------------------------------------------------------------

@@ -50,6 +50,15 @@ class Option:
         return "" if self.default is None or callable(self.default) else f" (default {self.default})"
 
 
+def add_entry(registry: dict[str, Any], entry: Any, what: str) -> Any:
+    """``entry`` into ``registry`` under its ``name`` (a registry of small entries, each declaring its
+    options); a name already there is refused, so no entry silently replaces another."""
+    if entry.name in registry:
+        raise ValueError(f"{what} {entry.name!r} is already registered")
+    registry[entry.name] = entry
+    return entry
+
+
 def as_kind(value: Any, kind: str, what: str) -> Any:
     """``value`` (from YAML, a flag or a keyword) as ``kind`` (``int``, ``float``, ``bool`` or ``str``):
     an integer-valued number for int, a finite number for float, a real bool for bool; else one line."""

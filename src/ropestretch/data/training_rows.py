@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ropestretch.errors import UsageError
-from ropestretch.options import Option, option_values
+from ropestretch.options import Option, add_entry, option_values
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,7 @@ ROW_SOURCES: dict[str, RowSource] = {}
 
 
 def register_rows(source: RowSource) -> RowSource:
-    if source.name in ROW_SOURCES:
-        raise ValueError(f"training rows {source.name!r} are already registered")
-    ROW_SOURCES[source.name] = source
-    return source
+    return add_entry(ROW_SOURCES, source, "training rows")
 
 
 def make_rows(name: str, tokenizer, length: int, count: int, seed: int = 0, **options: Any) -> list[dict[str, Any]]:
