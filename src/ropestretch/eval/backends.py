@@ -258,6 +258,18 @@ class VllmBackend(Backend):
 
     @classmethod
     def open(cls, *, model_dir, tokenizer, placement, max_len, tensor_parallel_size=1, trust_remote_code=False, **_):
+        import math
+        import os
+        from pathlib import Path
+
+        if placement.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            # vLLM's CPU build sizes its KV cache from the machine's memory unless told: on 24 GB it took
+            # the whole of it at an 8K prompt and was killed. One sequence's keys and values, twice over.
+            from ropestretch.eval.sweep import kv_cache_bytes
+            from ropestretch.jsonl import read_json
+
+            need = kv_cache_bytes(read_json(Path(model_dir) / "config.json", "a model config"), max_len)
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(2 * need / 2**30)))
         try:
             return cls(model_dir, tokenizer, placement.dtype, max_len, tensor_parallel_size=tensor_parallel_size,
                        trust_remote_code=trust_remote_code)
