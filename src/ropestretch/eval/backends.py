@@ -265,7 +265,7 @@ class VllmBackend(Backend):
         if placement.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             # vLLM's CPU build sizes its KV cache from the machine's memory unless told: on 24 GB it took
             # the whole of it at an 8K prompt and was killed. One sequence's keys and values, twice over.
-            from ropestretch.eval.sweep import kv_cache_bytes
+            from ropestretch.eval.loading import kv_cache_bytes
             from ropestretch.jsonl import read_json
 
             need = kv_cache_bytes(read_json(Path(model_dir) / "config.json", "a model config"), max_len)

@@ -42,3 +42,14 @@ def load_for_eval(model_dir: str, trust_remote_code: bool = False, placement=Non
     if not placement.device_map:
         model = model.to(placement.device)
     return model.eval(), tokenizer
+
+
+def kv_cache_bytes(config: dict, length: int, dtype_bytes: int = 4) -> int:
+    """Bytes of the keys and values one sequence of ``length`` tokens keeps in every layer."""
+    from ropestretch.rope.config import text_section, with_class_defaults
+
+    c = with_class_defaults(text_section(config))
+    heads = c.get("num_key_value_heads") or c.get("num_attention_heads") or 1
+    head_dim = c.get("head_dim") or (c.get("hidden_size", 0) // max(1, c.get("num_attention_heads") or 1))
+    layers = c.get("num_hidden_layers") or 1
+    return int(2 * layers * heads * head_dim * length * dtype_bytes)

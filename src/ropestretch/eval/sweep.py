@@ -40,22 +40,12 @@ def default_lengths(model: str | Path) -> list[int]:
     return lengths
 
 
-def kv_cache_bytes(config: dict, length: int, dtype_bytes: int = 4) -> int:
-    """Bytes of the keys and values one sequence of ``length`` tokens keeps in every layer."""
-    from ropestretch.rope.config import text_section, with_class_defaults
-
-    c = with_class_defaults(text_section(config))
-    heads = c.get("num_key_value_heads") or c.get("num_attention_heads") or 1
-    head_dim = c.get("head_dim") or (c.get("hidden_size", 0) // max(1, c.get("num_attention_heads") or 1))
-    layers = c.get("num_hidden_layers") or 1
-    return int(2 * layers * heads * head_dim * length * dtype_bytes)
-
-
 def fitting_batch(model_dir, length: int, batch: int, where) -> int:
     """The largest batch up to ``batch`` whose KV cache at ``length`` fits beside the weights; a
     request that does not fit even one sample is refused with its estimate."""
-    from ropestretch.jsonl import read_json
     from ropestretch.budgets import available_memory, check_fits
+    from ropestretch.eval.loading import kv_cache_bytes
+    from ropestretch.jsonl import read_json
 
     config = read_json(Path(model_dir) / "config.json", "a model config")
     weights = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
