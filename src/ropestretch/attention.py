@@ -203,11 +203,11 @@ def remapped_attention(module, query, key, value, attention_mask, scaling=None, 
         if padding is not None:
             allowed = allowed & padding[:, :, start:end, :kv_len]
         if flash is not None:  # each branch through the fused kernel, merged by the two log-sum-exps
-            near_ok = (allowed & (distance < far.boundary))[..., lo:]
+            near_ok = allowed[..., lo:] & (distance[:, lo:] < far.boundary)  # only the keys each branch reads
             parts = [flash(q, key[:, :, lo:], value[:, :, lo:], attn_mask=_additive(near_ok, query.dtype).expand(
                 batch, 1, end - start, kv_len - lo), scale=scaling)]
             if hi > 0:
-                far_ok = (allowed & (distance >= far.boundary))[..., :hi]
+                far_ok = allowed[..., :hi] & (distance[:, :hi] >= far.boundary)
                 part, lse = flash(q_far, key_far[:, :, :hi], value[:, :, :hi], attn_mask=_additive(
                     far_ok, query.dtype).expand(batch, 1, end - start, hi), scale=scaling)
                 # a query with no key in the branch gets output 0 and log-sum-exp 0 from the kernel: weight 0
