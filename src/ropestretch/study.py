@@ -424,12 +424,14 @@ def read_archive(plan: Plan, archive: Path) -> list[dict]:
     task or label, length and depth); one no cell holds is one line."""
     from ropestretch.eval.store import cell_key
 
-    rows = []
+    rows, places = [], None
     for number, r in enumerate(read_jsonl(archive), 1):
         if "cell" not in r:
             cell = r["row"]["cell"]
-            home = next((c for c in plan.cells if r["variant"] in c.variants and c.shown == r["test"]
-                         and cell_key(cell) in {cell_key(x) for x in c.cells()}), None)
+            # each plan cell's result cells, worked out once for the whole archive
+            places = places or [(c, {cell_key(x) for x in c.cells()}) for c in plan.cells]
+            home = next((c for c, keys in places if r["variant"] in c.variants and c.shown == r["test"]
+                         and cell_key(cell) in keys), None)
             if home is None:
                 raise UsageError(f"{archive}: row {number} ({r['variant']} {r['test']} {cell}) is in no cell of the plan")
             r = {"variant": r["variant"], "cell": home.name, "row": r["row"]}
