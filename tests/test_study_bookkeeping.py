@@ -284,6 +284,22 @@ def test_study_8k_training_records_are_relative_and_a_rebuilt_checkpoint_is_kept
     assert not rebuilt_section([archived], {"cream-yarn": first})
 
 
+def test_a_local_base_model_is_recorded_as_the_plan_names_it(tmp_path, monkeypatch):
+    """The demo's base is a folder of the checkout (``models/tiny-llama-256``): training writes its
+    absolute path, and the record in docs/ names it as the plan does."""
+    from ropestretch.study import load_plan, training_records
+
+    monkeypatch.chdir(ROOT)
+    plan = load_plan(ROOT / "examples" / "studies" / "demo.yaml")
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    meta = out / "models" / "cream-yarn" / "ropestretch.json"
+    meta.parent.mkdir(parents=True)
+    base = ROOT / "models" / "tiny-llama-256"
+    meta.write_text(json.dumps({"training": {"model": str(base), "config": str(base / "config.json")}}))
+    assert training_records(plan, out, docs)["cream-yarn"]["training"] == {
+        "model": "models/tiny-llama-256", "config": "models/tiny-llama-256/config.json"}
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("name: x\n", "the plan has no 'model'"),
     ("name: x\nmodel: m\ntarget: 8\nvariants: {a: {}}\ncells: [{task: nope, variants: [a], length: 4, samples: 1}]\n",

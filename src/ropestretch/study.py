@@ -560,17 +560,19 @@ def collect(plan: Plan, out: Path, archive: Path) -> list[dict]:
     return rows
 
 
-def relative_to_out(value, out: Path):
-    """``value`` with every path under ``out`` written as ``<out>/...``: a record in docs/ names no
-    folder of the machine it was made on."""
+def relative_to_out(value, out: Path, named: dict[str, str] | None = None):
+    """``value`` with every path under ``out`` written as ``<out>/...``, and each path in ``named``
+    (absolute -> as the plan writes it, e.g. a local base model) as its name: a record in docs/ names
+    no folder of the machine it was made on."""
+    roots = {str(out): "<out>", str(out.resolve()): "<out>", **(named or {})}
     if isinstance(value, dict):
-        return {k: relative_to_out(v, out) for k, v in value.items()}
+        return {k: relative_to_out(v, out, named) for k, v in value.items()}
     if isinstance(value, list):
-        return [relative_to_out(v, out) for v in value]
+        return [relative_to_out(v, out, named) for v in value]
     if isinstance(value, str) and os.path.isabs(value):
-        for root in {str(out), str(out.resolve())}:
+        for root, name in roots.items():
             if value == root or value.startswith(root + os.sep):
-                return "<out>" + value[len(root):]
+                return name + value[len(root):]
     return value
 
 
@@ -580,11 +582,13 @@ def training_records(plan: Plan, out: Path, docs: Path) -> dict:
     folder lost with a machine) is kept beside it under ``rebuilt``, for the report to compare."""
     path = docs / "training.json"
     records = json.loads(path.read_text()) if path.is_file() else {}
+    local = Path(plan.model).expanduser()
+    named = {str(local.resolve()): plan.model} if local.exists() and not local.is_absolute() else {}
     for variant in plan.order():
         meta = out / "models" / variant / "ropestretch.json"
         if not plan.fine_tuned(variant) or not meta.is_file():
             continue
-        record = relative_to_out(json.loads(meta.read_text()), out)
+        record = relative_to_out(json.loads(meta.read_text()), out, named)
         if variant not in records:
             records[variant] = record
         elif record != records[variant]:
