@@ -176,7 +176,8 @@ def test_study_8k_commands_are_ones_the_cli_takes_for_the_same_cells(plan, tmp_p
         assert (args.test, args.lengths, args.samples, args.seed, args.dtype) == (
             suite or cell.task, list(cell.lengths), cell.samples, cell.seed, "fp32")
         assert suite is None or args.tasks == cell.task
-        assert args.text == str(path) and args.out.endswith(f"/evals/v/{cell.name}")
+        assert args.text == str(text_path(plan, tmp_path, cell.text) if cell.text != "eval" else path)
+        assert args.out.endswith(f"/evals/v/{cell.name}")
         if get_task(cell.task).retrieval:
             assert (args.scoring, args.prompt) == ("generate", "chat")
         if cell.depths:
