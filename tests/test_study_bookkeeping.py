@@ -295,10 +295,12 @@ def test_a_local_base_model_is_recorded_as_the_plan_names_it(tmp_path, monkeypat
     out, docs = tmp_path / "out", tmp_path / "docs"
     meta = out / "models" / "cream-yarn" / "ropestretch.json"
     meta.parent.mkdir(parents=True)
-    base = ROOT / "models" / "tiny-llama-256"
-    meta.write_text(json.dumps({"training": {"model": str(base), "config": str(base / "config.json")}}))
+    base = tmp_path / "another-checkout" / "models" / "tiny-llama-256"  # trained in another worktree
+    meta.write_text(json.dumps({"training": {"model": str(base), "config": str(base / "config.json"),
+                                             "out": str(meta.parent)}}))
     assert training_records(plan, out, docs)["cream-yarn"]["training"] == {
-        "model": "models/tiny-llama-256", "config": "models/tiny-llama-256/config.json"}
+        "model": "models/tiny-llama-256", "config": "models/tiny-llama-256/config.json",
+        "out": "<out>/models/cream-yarn"}
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -583,12 +583,17 @@ def training_records(plan: Plan, out: Path, docs: Path) -> dict:
     path = docs / "training.json"
     records = json.loads(path.read_text()) if path.is_file() else {}
     local = Path(plan.model).expanduser()
-    named = {str(local.resolve()): plan.model} if local.exists() and not local.is_absolute() else {}
+    relative = local.exists() and not local.is_absolute()
     for variant in plan.order():
         meta = out / "models" / variant / "ropestretch.json"
         if not plan.fine_tuned(variant) or not meta.is_file():
             continue
-        record = relative_to_out(json.loads(meta.read_text()), out, named)
+        record = json.loads(meta.read_text())
+        trained_from = (record.get("training") or {}).get("model")
+        named = {}  # a local base as the plan names it, from whichever checkout it was trained in
+        if relative and isinstance(trained_from, str) and trained_from.endswith(os.sep + os.path.normpath(plan.model)):
+            named = {trained_from: plan.model}
+        record = relative_to_out(record, out, named)
         if variant not in records:
             records[variant] = record
         elif record != records[variant]:
