@@ -564,16 +564,20 @@ def relative_to_out(value, out: Path, named: dict[str, str] | None = None):
     """``value`` with every path under ``out`` written as ``<out>/...``, and each path in ``named``
     (absolute -> as the plan writes it, e.g. a local base model) as its name: a record in docs/ names
     no folder of the machine it was made on."""
-    roots = {str(out): "<out>", str(out.resolve()): "<out>", **(named or {})}
-    if isinstance(value, dict):
-        return {k: relative_to_out(v, out, named) for k, v in value.items()}
-    if isinstance(value, list):
-        return [relative_to_out(v, out, named) for v in value]
-    if isinstance(value, str) and os.path.isabs(value):
-        for root, name in roots.items():
-            if value == root or value.startswith(root + os.sep):
-                return name + value[len(root):]
-    return value
+    roots = {str(out): "<out>", str(out.resolve()): "<out>", **(named or {})}  # resolved once, not per value
+
+    def portable(v):
+        if isinstance(v, dict):
+            return {k: portable(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [portable(x) for x in v]
+        if isinstance(v, str) and os.path.isabs(v):
+            for root, name in roots.items():
+                if v == root or v.startswith(root + os.sep):
+                    return name + v[len(root):]
+        return v
+
+    return portable(value)
 
 
 def training_records(plan: Plan, out: Path, docs: Path) -> dict:
@@ -582,8 +586,7 @@ def training_records(plan: Plan, out: Path, docs: Path) -> dict:
     folder lost with a machine) is kept beside it under ``rebuilt``, for the report to compare."""
     path = docs / "training.json"
     records = json.loads(path.read_text()) if path.is_file() else {}
-    local = Path(plan.model).expanduser()
-    relative = local.exists() and not local.is_absolute()
+    relative = not Path(plan.model).expanduser().is_absolute()  # a local base named from the checkout
     for variant in plan.order():
         meta = out / "models" / variant / "ropestretch.json"
         if not plan.fine_tuned(variant) or not meta.is_file():
