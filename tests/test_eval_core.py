@@ -155,3 +155,21 @@ def test_vllm_is_given_room_past_an_unscaled_window(tmp_path):
                                                                "original_max_position_embeddings": 8192})
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert _vllm_length(tmp_path, 32832) == {}  # its scaling's table: vLLM's own length check says what fits
+
+
+def test_vllm_cpu_kv_space_grows_with_a_longer_run_and_keeps_the_users(monkeypatch):
+    """vLLM's CPU KV cache: one sequence's keys and values twice over, in whole GiB. A second, longer
+    run in the same process gets a larger one; a value the user set is left alone."""
+    from ropestretch.eval import backends
+
+    # SmolLM2-135M's shape: 30 layers, 3 key-value heads of 64 dimensions, fp32 keys and values
+    config = {"model_type": "llama", "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
+    per_token = 2 * 30 * 3 * 64 * 4
+    env = {}
+    short = backends.cpu_kv_space(config, 8192, env)
+    assert short == "1"  # 2 x 8192 x 46,080 bytes = 0.70 GiB
+    monkeypatch.setitem(backends._WROTE_KV_SPACE, "value", short)  # as open() records what it wrote
+    env["VLLM_CPU_KVCACHE_SPACE"] = short
+    long = backends.cpu_kv_space(config, 65536, env)
+    assert int(long) == -(-2 * 65536 * per_token // 2**30) == 6
+    assert backends.cpu_kv_space(config, 65536, {"VLLM_CPU_KVCACHE_SPACE": "3"}) is None

@@ -258,18 +258,15 @@ class VllmBackend(Backend):
 
     @classmethod
     def open(cls, *, model_dir, tokenizer, placement, max_len, tensor_parallel_size=1, trust_remote_code=False, **_):
-        import math
         import os
         from pathlib import Path
 
-        if placement.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-            # vLLM's CPU build sizes its KV cache from the machine's memory unless told: on 24 GB it took
-            # the whole of it at an 8K prompt and was killed. One sequence's keys and values, twice over.
-            from ropestretch.eval.loading import kv_cache_bytes
+        if placement.device == "cpu":
             from ropestretch.jsonl import read_json
 
-            need = kv_cache_bytes(read_json(Path(model_dir) / "config.json", "a model config"), max_len)
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(2 * need / 2**30)))
+            space = cpu_kv_space(read_json(Path(model_dir) / "config.json", "a model config"), max_len, os.environ)
+            if space is not None:
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = _WROTE_KV_SPACE["value"] = space
         try:
             return cls(model_dir, tokenizer, placement.dtype, max_len, tensor_parallel_size=tensor_parallel_size,
                        trust_remote_code=trust_remote_code)
@@ -323,6 +320,24 @@ class VllmBackend(Backend):
 
         del self.llm
         gc.collect()
+
+
+_WROTE_KV_SPACE = {"value": None}  # what open() last put in VLLM_CPU_KVCACHE_SPACE
+
+
+def cpu_kv_space(config: dict, max_len: int, environ) -> str | None:
+    """The ``VLLM_CPU_KVCACHE_SPACE`` (GiB) for prompts of up to ``max_len`` tokens, or None to leave the
+    variable as it is. vLLM's CPU build sizes its KV cache from the machine's memory unless told: on
+    24 GB it took the whole of it at an 8K prompt and was killed. One sequence's keys and values, twice
+    over. A value the user set stays; one this process wrote for a shorter run is recomputed."""
+    import math
+
+    from ropestretch.eval.loading import kv_cache_bytes
+
+    held = environ.get("VLLM_CPU_KVCACHE_SPACE")
+    if held is not None and held != _WROTE_KV_SPACE["value"]:
+        return None
+    return str(max(1, math.ceil(2 * kv_cache_bytes(config, max_len) / 2**30)))
 
 
 def _vllm_length(model_dir, max_len: int) -> dict:
