@@ -111,6 +111,10 @@ def test_a_registered_backend_runs_the_same_prompts_and_report_pairs_it_with_tra
         def version(self):
             return "0.1"
 
+        @classmethod
+        def notes(cls, model_dir, max_len):
+            return [f"runs this checkpoint its own way up to {max_len} tokens"]
+
     register_backend(Mirror)
     try:
         common = [*LEGACY, "--model", tiny_lm_dir, "--lengths", "128", "--depths", "0,50,100", "--samples", "2",
@@ -122,6 +126,8 @@ def test_a_registered_backend_runs_the_same_prompts_and_report_pairs_it_with_tra
         BACKENDS.pop("mirror")
     args = json.loads((tmp_path / "mirror" / "eval-args.json").read_text())["needle"]
     assert args["backend"] == "mirror" and "backend" not in json.loads((tmp_path / "hf" / "eval-args.json").read_text())["needle"]
+    note = args["engine_notes"][0]  # printed, recorded with the run and said by its report
+    assert note.startswith("runs this checkpoint its own way up to 1") and f"note: {note}" in err
     rows = [json.loads(x) for x in (tmp_path / "mirror" / "results.jsonl").read_text().splitlines()]
     assert {r["backend"] for r in rows} == {"mirror 0.1"}
     code, _, err = run_cli("report", tmp_path / "hf", tmp_path / "mirror", "--out", tmp_path / "report")
@@ -129,6 +135,7 @@ def test_a_registered_backend_runs_the_same_prompts_and_report_pairs_it_with_tra
     text = (tmp_path / "report" / "report.md").read_text()
     assert "### Needle in a haystack: `hf` - `mirror`, 6 paired samples" in text
     assert text.count("| 0 / 0 | 1 | +0.000 [+0.000, +0.000] (t) |") == 3  # every band: the same answers
+    assert f"- mirror: {note}" in text and "- hf:" not in text
 
 
 def test_an_engine_that_is_not_installed_is_one_line_naming_make_engines(tiny_lm_dir, tmp_path):
@@ -173,3 +180,23 @@ def test_vllm_cpu_kv_space_grows_with_a_longer_run_and_keeps_the_users(monkeypat
     long = backends.cpu_kv_space(config, 65536, env)
     assert int(long) == -(-2 * 65536 * per_token // 2**30) == 6
     assert backends.cpu_kv_space(config, 65536, {"VLLM_CPU_KVCACHE_SPACE": "3"}) is None
+
+
+def test_the_vllm_backend_names_the_exports_it_runs_differently_from_transformers():
+    """docs/engines.md's measured mismatches, said by the evaluation itself: dynamic NTK (vLLM keeps
+    the unscaled base) and a length-switching longrope served past its switch (long factors throughout)."""
+    from ropestretch.eval.backends import vllm_notes
+
+    base = {"model_type": "llama", "max_position_embeddings": 8192, "rope_theta": 1e5}
+    assert vllm_notes(base, 32768) == []
+    assert vllm_notes({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, 32768) == []
+    [dynamic] = vllm_notes({**base, "rope_scaling": {"type": "dynamic", "factor": 4.0}}, 4096)
+    assert "dynamic" in dynamic and "unscaled base" in dynamic
+    switching = {**base, "max_position_embeddings": 32768, "rope_scaling": {
+        "rope_type": "longrope", "short_factor": [1.0] * 32, "long_factor": [4.0] * 32,
+        "original_max_position_embeddings": 8192}}
+    assert vllm_notes(switching, 8192) == []  # served within the switch: the short factors, as transformers
+    [long] = vllm_notes(switching, 16448)
+    assert "16448 > 8192" in long and "long factors at every length" in long
+    same = {**switching, "rope_scaling": {**switching["rope_scaling"], "short_factor": [4.0] * 32}}
+    assert vllm_notes(same, 16448) == []

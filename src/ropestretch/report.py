@@ -248,6 +248,11 @@ def render(runs: list[dict[str, Any]], out: Path, threshold: float = RULER_THRES
               f"{r['meta'].get('train_tokens', 0):,}", f"{r['meta']['train_seconds']:.0f} s",
               f"{r['meta'].get('final_loss') or float('nan'):.3f}"] for r in trained]), ""]
 
+    noted = [(r["label"], note) for r in runs
+             for note in dict.fromkeys(n for a in r["args"].values() for n in a.get("engine_notes") or [])]
+    if noted:
+        parts += ["## Engine notes", "", "Where the engine a run used does not run the checkpoint's RoPE as "
+                  "transformers does (docs/engines.md):", ""] + [f"- {label}: {note}" for label, note in noted] + [""]
     for task in _tasks("retrieval"):
         have = [r for r in runs if r["results"].get(task.name)]
         if have and task.suite is None:

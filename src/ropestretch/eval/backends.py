@@ -74,6 +74,12 @@ class Backend:
     def version(self) -> str:
         raise NotImplementedError
 
+    @classmethod
+    def notes(cls, model_dir, max_len: int) -> list[str]:
+        """Where this engine does not run the checkpoint's RoPE as transformers does, one line each
+        (docs/engines.md); the evaluation prints them and records them with the run."""
+        return []
+
     def describe(self) -> str:
         return f"{self.name} {self.version()}"
 
@@ -292,6 +298,14 @@ class VllmBackend(Backend):
 
         return vllm.__version__
 
+    @classmethod
+    def notes(cls, model_dir, max_len: int) -> list[str]:
+        from pathlib import Path
+
+        from ropestretch.jsonl import read_json
+
+        return vllm_notes(read_json(Path(model_dir) / "config.json", "a model config"), max_len)
+
     def predictions(self, sequences, start):
         from vllm import SamplingParams
 
@@ -352,11 +366,37 @@ def _vllm_length(model_dir, max_len: int) -> dict:
 
     config = text_section(read_json(Path(model_dir) / "config.json", "a model config"))
     window = config.get("max_position_embeddings")
-    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
-    if isinstance(window, int) and max_len > window and kind == "default":
+    if isinstance(window, int) and max_len > window and _rope_parameters(config).get("rope_type") == "default":
         return {"hf_overrides": {"max_position_embeddings": max_len}}
     return {}
+
+
+def _rope_parameters(config) -> dict:
+    """A config's (text section's) RoPE scaling with its ``rope_type`` (``default`` when unscaled)."""
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    params = dict(params) if isinstance(params, dict) else {}
+    params["rope_type"] = params.get("rope_type", params.get("type", "default"))
+    return params
+
+
+def vllm_notes(config, max_len: int) -> list[str]:
+    """What vLLM runs differently from transformers for a checkpoint served to ``max_len`` tokens
+    (measured on vLLM 0.32's CPU build, docs/engines.md): ``dynamic`` at the unscaled base with only
+    the window's positions cached; a length-switching ``longrope`` at its long factors at every length
+    once ``max_model_len`` passes the switch."""
+    from ropestretch.rope.config import text_section
+
+    params = _rope_parameters(text_section(config))
+    if params["rope_type"] == "dynamic":
+        return ["vLLM does not run dynamic NTK at transformers' frequencies: it keeps the unscaled base and caches "
+                "only the window's positions (log-probs turn NaN past it); its answers here are not what "
+                "transformers gives (export with --scaling ntk or yarn for vLLM)"]
+    original = params.get("original_max_position_embeddings")
+    if params["rope_type"] == "longrope" and params.get("short_factor") != params.get("long_factor") \
+            and isinstance(original, int) and max_len > original:
+        return [f"vLLM picks longrope's factors once from max_model_len ({max_len} > {original}): it runs the long "
+                f"factors at every length, where transformers runs the short ones up to {original} tokens"]
+    return []
 
 
 class LlamaCppBackend(Backend):

@@ -11,6 +11,7 @@ folder is touched, and a rerun with the same arguments skips the cells already f
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,11 @@ def run(task: str | Sequence[str], model: str, out: str | Path, *, lengths: list
             raise UsageError(f"--attention {attention} runs on the transformers backend: no engine runs it")
         window = config_window(read_json(Path(model_dir) / "config.json", "a model config"))
         extra["attention"] = resolve(attention, window, longest, **(attention_options or {}))
+    from ropestretch.eval.backends import BACKENDS
+
+    notes = BACKENDS[backend].notes(model_dir, longest + ANSWER_ROOM)
+    if notes:  # recorded with the run, so that its report says it
+        extra["engine_notes"] = notes
     for recorded in settings.values():
         recorded.update(extra)
     # an engine places its own memory; transformers' batch is sized here
@@ -145,6 +151,8 @@ def run(task: str | Sequence[str], model: str, out: str | Path, *, lengths: list
         raise UsageError("--backend llamacpp runs a .gguf file: pass the file apply or gguf wrote as --model")
     with folder_lock(out, "eval"):
         stores = [RunStore(out, spec.name, settings[spec.name]) for spec in specs]  # refuse other arguments first
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         engine = _open(backend, model_dir, tokenizer, where, longest - ANSWER_ROOM, gguf, tensor_parallel_size,
                        trust_remote_code)
         if "attention" in extra:
