@@ -73,6 +73,34 @@ def test_a_config_that_does_not_describe_the_weights(tmp_path):
     refused_everywhere(tmp_path, model, "config.json does not describe these weights", "mlp")
 
 
+@pytest.mark.parametrize("layers", [+1, -1], ids=["more-layers", "fewer-layers"])
+def test_a_config_with_another_number_of_layers_than_the_weights(tmp_path, layers):
+    """Shapes alone agree here (every layer is alike): the tensors' names do not."""
+    model = copy_of(tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["num_hidden_layers"] += layers
+    (model / "config.json").write_text(json.dumps(config))
+    fragment = "the weights lack 1 of them" if layers > 0 else "the weights hold layers config.json has no place for"
+    first_odd = config["num_hidden_layers"] - 1 if layers > 0 else config["num_hidden_layers"]
+    refused_everywhere(tmp_path, model, fragment, f"(layer {first_odd} on")
+
+
+@pytest.mark.parametrize("change", [lambda c: [c], lambda c: {**c, "num_hidden_layers": "four"},
+                                    lambda c: {**c, "hidden_act": 3}],
+                         ids=["a-list", "a-count-of-the-wrong-type", "a-name-of-the-wrong-type"])
+def test_a_config_of_the_wrong_type(tmp_path, change):
+    model = copy_of(tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(change(config)))
+    refused_everywhere(tmp_path, model, "config.json")
+
+
+def test_a_tokenizer_file_that_is_json_but_no_tokenizer(tmp_path):
+    model = copy_of(tmp_path)
+    (model / "tokenizer.json").write_text('{"version": "1.0"}')
+    refused_everywhere(tmp_path, model, "tokenizer.json is JSON but not a tokenizer")
+
+
 def test_a_sharded_checkpoint_with_a_missing_shard(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -202,3 +230,98 @@ def test_gguf_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypa
     finally:
         if volume is not None and volume.name == "volume":
             subprocess.run(["umount", str(volume)], capture_output=True)
+
+
+def test_bit_flips_in_a_gguf_header_are_one_line_or_a_result(tmp_path):
+    """GGUF carries no checksum: a flip in a metadata value may give another valid file. Whatever a
+    flip in the header makes, apply and eval answer in one line or run: never a traceback."""
+    import random
+
+    from gguf import GGUFReader
+
+    source = tmp_path / "tiny.gguf"
+    assert run_cli("gguf", "--model", TINY, "--out", source)[0] == 0
+    data = source.read_bytes()
+    header = min(int(t.data_offset) for t in GGUFReader(source).tensors)  # metadata and the tensor table
+    rng, outcomes = random.Random(0), set()
+    for i in range(8):
+        flipped = bytearray(data)
+        spot = rng.randrange(8, header)
+        flipped[spot] ^= 1 << rng.randrange(8)
+        model = tmp_path / f"flip{i}.gguf"
+        model.write_bytes(bytes(flipped))
+        for argv in (["apply", "--model", model, *APPLY, "--out", tmp_path / f"out{i}.gguf"],
+                     ["eval", "ppl", "--model", model, "--out", tmp_path / f"run{i}", "--lengths", "64",
+                      "--no-progress"]):
+            code, _, err = run_cli(*argv)
+            assert "Traceback" not in err and (code == 0 or (code == 2 and len(err.strip().splitlines()) == 1)), \
+                (spot, argv[0], err[-500:])
+            outcomes.add(code)
+    assert 2 in outcomes  # some flips are refused (a type, a count, an offset past the file)
+
+
+def test_report_onto_a_full_disk_keeps_the_report_it_had(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert run_cli("eval", "ppl", "--model", TINY, "--out", run, "--lengths", "64", "--no-progress")[0] == 0
+    volume = small_volume(tmp_path, "1m")
+    try:
+        out = (volume or tmp_path / "disk") / "report"
+        assert run_cli("report", run, "--out", out)[0] == 0
+        before = (out / "report.md").read_text()
+        if volume is not None:  # the volume filled to its last byte
+            with open(volume / "filler", "wb") as filler:
+                with pytest.raises(OSError):
+                    while True:
+                        filler.write(b"\0" * 65536)
+                        filler.flush()
+        else:
+            import pathlib
+
+            real = pathlib.Path.write_text
+
+            def full(self, *a, **kw):
+                if self.name.endswith(".partial"):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+                return real(self, *a, **kw)
+            monkeypatch.setattr(pathlib.Path, "write_text", full)
+            for figure in out.glob("*.png"):
+                figure.unlink()  # so that the report gets as far as its text
+        code, _, err = run_cli("report", run, "--out", out)
+        assert_one_line_error((code, "", err), "a report.md from before stays whole")
+        assert (out / "report.md").read_text() == before and not list(out.glob("*.partial"))
+    finally:
+        if volume is not None:
+            subprocess.run(["umount", str(volume)], capture_output=True)
+
+
+def test_a_gguf_is_dequantized_once_whatever_its_path_and_a_full_disk_leaves_no_partial_copy(tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    from ropestretch.gguf.read import from_gguf, gguf_cache_folder
+
+    monkeypatch.setenv("ROPESTRETCH_CACHE", str(tmp_path / "cache"))
+    first = tmp_path / "a" / "tiny.gguf"
+    first.parent.mkdir()
+    assert run_cli("gguf", "--model", TINY, "--out", first)[0] == 0
+    second = tmp_path / "b" / "copy.gguf"
+    second.parent.mkdir()
+    shutil.copyfile(first, second)
+    assert gguf_cache_folder(first).name.split("-")[-1] == gguf_cache_folder(second).name.split("-")[-1]
+    other = tmp_path / "c" / "tiny.gguf"
+    other.parent.mkdir()
+    changed = bytearray(first.read_bytes())
+    changed[-1] ^= 1  # the last weight's last byte: another file, of the same size and header
+    other.write_bytes(bytes(changed))
+    assert gguf_cache_folder(other) != gguf_cache_folder(first)
+
+    real = PreTrainedModel.save_pretrained
+
+    def full(self, folder, *a, **kw):
+        real(self, folder, *a, **kw)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    with pytest.raises(OSError):
+        from_gguf(first, quiet=True)
+    assert not list((tmp_path / "cache" / "gguf").glob("*"))  # no half-written copy left in the cache
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real)
+    assert (from_gguf(first, quiet=True) / "model.safetensors").is_file()

@@ -5,8 +5,10 @@ describe the weights. Each problem is one :class:`~ropestretch.errors.UsageError
 - :func:`check_folder`: ``config.json`` is a JSON object; every safetensors file (every shard that
   ``model.safetensors.index.json`` names) is present and its header covers the file exactly
   (``safetensors.safe_open`` checks the header against the file's size); the tokenizer and
-  generation files parse; and the weights' shapes, read from the headers, are the ones the config
-  describes (the model built from the config on the ``meta`` device, which allocates nothing).
+  generation files parse (``tokenizer.json`` by the tokenizers library); and the weights, read from
+  the headers, are the ones the config describes (the model built from the config on the ``meta``
+  device, which allocates nothing): the same shapes, and the layers the config describes, no fewer
+  and no more.
 - :func:`check_gguf`: the GGUF file's tensor table is read (``gguf.GGUFReader``, memory-mapped) and
   every tensor's data lies inside the file.
 
@@ -17,6 +19,7 @@ checksum); a flip in a header, or in a JSON file, is refused as corrupt.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,17 @@ def _json_object(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError(f"{path} holds a JSON {type(value).__name__}, not the object {what} is")
     return value
+
+
+def _tokenizer(path: Path) -> None:
+    """``tokenizer.json`` read by the tokenizers library, as transformers will read it."""
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as err:  # noqa: BLE001  (the library's parse errors are plain Exceptions)
+        raise UsageError(f"{path} is JSON but not a tokenizer ({first_line(err)}): the file is damaged or "
+                         "another kind") from None
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -75,25 +89,37 @@ def weight_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
-    """The parameter shapes of the model ``config`` describes (built on the meta device), or None for
-    a model transformers cannot build here (its own code on the hub, say)."""
+def expected_shapes(config: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], list[str]] | None:
+    """The parameter shapes of the model ``config`` describes (built on the meta device) and the
+    patterns of file tensors its loader ignores (DeepSeek-V3's extra prediction layer), or None for a
+    model transformers cannot build here (its own code on the hub, say)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    try:
+        from huggingface_hub.errors import StrictDataclassError  # transformers 5's typed configs
+    except ImportError:  # transformers 4: no typed fields; what it cannot build is left to later checks
+        class StrictDataclassError(Exception):  # noqa: N801
+            pass
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        kind = config.get("model_type")
-        cfg = AutoConfig.for_model(kind, **{k: v for k, v in config.items() if k != "model_type"})
+        try:
+            kind = config.get("model_type")
+            cfg = AutoConfig.for_model(kind, **{k: v for k, v in config.items() if k != "model_type"})
+        except StrictDataclassError as err:  # transformers' check of the fields' types
+            raise UsageError(f"config.json: transformers refuses it ({' '.join(str(err).split())})") from None
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg)
+    except UsageError:
+        raise
     except Exception:  # noqa: BLE001  (not buildable here: the shapes are not checked)
         return None
     finally:
         hf_logging.set_verbosity(verbosity)
-    return {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    shapes = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    return shapes, list(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])
 
 
 def check_folder(folder: str | Path) -> None:
@@ -103,18 +129,48 @@ def check_folder(folder: str | Path) -> None:
     for name in JSON_FILES:
         if (folder / name).is_file():
             _json_object(folder / name, name)
+    if (folder / "tokenizer.json").is_file():
+        _tokenizer(folder / "tokenizer.json")
     files = weight_files(folder)
     if not files:
         return  # no weights: a config-only folder (the commands that need weights say so)
     shapes = weight_shapes(files)
     if config.get("quantization_config"):  # packed quantized tensors: their shapes are not the config's
         return
-    expected = expected_shapes(config)
-    if not expected:
+    built = expected_shapes(config)
+    if not built:
         return
-    common = [n for n in shapes if n in expected]
-    wrong = [n for n in common if shapes[n] != expected[n]]
+    expected, ignored = built
+    prefix = _prefix(shapes, expected)
+    names = {prefix + n: n for n in shapes}  # the model's name -> the file's
+    wrong = [n for n in names if n in expected and shapes[names[n]] != expected[n]]
     if wrong:
         n = wrong[0]
         raise UsageError(f"{folder}: config.json does not describe these weights ({len(wrong)} tensors differ, e.g. "
-                         f"{n} is {list(shapes[n])} in the file and {list(expected[n])} by the config)")
+                         f"{n} is {list(shapes[names[n]])} in the file and {list(expected[n])} by the config)")
+    # the layers, by index: names within a layer may differ from the model's (transformers 5 fuses a
+    # checkpoint's per-expert tensors on load), the layers a file holds may not
+    held = _layers(n for n in names if not any(re.search(p, n) for p in ignored))
+    wanted = _layers(expected)
+    if wanted - held:
+        raise UsageError(f"{folder}: config.json describes {len(wanted)} layers and the weights lack "
+                         f"{len(wanted - held)} of them (layer {min(wanted - held)} on): a file is incomplete, or "
+                         "the config is another model's")
+    if held - wanted:
+        raise UsageError(f"{folder}: the weights hold layers config.json has no place for (layer {min(held - wanted)} "
+                         f"on, {len(held | wanted)} in all against its {len(wanted)}): the config describes fewer layers")
+
+
+def _layers(names) -> set[int]:
+    """The layer indices that tensor names hold (``...layers.7.mlp...``), of every stack together."""
+    return {int(m.group(1)) for n in names for m in [re.search(r"(?:^|\.)layers\.(\d+)\.", n)] if m}
+
+
+def _prefix(shapes, expected) -> str:
+    """The prefix (``model.``) that the file's tensor names lack against the model's, if any: a base
+    model saved without its head."""
+    if any(n in expected for n in shapes):
+        return ""
+    heads = {n.split(".", 1)[0] + "." for n in expected if "." in n}
+    return next((h for h in heads if any(h + n in expected for n in shapes)), "")
+

@@ -66,5 +66,9 @@ def write_whole(path: str | Path, text: str) -> None:
     writing leaves the old file whole, never half of the new one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:  # a full disk, an interrupt: the old file stays, and no half of the new one
+        tmp.unlink(missing_ok=True)
+        raise

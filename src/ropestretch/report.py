@@ -223,7 +223,9 @@ def write_report(folders: list[str | Path], out: str | Path | None = None,
             raise UsageError(f"--base {base} is not one of the run folders given")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.md"
-    path.write_text("\n".join(["# ropestretch report", "", "Runs: " + ", ".join(f"`{r['label']}`" for r in runs), ""]
+    from ropestretch.jsonl import write_whole
+
+    write_whole(path, "\n".join(["# ropestretch report", "", "Runs: " + ", ".join(f"`{r['label']}`" for r in runs), ""]
                               + render(runs, out, threshold)
                               + (retention_section(runs, base_run) if base_run is not None else [])))
     return path
@@ -529,9 +531,11 @@ def ruler_section(runs: list[dict[str, Any]], threshold: float = RULER_THRESHOLD
                   + ("" if complete else " (some tasks lack some lengths: the averages there hold fewer tasks)") + ":",
                   f"- at RULER's threshold, {threshold:g}: "
                   + (f"{absolute} tokens" if absolute else f"none (below it at {lengths[0]})"),
-                  f"- at NoLiMa's, 85% of the run's own score at {lengths[0]} tokens ({NOLIMA_SHARE * short:.1f}): "
-                  + (f"{relative} tokens" if relative and short > 0 else "none" if short > 0
-                     else f"none (it scores 0 at {lengths[0]})"), ""]
+                  (f"- at NoLiMa's, 85% of the run's own score at {lengths[0]} tokens ({NOLIMA_SHARE * short:.1f}): "
+                   + (f"{relative} tokens" if relative and short > 0 else "none" if short > 0
+                      else f"none (it scores 0 at {lengths[0]})")) if len(lengths) > 1 else
+                  f"- at NoLiMa's, 85% of the model's short-context score: not measured here (the run tested one "
+                  f"length, {lengths[0]}; run a length inside the model's window with it)", ""]
     return parts
 
 

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import errno
 
         short = err.errno is None and " requested and " in str(err) and "written" in str(err)  # numpy's short write
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) and not short:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO) and not short:
             raise
         what = f"a write came up short ({err}): is the disk full?" if short else err.strerror
         where = f" writing {err.filename}" if err.filename else ""

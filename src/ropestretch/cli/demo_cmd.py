@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the full matrix: add linear scaling alone and under pose and cream (about 40%% longer)")
     p.add_argument("--base", metavar="DIR", help="base model folder (default: the shipped one)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, left_on_write_error="every finished step stays: rerun the same command to resume")
 
 
 def run(args: argparse.Namespace) -> int:

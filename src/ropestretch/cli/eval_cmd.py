@@ -11,6 +11,8 @@ import argparse
 from ropestretch.cli import nonnegative_int, positive_int
 from ropestretch.hardware import add_arguments as add_hardware
 
+KEPT = "every finished cell stays in the run folder: rerun the same command to resume"  # after a write error
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -43,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--tasks", default="all", metavar="TASKS",
                    help="all, niah, or comma-separated names: " + ", ".join(t.name for t in ruler))
     _add_task(r, ruler[0])
-    r.set_defaults(run=run_suite)
+    r.set_defaults(run=run_suite, left_on_write_error=KEPT)
     lm = tests.add_parser("lm-eval", help="LongBench, RULER, short tasks via lm-evaluation-harness",
                           description="Run lm-evaluation-harness (lm_eval.simple_evaluate) on the checkpoint.")
     lm.add_argument("--model", required=True, metavar="MODEL", help="checkpoint folder, .gguf file, bundled model "
@@ -93,8 +95,7 @@ def _add_task(t: argparse.ArgumentParser, task) -> None:
     t.add_argument("--trust-remote-code", action="store_true")
     add_hardware(t)
     t.add_argument("--no-progress", dest="progress", action="store_false")
-    t.set_defaults(run=run, left_on_write_error="every finished cell stays in the run folder: rerun the same command "
-                   "to resume")
+    t.set_defaults(run=run, left_on_write_error=KEPT)
 
 
 def add_attention(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(flag, dest=f.name, type=kind, default=f.default, help=f"(default {f.default})")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, left_on_write_error="every finished phase stays in the cache: rerun the same command to "
+                                        "continue from it")
 
 
 def run(args: argparse.Namespace) -> int:

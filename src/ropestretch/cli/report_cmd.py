@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", metavar="RUN_DIR", help="one of the runs, the model before extension: the report adds "
                    "what each other run retains inside the base's window (accuracy ratio, perplexity ratio) beside its "
                    "gain past it")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, left_on_write_error="a report.md from before stays whole; the run folders are untouched")
 
 
 def run(args: argparse.Namespace) -> int:
