@@ -254,6 +254,33 @@ def test_eval_ruler_runs_the_suite_into_one_folder_and_the_report_scores_it(tiny
     assert effective_length({4096: 80.0, 8192: 90.0}, 85.6) is None
 
 
+def test_every_task_runs_on_the_tiny_base_and_one_length_has_no_nolima_length(tiny_lm_dir, tmp_path):
+    run = tmp_path / "all"
+    code, out, err = run_cli("eval", "ruler", "--tasks", "all", "--model", tiny_lm_dir, "--out", run,
+                             "--lengths", "2048", "--samples", "1", "--prompt", "base", "--no-progress")
+    assert code == 0, err
+    rows = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["test"] for r in rows) == sorted(ruler.RULER_TASKS)
+    assert all(0.0 <= r["samples"][0]["score"] <= 1.0 and r["samples"][0]["tokens"] <= 2048 for r in rows)
+    assert run_cli("report", run)[0] == 0
+    text = (run / "report.md").read_text()
+    assert "NoLiMa's, 85% of the model's short-context score: not measured here (the run tested one length" in text
+
+
+def test_inserted_lines_never_touch_as_rulers_draw_without_replacement():
+    """RULER inserts needles and vt's statements at slots drawn by ``random.sample``: distinct, so
+    at least one haystack line lies between two of them, whatever the fractions drawn here."""
+    units = ["h"] * 10
+    for places in ([0.5, 0.5, 0.5], [0.99, 0.99], [0.0, 0.01, 0.02, 0.03], [0.3, 0.7]):
+        out = ruler._insert(units, [f"n{i}" for i in range(len(places))], places)
+        at = [i for i, u in enumerate(out) if u != "h"]
+        assert len(out) == 10 + len(places) and all(b - a >= 2 for a, b in zip(at, at[1:])), (places, out)
+        assert [out[i] for i in at] == [f"n{i}" for i in np.argsort(places, kind="stable")]
+    assert ruler._insert(units, ["a", "b"], [0.3, 0.7]) == ["h"] * 3 + ["a"] + ["h"] * 4 + ["b"] + ["h"] * 3
+    names, _, _ = ruler._chain(np.random.default_rng(0), 1, 20)  # one letter, 21 names: a repeat is certain
+    assert len(set(names)) == 21
+
+
 def test_the_averages_interval_is_stratified_by_task():
     from ropestretch.stats import share_interval, stratified_mean_interval
 

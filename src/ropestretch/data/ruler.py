@@ -197,11 +197,24 @@ def _singular(text: str) -> str:
     return text
 
 
+def _slots(places: Sequence[float], n: int) -> list[int]:
+    """Distinct line slots in ``range(n)``, ascending, for ``places`` (fractions) sorted: RULER draws
+    them without replacement (``random.sample``), so no two inserted lines are adjacent. A slot
+    taken is moved to the next free one (from the end back, past the last line)."""
+    out: list[int] = []
+    for slot in sorted(min(int(p * n), n - 1) for p in places):
+        out.append(max(slot, out[-1] + 1) if out else slot)
+    for j in range(len(out) - 1, -1, -1):
+        out[j] = min(out[j], (out[j + 1] if j + 1 < len(out) else n) - 1)
+    return out
+
+
 def _insert(units: list[str], needles: Sequence[str], places: Sequence[float]) -> list[str]:
-    """``needles`` among ``units`` at fractions ``places`` of them (RULER: random line slots)."""
+    """``needles`` among ``units`` at fractions ``places`` of them, each at its own line slot."""
     out = list(units)
-    for needle, place in sorted(zip(needles, places), key=lambda x: -x[1]):
-        out.insert(int(place * len(units)), needle)
+    ordered = [needle for _, needle in sorted(zip(places, needles), key=lambda x: x[0])]
+    for j, (slot, needle) in enumerate(zip(_slots(places, len(units)), ordered)):
+        out.insert(slot + j, needle)
     return out
 
 
@@ -262,7 +275,11 @@ def niah(task: RulerTask, tokenizer, length: int, rng: np.random.Generator, form
 
 
 def _chain(rng: np.random.Generator, letters: int, hops: int) -> tuple[list[str], list[str], str]:
-    names = ["".join(rng.choice(list(string.ascii_uppercase), letters)) for _ in range(hops + 1)]
+    names: list[str] = []
+    while len(names) < hops + 1:  # distinct, as RULER redraws a repeated name
+        name = "".join(rng.choice(list(string.ascii_uppercase), letters))
+        if name not in names:
+            names.append(name)
     value = str(int(rng.integers(10000, 99999)))
     statements = [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(hops)]
     return names, statements, value
@@ -272,7 +289,7 @@ def _vt_text(statements: Sequence[str], n: int, places: Sequence[float], value: 
     """The chain's statements in order among ``n`` noise lines, at random spacing (RULER: the
     statement ``j`` at ``positions[j] + j``)."""
     sentences = [NOISE + "\n"] * n
-    for j, slot in enumerate(sorted(int(p * n) for p in places)):
+    for j, slot in enumerate(_slots(places, n)):
         sentences.insert(slot + j, statements[j])
     return template.format(context=" ".join(sentences).replace(". \n", ".\n"), query=value)
 
