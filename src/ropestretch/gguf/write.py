@@ -49,8 +49,12 @@ def gguf_writer(dst: Path, arch: str, **kwargs) -> Iterator:
         writer.close()
         _publish(tmp, dst)
     except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
+        try:
+            writer.close()  # flushing onto a full disk fails again: the partial file goes all the same
+        except OSError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
         raise
 
 
