@@ -170,7 +170,8 @@ def test_vllm_cpu_kv_space_grows_with_a_longer_run_and_keeps_the_users(monkeypat
     from ropestretch.eval import backends
 
     # SmolLM2-135M's shape: 30 layers, 3 key-value heads of 64 dimensions, fp32 keys and values
-    config = {"model_type": "llama", "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
+    config = {"model_type": "llama", "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+              "hidden_size": 576}
     per_token = 2 * 30 * 3 * 64 * 4
     env = {}
     short = backends.cpu_kv_space(config, 8192, env)
