@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if task.suite is None:
             _add_task(tests.add_parser(name, help=task.help, description=f"{task.help}."), task)
     ruler = [t for t in TASKS.values() if t.suite == "ruler"]
-    r = tests.add_parser("ruler", help="RULER's synthetic tasks (niah x8, vt, cwe, fwe), generated offline",
-                         description="RULER's 11 synthetic tasks (Hsieh et al. 2024), generated offline from a seed "
+    r = tests.add_parser("ruler", help=f"RULER's {len(ruler)} synthetic tasks, generated offline",
+                         description=f"RULER's {len(ruler)} synthetic tasks (Hsieh et al. 2024), generated offline from a seed "
                          "and scored as RULER scores them (the share of the references in the generated text); "
                          "`ropestretch report` gives each task's score with its interval, RULER's average and the "
                          "effective length. See docs/evaluation.md.")
