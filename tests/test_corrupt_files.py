@@ -85,6 +85,27 @@ def test_a_config_with_another_number_of_layers_than_the_weights(tmp_path, layer
     refused_everywhere(tmp_path, model, fragment, f"(layer {first_odd} on")
 
 
+def test_layers_the_loader_ignores_are_extra_only_past_the_config(tmp_path, monkeypatch):
+    """GLM-4.5's loader ignores ``model.layers.46.*`` and ``model.layers.92.*`` (its prediction
+    layer): a pattern inside the config's layers hides nothing, one past them is no extra layer."""
+    from safetensors.torch import load_file, save_file
+
+    import ropestretch.integrity as integrity
+
+    model = copy_of(tmp_path)
+    real = integrity.expected_shapes
+    monkeypatch.setattr(integrity, "expected_shapes",
+                        lambda config: (real(config)[0], [r"model\.layers\.1\..*", r"model\.layers\.4\..*"]))
+    integrity.check_folder(model)  # layer 1 is held, whatever the loader ignores
+    tensors = load_file(model / "model.safetensors")
+    tensors["model.layers.4.input_layernorm.weight"] = tensors["model.layers.3.input_layernorm.weight"].clone()
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    integrity.check_folder(model)  # a layer past the config that the loader ignores
+    monkeypatch.setattr(integrity, "expected_shapes", lambda config: (real(config)[0], []))
+    with pytest.raises(integrity.UsageError, match=r"no place for \(layer 4 on"):
+        integrity.check_folder(model)
+
+
 @pytest.mark.parametrize("change", [lambda c: [c], lambda c: {**c, "num_hidden_layers": "four"},
                                     lambda c: {**c, "hidden_act": 3}],
                          ids=["a-list", "a-count-of-the-wrong-type", "a-name-of-the-wrong-type"])
@@ -92,7 +113,8 @@ def test_a_config_of_the_wrong_type(tmp_path, change):
     model = copy_of(tmp_path)
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps(change(config)))
-    refused_everywhere(tmp_path, model, "config.json")
+    typed = isinstance(change(config), dict)  # a field transformers' typed config refuses, named
+    refused_everywhere(tmp_path, model, "config.json", *(["transformers refuses it"] if typed else []))
 
 
 def test_a_tokenizer_file_that_is_json_but_no_tokenizer(tmp_path):
@@ -306,13 +328,15 @@ def test_a_gguf_is_dequantized_once_whatever_its_path_and_a_full_disk_leaves_no_
     second = tmp_path / "b" / "copy.gguf"
     second.parent.mkdir()
     shutil.copyfile(first, second)
-    assert gguf_cache_folder(first).name.split("-")[-1] == gguf_cache_folder(second).name.split("-")[-1]
+    assert gguf_cache_folder(first) == gguf_cache_folder(second)  # another folder, another name: one copy
     other = tmp_path / "c" / "tiny.gguf"
     other.parent.mkdir()
     changed = bytearray(first.read_bytes())
     changed[-1] ^= 1  # the last weight's last byte: another file, of the same size and header
     other.write_bytes(bytes(changed))
     assert gguf_cache_folder(other) != gguf_cache_folder(first)
+    hashes = json.loads((tmp_path / "cache" / "gguf" / "hashes.json").read_text())
+    assert len(hashes) == 3 and len(set(hashes.values())) == 2  # each file hashed once, remembered
 
     real = PreTrainedModel.save_pretrained
 
@@ -322,6 +346,6 @@ def test_a_gguf_is_dequantized_once_whatever_its_path_and_a_full_disk_leaves_no_
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
     with pytest.raises(OSError):
         from_gguf(first, quiet=True)
-    assert not list((tmp_path / "cache" / "gguf").glob("*"))  # no half-written copy left in the cache
+    assert not [p for p in (tmp_path / "cache" / "gguf").iterdir() if p.is_dir()]  # no half-written copy left
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", real)
     assert (from_gguf(first, quiet=True) / "model.safetensors").is_file()

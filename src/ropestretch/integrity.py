@@ -150,14 +150,15 @@ def check_folder(folder: str | Path) -> None:
                          f"{n} is {list(shapes[names[n]])} in the file and {list(expected[n])} by the config)")
     # the layers, by index: names within a layer may differ from the model's (transformers 5 fuses a
     # checkpoint's per-expert tensors on load), the layers a file holds may not
-    held = _layers(n for n in names if not any(re.search(p, n) for p in ignored))
-    wanted = _layers(expected)
+    held, wanted = _layers(names), _layers(expected)
+    # past the config's layers, what the loader ignores (DeepSeek-V3's prediction layer) is no extra one
+    extra = _layers(n for n in names if not any(re.search(p, n) for p in ignored)) - wanted
     if wanted - held:
         raise UsageError(f"{folder}: config.json describes {len(wanted)} layers and the weights lack "
                          f"{len(wanted - held)} of them (layer {min(wanted - held)} on): a file is incomplete, or "
                          "the config is another model's")
-    if held - wanted:
-        raise UsageError(f"{folder}: the weights hold layers config.json has no place for (layer {min(held - wanted)} "
+    if extra:
+        raise UsageError(f"{folder}: the weights hold layers config.json has no place for (layer {min(extra)} "
                          f"on, {len(held | wanted)} in all against its {len(wanted)}): the config describes fewer layers")
 
 

@@ -250,8 +250,8 @@ def render(runs: list[dict[str, Any]], out: Path, threshold: float = RULER_THRES
               f"{r['meta'].get('train_tokens', 0):,}", f"{r['meta']['train_seconds']:.0f} s",
               f"{r['meta'].get('final_loss') or float('nan'):.3f}"] for r in trained]), ""]
 
-    noted = [(r["label"], note) for r in runs
-             for note in dict.fromkeys(n for a in r["args"].values() for n in a.get("engine_notes") or [])]
+    noted = [(r["label"], note) for r in runs for note in dict.fromkeys(
+        n for rows in r["results"].values() for row in rows for n in row.get("engine_notes") or [])]
     if noted:
         parts += ["## Engine notes", "", "Where the engine a run used does not run the checkpoint's RoPE as "
                   "transformers does (docs/engines.md):", ""] + [f"- {label}: {note}" for label, note in noted] + [""]
@@ -530,7 +530,8 @@ def ruler_section(runs: list[dict[str, Any]], threshold: float = RULER_THRESHOLD
         parts += ["Effective length, the longest tested length up to which every tested length reaches the threshold"
                   + ("" if complete else " (some tasks lack some lengths: the averages there hold fewer tasks)") + ":",
                   f"- at RULER's threshold, {threshold:g}: "
-                  + (f"{absolute} tokens" if absolute else f"none (below it at {lengths[0]})"),
+                  + (f"{absolute} tokens" + (" (the only length tested)" if len(lengths) == 1 else "") if absolute
+                     else f"none (below it at {lengths[0]})"),
                   (f"- at NoLiMa's, 85% of the run's own score at {lengths[0]} tokens ({NOLIMA_SHARE * short:.1f}): "
                    + (f"{relative} tokens" if relative and short > 0 else "none" if short > 0
                       else f"none (it scores 0 at {lengths[0]})")) if len(lengths) > 1 else

@@ -382,12 +382,14 @@ def _rope_parameters(config) -> dict:
 def vllm_notes(config, max_len: int) -> list[str]:
     """What vLLM runs differently from transformers for a checkpoint served to ``max_len`` tokens
     (measured on vLLM 0.32's CPU build, docs/engines.md): ``dynamic`` at the unscaled base with only
-    the window's positions cached; a length-switching ``longrope`` at its long factors at every length
-    once ``max_model_len`` passes the switch."""
+    the window's positions cached (the same as transformers within the window); a length-switching
+    ``longrope`` at its long factors at every length once ``max_model_len`` passes the switch."""
     from ropestretch.rope.config import text_section
 
-    params = _rope_parameters(text_section(config))
-    if params["rope_type"] == "dynamic":
+    section = text_section(config)
+    params = _rope_parameters(section)
+    window = section.get("max_position_embeddings")
+    if params["rope_type"] == "dynamic" and not (isinstance(window, int) and max_len <= window):
         return ["vLLM does not run dynamic NTK at transformers' frequencies: it keeps the unscaled base and caches "
                 "only the window's positions (log-probs turn NaN past it); its answers here are not what "
                 "transformers gives (export with --scaling ntk or yarn for vLLM)"]

@@ -139,9 +139,8 @@ def run(task: str | Sequence[str], model: str, out: str | Path, *, lengths: list
         extra["attention"] = resolve(attention, window, longest, **(attention_options or {}))
     from ropestretch.eval.backends import BACKENDS
 
+    # on every row the run writes (not in its arguments: a note's wording may change, a resume may not)
     notes = BACKENDS[backend].notes(model_dir, longest + ANSWER_ROOM)
-    if notes:  # recorded with the run, so that its report says it
-        extra["engine_notes"] = notes
     for recorded in settings.values():
         recorded.update(extra)
     # an engine places its own memory; transformers' batch is sized here
@@ -164,6 +163,8 @@ def run(task: str | Sequence[str], model: str, out: str | Path, *, lengths: list
         try:
             for spec, store in zip(specs, stores):
                 store.stamp["backend"] = engine.describe()
+                if notes:
+                    store.stamp["engine_notes"] = notes
                 _sweep(spec, engine, store, form if spec.retrieval else None, documents, lengths, values[spec.name],
                        samples or spec.samples, seed, scoring or spec.scoring, batch, progress)
                 rows += list(store.done.values())

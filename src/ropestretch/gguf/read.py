@@ -18,18 +18,38 @@ _DONE = ".complete"
 
 
 def _fingerprint(path: Path) -> str:
-    """The file's content (sha256 of the whole of it, about 0.2 s for SmolLM2's 98 MB): the same file
-    installed in several places, or copied, is dequantized once, and two files that differ anywhere
-    never share a copy."""
+    """The file's content: sha256 of the whole of it (about 0.2 s for SmolLM2's 98 MB), so that the
+    same file installed in several places, copied or renamed is dequantized once, and two files that
+    differ anywhere never share a copy. Remembered in the cache's ``hashes.json`` by path, size and
+    modification time, so that a large file is hashed once, not by every command."""
+    from ropestretch.jsonl import write_whole
+
+    stat = path.stat()
+    seen = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    index_path = cache_dir() / "gguf" / "hashes.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        index = index if isinstance(index, dict) else {}
+    except (OSError, ValueError):
+        index = {}
+    if isinstance(index.get(seen), str):
+        return index[seen]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    index[seen] = digest.hexdigest()[:16]
+    try:  # a memo only: two commands writing it at once lose an entry, never a copy
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(index_path, json.dumps(index, indent=1))
+    except OSError:
+        pass
+    return index[seen]
 
 
 def gguf_cache_folder(path: Path) -> Path:
-    return cache_dir() / "gguf" / f"{path.stem}-{_fingerprint(path)}"
+    """The dequantized copy's folder: named by the file's content alone."""
+    return cache_dir() / "gguf" / _fingerprint(path)
 
 
 def from_gguf(path: str | os.PathLike, quiet: bool = False) -> Path:
